@@ -1,0 +1,92 @@
+"""Suite-wide fixtures: one throwaway PostgreSQL cluster for the whole run.
+
+The controlling pytest process starts the cluster once (or uses the server
+named by ``PIWHEELS_TEST_DSN``, which must allow creating databases and
+roles) and publishes its address in the environment, so xdist workers inherit
+it.  Each worker then makes its own databases from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+DSN_VAR = "PIWHEELS_TEST_DSN"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Keep matplotlib and friends from writing into the real home.
+    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="piwtest-mpl-"))
+    if hasattr(config, "workerinput") or os.environ.get(DSN_VAR):
+        return
+    from piwheels.pgcluster import Cluster
+
+    root = Path(tempfile.mkdtemp(prefix="piwtest-pg-", dir="/tmp"))
+    cluster = Cluster(root, fsync=False)
+    cluster.start()
+    config._piwheels_cluster = cluster  # type: ignore[attr-defined]
+    os.environ[DSN_VAR] = cluster.url()
+    os.environ["PIWHEELS_TEST_CLUSTER_OWNED"] = "1"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cluster = getattr(config, "_piwheels_cluster", None)
+    if cluster is not None:
+        cluster.destroy()
+        os.environ.pop(DSN_VAR, None)
+        os.environ.pop("PIWHEELS_TEST_CLUSTER_OWNED", None)
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> str:
+    """SQLAlchemy URL of a superuser connection to the test server."""
+    url = os.environ[DSN_VAR]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def _with_dbname(url: str, dbname: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=dbname).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def new_database(admin_url: str) -> Iterator[Callable[..., str]]:
+    """Factory: create an empty database (optionally from a template); return its URL.
+
+    Every database made here is dropped at the end of the session.
+    """
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make(template: str | None = None, prefix: str = "piwtest") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        clause = f' TEMPLATE "{template}"' if template else ""
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"{clause}'))
+        made.append(name)
+        return _with_dbname(admin_url, name)
+
+    yield make
+    with engine.connect() as conn:
+        for name in made:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def tmp_short() -> Iterator[Path]:
+    """A temporary folder with a short path (for ipc:// and Unix sockets)."""
+    path = Path(tempfile.mkdtemp(prefix="piw-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
