@@ -1,0 +1,1 @@
+"""The published site: the data model, the renderer, the writer and the nginx that serves it."""
