@@ -156,7 +156,8 @@ class ProjectData:
     ``name``).  ``versions`` are newest first (PEP 440 order, decided by the database layer).
     ``abis`` are the builder ABI columns for the project page in display order; when empty the
     renderer uses the ABIs that appear in ``builds``, ordered by Python version.
-    ``upstream_url`` is the project's page on the upstream index, if known.
+    ``upstream_url`` is the project's page on the upstream index, if known (shown as a link);
+    ``tracks_url`` its simple-index URL there, published as PEP 708 ``tracks``.
     """
 
     name: str
@@ -171,6 +172,7 @@ class ProjectData:
     upstream_url: str | None = None
     skip_reason: str | None = None  # the whole project is not built (e.g. "binary only")
     abis: tuple[str, ...] = ()
+    tracks_url: str | None = None  # PEP 708: this project's simple page on the upstream index
 
     def __post_init__(self) -> None:
         check_canonical(self.name)
