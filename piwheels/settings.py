@@ -705,6 +705,7 @@ class SettingInfo(NamedTuple):
     env: str
     option: str
     choices: tuple[str, ...]
+    metavar: str = "VALUE"
     #: True when the default depends on the machine (then *default* is prose).
     computed: bool = False
 
@@ -760,6 +761,7 @@ class Settings:
                         env=meta["env"] or f"{ENV_PREFIX}{section}_{f.name}".upper(),
                         option=meta["option"] or "--" + f.name.replace("_", "-"),
                         choices=conv.choices,
+                        metavar=conv.metavar,
                         computed=meta["default_text"] is not None,
                     )
                 )
