@@ -1,0 +1,1 @@
+"""Following an upstream package index: client, events, the sync engine, local folders."""
