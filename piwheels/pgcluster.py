@@ -129,8 +129,7 @@ class Cluster:
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise DatabaseError(
-                f"{Path(args[0]).name} failed: {detail[-1] if detail else exc}"
-                f" (see {self.logfile})"
+                f"{Path(args[0]).name} failed: {detail[-1] if detail else exc} (see {self.logfile})"
             ) from exc
         except subprocess.TimeoutExpired as exc:
             raise DatabaseError(f"{Path(args[0]).name} timed out after {timeout}s") from exc
@@ -152,10 +151,14 @@ class Cluster:
             return
         self._run(
             str(self.bindir / "initdb"),
-            "-D", str(self.datadir),
-            "-A", "trust",
-            "-U", "postgres",
-            "-E", "UTF8",
+            "-D",
+            str(self.datadir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
             "--locale=C",
             "--no-sync",
         )
@@ -195,10 +198,15 @@ class Cluster:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         self._run(
             str(self.bindir / "pg_ctl"),
-            "-D", str(self.datadir),
-            "-l", str(self.logfile),
-            "-w", "-t", "60",
-            "-o", " ".join(opts),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(opts),
             "start",
         )
 
@@ -231,4 +239,4 @@ class Cluster:
 
     def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
         """The same as :meth:`dsn` in SQLAlchemy's form."""
-        return "postgresql+psycopg2" + self.dsn(dbname, user)[len("postgresql"):]
+        return "postgresql+psycopg2" + self.dsn(dbname, user)[len("postgresql") :]

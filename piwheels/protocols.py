@@ -1,0 +1,816 @@
+"""Every message of every socket, in one place.
+
+A :class:`Protocol` is written from the point of view of the side that binds
+the socket: ``recv`` lists the messages it accepts and ``send`` the messages
+it may send, each with a voluptuous schema for its payload (``None`` for a
+message that carries nothing).  ``reversed(protocol)`` is the peer's view.
+The transport checks every message against these on send and on receive, so
+a message that is unknown, malformed, or on the wrong socket never reaches
+the code that handles it.
+
+Payloads are dicts with named fields.  The docs page of the protocol is
+generated from this module (see :func:`describe`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from voluptuous import (
+    ALLOW_EXTRA,
+    PREVENT_EXTRA,
+    Invalid,
+    Optional,
+    Required,
+    Schema,
+)
+
+#: Bumped whenever a message changes shape; a builder with another version is refused.
+PROTOCOL_VERSION = 1
+
+NAME_LIMIT = 200
+FILENAME_LIMIT = 255
+REASON_LIMIT = 500
+LOG_LIMIT = 32 * 1024 * 1024
+
+
+# -- field validators ---------------------------------------------------------
+#
+# Small callables rather than voluptuous' type coercions: they never coerce
+# (a string is not an int), they refuse bools posing as ints, and their
+# messages say what was expected.
+
+
+def text(limit: int = NAME_LIMIT, *, empty: bool = True) -> Callable[[Any], str]:
+    """A string of at most *limit* characters with no NUL."""
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid(f"expected text, got {type(value).__name__}")
+        if len(value) > limit:
+            raise Invalid(f"text longer than {limit} characters")
+        if "\x00" in value:
+            raise Invalid("text contains NUL")
+        if not empty and not value:
+            raise Invalid("text is empty")
+        return value
+
+    check.__doc__ = f"text (at most {limit} characters)"
+    return check
+
+
+def integer(minimum: int | None = 0, maximum: int | None = None) -> Callable[[Any], int]:
+    """An int (not a bool) within the bounds."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected an integer, got {type(value).__name__}")
+        if minimum is not None and value < minimum:
+            raise Invalid(f"integer below {minimum}")
+        if maximum is not None and value > maximum:
+            raise Invalid(f"integer above {maximum}")
+        return value
+
+    check.__doc__ = "integer" if minimum is None else f"integer >= {minimum}"
+    return check
+
+
+def number(value: Any) -> float:
+    """A finite int or float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Invalid(f"expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise Invalid("number is not finite")
+    return float(value)
+
+
+def boolean(value: Any) -> bool:
+    """True or false."""
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def timestamp(value: Any) -> datetime:
+    """A timezone-aware datetime."""
+    if not isinstance(value, datetime):
+        raise Invalid(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise Invalid("datetime has no timezone")
+    return value
+
+
+def duration(value: Any) -> timedelta:
+    """A timedelta of zero or more."""
+    if not isinstance(value, timedelta):
+        raise Invalid(f"expected a duration, got {type(value).__name__}")
+    if value < timedelta(0):
+        raise Invalid("negative duration")
+    return value
+
+
+def blob(limit: int) -> Callable[[Any], bytes]:
+    """Bytes of at most *limit* length."""
+
+    def check(value: Any) -> bytes:
+        if not isinstance(value, bytes):
+            raise Invalid(f"expected bytes, got {type(value).__name__}")
+        if len(value) > limit:
+            raise Invalid(f"more than {limit} bytes")
+        return value
+
+    check.__doc__ = f"bytes (at most {limit})"
+    return check
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+
+
+def sha256(value: Any) -> str:
+    """A lower-case hex SHA-256 digest."""
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise Invalid("expected a 64-character lower-case hex SHA-256")
+    return value
+
+
+def nullable(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """*check*, or None."""
+
+    def inner(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    inner.__doc__ = f"{_describe_validator(check)} or null"
+    return inner
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    """One of the given strings."""
+
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise Invalid(f"expected one of {', '.join(choices)}")
+        return value
+
+    check.__doc__ = "one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def list_of(item: Any, limit: int = 10_000) -> Callable[[Any], list[Any]]:
+    """A list of at most *limit* items, each checked by *item*."""
+    item_schema = Schema(item)
+
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise Invalid(f"expected a list, got {type(value).__name__}")
+        if len(value) > limit:
+            raise Invalid(f"list longer than {limit}")
+        return [item_schema(v) for v in value]
+
+    check.__doc__ = f"list of {_describe_validator(item)}"
+    return check
+
+
+def mapping_of(key: Any, value: Any, limit: int = 10_000) -> Callable[[Any], dict[Any, Any]]:
+    """A dict of at most *limit* entries with checked keys and values."""
+    key_schema, value_schema = Schema(key), Schema(value)
+
+    def check(obj: Any) -> dict[Any, Any]:
+        if not isinstance(obj, Mapping):
+            raise Invalid(f"expected a mapping, got {type(obj).__name__}")
+        if len(obj) > limit:
+            raise Invalid(f"mapping larger than {limit}")
+        return {key_schema(k): value_schema(v) for k, v in obj.items()}
+
+    check.__doc__ = f"mapping of {_describe_validator(key)} to {_describe_validator(value)}"
+    return check
+
+
+def column(check: Callable[[Any], Any], limit: int = 100_000) -> Callable[[Any], list[Any]]:
+    """A list checked item by item with a cheap callable (for large batches)."""
+
+    def inner(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise Invalid(f"expected a list, got {type(value).__name__}")
+        if len(value) > limit:
+            raise Invalid(f"column longer than {limit}")
+        for item in value:
+            check(item)
+        return value
+
+    inner.__doc__ = f"column of {_describe_validator(check)}"
+    return inner
+
+
+def record(fields: Mapping[str, Any], *, optional: Mapping[str, Any] | None = None) -> Schema:
+    """A dict with exactly these fields (and optionally some more, named)."""
+    spec: dict[Any, Any] = {Required(name): check for name, check in fields.items()}
+    for name, check in (optional or {}).items():
+        spec[Optional(name)] = check
+    return Schema(spec, extra=PREVENT_EXTRA)
+
+
+def _describe_validator(check: Any) -> str:
+    if isinstance(check, Schema):
+        return "record"
+    if isinstance(check, type):
+        return check.__name__
+    doc = getattr(check, "__doc__", None)
+    if doc:
+        return doc.strip().splitlines()[0].rstrip(".")
+    return getattr(check, "__name__", repr(check))
+
+
+# -- shared records ------------------------------------------------------------
+
+name_text = text(NAME_LIMIT, empty=False)
+reason_text = text(REASON_LIMIT)
+
+#: Resource figures a host reports (builders and the master alike).
+HOST_STATS = record(
+    {
+        "timestamp": timestamp,
+        "disk_total": integer(),
+        "disk_free": integer(),
+        "mem_total": integer(),
+        "mem_free": integer(),
+        "swap_total": integer(),
+        "swap_free": integer(),
+        "load_average": number,
+        "cpu_temp": nullable(number),
+    }
+)
+
+#: What a builder says about one wheel it built (the master checks it all).
+FILE_RECORD = record(
+    {
+        "filename": text(FILENAME_LIMIT, empty=False),
+        "size": integer(),
+        "sha256": sha256,
+        "requires_python": nullable(text(1000)),
+        "requires_dist": list_of(text(2000), limit=1000),
+        "metadata_sha256": nullable(sha256),
+        "apt_dependencies": list_of(name_text, limit=1000),
+        "missing_libraries": list_of(name_text, limit=1000),
+        "import_ok": nullable(boolean),
+        "import_error": nullable(text(10_000)),
+    }
+)
+
+FAILURE_CLASSES = (
+    "compile_error",
+    "timeout",
+    "memory",
+    "disk_full",
+    "dependency_missing",
+    "builder_lost",
+    "invalid_wheel",
+    "import_failed",
+    "aborted",
+    "other",
+)
+
+BUILDER_STATES = ("idle", "building", "sending", "sleeping", "paused", "gone")
+
+BUILD_SUMMARY = record(
+    {
+        "build_id": integer(1),
+        "package": name_text,
+        "version": name_text,
+        "abi": name_text,
+        "builder": name_text,
+        "status": one_of("success", "failed"),
+        "duration": duration,
+        "failure_class": nullable(one_of(*FAILURE_CLASSES)),
+        "finished_at": timestamp,
+    }
+)
+
+BUILDER_STATE = record(
+    {
+        "builder_id": integer(1),
+        "label": name_text,
+        "abi": name_text,
+        "platform": name_text,
+        "os_name": text(),
+        "os_version": text(),
+        "state": one_of(*BUILDER_STATES),
+        "paused": boolean,
+        "build": nullable(
+            record(
+                {
+                    "build_id": integer(1),
+                    "package": name_text,
+                    "version": name_text,
+                    "started_at": timestamp,
+                    "timeout": duration,
+                }
+            )
+        ),
+        "first_seen": timestamp,
+        "last_seen": timestamp,
+        "stats": nullable(HOST_STATS),
+    }
+)
+
+MASTER_STATS = record(
+    {
+        "timestamp": timestamp,
+        "host": HOST_STATS,
+        "paused": boolean,
+        "queue": mapping_of(name_text, integer(), limit=100),
+        "builds_last_hour": mapping_of(name_text, integer(), limit=100),
+        "packages_built": integer(),
+        "files_count": integer(),
+        "downloads_last_hour": integer(),
+        "downloads_30d": integer(),
+        "downloads_all": integer(),
+        "time_saved": duration,
+        "upstream_serial": nullable(integer()),
+        "upstream_lag": nullable(integer()),
+        "ingest_rate": number,
+    }
+)
+
+
+MASTER_INFO = record(
+    {
+        "hostname": text(),
+        "version": text(),
+        "started_at": timestamp,
+        "paused": boolean,
+        "os_name": text(),
+        "os_version": text(),
+    }
+)
+
+
+# -- protocols -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The messages one socket carries, from the binding side's point of view."""
+
+    name: str
+    doc: str
+    recv: Mapping[str, Schema | None] = field(default_factory=dict)
+    send: Mapping[str, Schema | None] = field(default_factory=dict)
+    docs: Mapping[str, str] = field(default_factory=dict)
+    peer: bool = False
+
+    def __reversed__(self) -> Protocol:
+        return Protocol(self.name, self.doc, self.send, self.recv, self.docs, peer=not self.peer)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from sorted(set(self.recv) | set(self.send))
+
+
+def _protocol(
+    name: str,
+    doc: str,
+    recv: Mapping[str, tuple[Schema | None, str]],
+    send: Mapping[str, tuple[Schema | None, str]],
+) -> Protocol:
+    docs = {f"recv:{k}": v[1] for k, v in recv.items()}
+    docs.update({f"send:{k}": v[1] for k, v in send.items()})
+    return Protocol(
+        name,
+        doc,
+        {k: v[0] for k, v in recv.items()},
+        {k: v[0] for k, v in send.items()},
+        docs,
+    )
+
+
+#: Task control: the master (PUSH) to each task (PULL).
+task_control = _protocol(
+    "task_control",
+    "The master steers each of its tasks.",
+    recv={
+        "PAUSE": (None, "stop doing periodic and pausable work"),
+        "RESUME": (None, "carry on after PAUSE"),
+        "QUIT": (None, "close sockets and end the thread"),
+    },
+    send={},
+)
+
+#: Builders (DEALER) talk to the master's build dispatcher (ROUTER).
+builder = _protocol(
+    "builder",
+    "Builders ask the master for work and report results. Every request gets one reply.",
+    recv={
+        "HELLO": (
+            record(
+                {
+                    "protocol": integer(0),
+                    "label": name_text,
+                    "python_version": text(20, empty=False),
+                    "abi": name_text,
+                    "platform": name_text,
+                    "os_name": text(),
+                    "os_version": text(),
+                    "machine": text(),
+                    "cpu_count": integer(1),
+                    "board": nullable(text()),
+                    "build_timeout": duration,
+                    "sandbox": text(),
+                    "stats": HOST_STATS,
+                },
+                # A builder that restarts while holding a finished build says so,
+                # so the master can collect it instead of building it again.
+                optional={"resume_build_id": nullable(integer(1))},
+            ),
+            "first message; the master answers ACK or REFUSED",
+        ),
+        "IDLE": (record({"stats": HOST_STATS}), "ready for work; answered BUILD or SLEEP"),
+        "BUSY": (
+            record({"build_id": integer(1), "stats": HOST_STATS}),
+            "still building; answered CONT or ABORT",
+        ),
+        "BUILT": (
+            record(
+                {
+                    "build_id": integer(1),
+                    "status": boolean,
+                    "duration": duration,
+                    "failure_class": nullable(one_of(*FAILURE_CLASSES)),
+                    "log": text(LOG_LIMIT),
+                    "files": list_of(FILE_RECORD, limit=100),
+                    "environment": mapping_of(name_text, text(1000), limit=100),
+                }
+            ),
+            "the build ended; answered SEND (a file is wanted) or DONE",
+        ),
+        "SENT": (
+            record({"build_id": integer(1), "filename": text(FILENAME_LIMIT)}),
+            "the file asked for has been transferred; answered SEND or DONE",
+        ),
+        "BYE": (record({"reason": reason_text}), "the builder is going away; no answer"),
+    },
+    send={
+        "ACK": (
+            record(
+                {
+                    "builder_id": integer(1),
+                    "index_url": text(2000),
+                    "extra_index_urls": list_of(text(2000), limit=10),
+                    "build_timeout": duration,
+                    "heartbeat": duration,
+                }
+            ),
+            "welcome; the builder's id and where to fetch sources from",
+        ),
+        "REFUSED": (record({"reason": reason_text}), "HELLO refused (protocol, ABI, ...)"),
+        "SLEEP": (
+            record(
+                {"seconds": number, "reason": one_of("paused", "no work", "asleep", "low disk")}
+            ),
+            "nothing to do now; ask again later",
+        ),
+        "BUILD": (
+            record(
+                {
+                    "build_id": integer(1),
+                    "package": name_text,
+                    "version": name_text,
+                    "timeout": duration,
+                }
+            ),
+            "build this",
+        ),
+        "CONT": (None, "carry on"),
+        "ABORT": (record({"build_id": integer(1), "reason": reason_text}), "stop this build"),
+        "SEND": (
+            record(
+                {
+                    "build_id": integer(1),
+                    "filename": text(FILENAME_LIMIT),
+                    "transfer": text(64, empty=False),
+                }
+            ),
+            "send this file over the file socket, naming the transfer token",
+        ),
+        "DONE": (record({"build_id": integer(1)}), "the build is recorded; forget it"),
+        "DIE": (record({"reason": reason_text}), "stop the builder process"),
+    },
+)
+
+#: File transfer: a sender (DEALER) is pulled chunk by chunk by the master (ROUTER).
+files = _protocol(
+    "files",
+    "Chunked, credit-based file transfer. The master asks for ranges; the sender answers "
+    "each FETCH with one CHUNK. A sender that hears nothing for a while says HELLO again "
+    "and the master resumes with whatever is still missing.",
+    recv={
+        "HELLO": (record({"transfer": text(64, empty=False)}), "start or resume a transfer"),
+        "CHUNK": (
+            record({"offset": integer(), "data": blob(1024 * 1024)}),
+            "the bytes of one range",
+        ),
+    },
+    send={
+        "FETCH": (
+            record({"offset": integer(), "length": integer(1, 1024 * 1024)}),
+            "send this range",
+        ),
+        "DONE": (record({"sha256": sha256, "size": integer()}), "everything arrived"),
+        "ERROR": (record({"reason": reason_text}), "the transfer is refused or unknown"),
+    },
+)
+
+#: Live status for monitors: the master (PUB) to monitors (SUB).
+status = _protocol(
+    "status",
+    "What the master publishes for monitors. A monitor that connects asks the control "
+    "socket for HELLO to get the recent history first.",
+    recv={},
+    send={
+        "MASTER": (MASTER_INFO, "the master's identity and state"),
+        "STATS": (MASTER_STATS, "periodic figures"),
+        "BUILDER": (BUILDER_STATE, "a builder's state changed"),
+        "BUILD": (BUILD_SUMMARY, "a build finished"),
+        "GONE": (
+            record({"builder_id": integer(1), "reason": reason_text}),
+            "a builder went away or was dropped",
+        ),
+    },
+)
+
+#: Control: monitors (DEALER) steer the master (ROUTER).
+control = _protocol(
+    "control",
+    "Monitors steer the master. Builder actions take a builder id, or null for all.",
+    recv={
+        "HELLO": (None, "answered HISTORY"),
+        "PAUSE": (None, "stop handing out builds"),
+        "RESUME": (None, "hand out builds again"),
+        "QUIT": (None, "stop the master"),
+        "SLEEP": (record({"builder_id": nullable(integer(1))}), "stop giving this builder work"),
+        "WAKE": (record({"builder_id": nullable(integer(1))}), "give this builder work again"),
+        "SKIP": (record({"builder_id": nullable(integer(1))}), "abandon the current build"),
+        "KILL": (record({"builder_id": nullable(integer(1))}), "tell the builder to exit"),
+    },
+    send={
+        "OK": (None, "done"),
+        "ERROR": (record({"reason": reason_text}), "refused"),
+        "HISTORY": (
+            record(
+                {
+                    "master": MASTER_INFO,
+                    "stats": list_of(MASTER_STATS, limit=10_000),
+                    "builders": list_of(BUILDER_STATE, limit=10_000),
+                    "builds": list_of(BUILD_SUMMARY, limit=10_000),
+                }
+            ),
+            "recent history for a new monitor",
+        ),
+    },
+)
+
+_pkg = {"package": name_text}
+_ver = {"package": name_text, "version": name_text}
+
+#: Admin tools (DEALER) ask the master's admin gateway (ROUTER).
+admin = _protocol(
+    "admin",
+    "Requests from piw-add, piw-remove, piw-rebuild and piw-import. Each request gets "
+    "zero or more PROGRESS messages and then OK or ERROR.",
+    recv={
+        "ADD_PACKAGE": (
+            record(
+                _pkg,
+                optional={
+                    "summary": nullable(text(1000)),
+                    "aliases": list_of(name_text, limit=100),
+                },
+            ),
+            "add a package (idempotent)",
+        ),
+        "ADD_VERSION": (
+            record(
+                _ver,
+                optional={"released": nullable(timestamp), "requires_python": nullable(text(1000))},
+            ),
+            "add a version (idempotent)",
+        ),
+        "SKIP": (
+            record(
+                {
+                    **_pkg,
+                    "version": nullable(name_text),
+                    "abi": nullable(name_text),
+                    "reason": text(REASON_LIMIT, empty=False),
+                }
+            ),
+            "never build this package, version or ABI",
+        ),
+        "UNSKIP": (
+            record({**_pkg, "version": nullable(name_text), "abi": nullable(name_text)}),
+            "undo SKIP",
+        ),
+        "YANK": (record({**_ver, "reason": reason_text}), "mark a version yanked"),
+        "UNYANK": (record(_ver), "undo YANK"),
+        "ALIAS": (record({**_pkg, "alias": name_text}), "record another spelling"),
+        "PRIORITY": (record({**_pkg, "priority": integer(None)}), "move up or down the queue"),
+        "REBUILD_REQUEST": (
+            record({**_pkg, "version": nullable(name_text), "abi": nullable(name_text)}),
+            "allow failed builds to be tried again",
+        ),
+        "REMOVE": (
+            record(
+                {
+                    **_pkg,
+                    "version": nullable(name_text),
+                    "builds_only": boolean,
+                    "reason": reason_text,
+                }
+            ),
+            "remove a package, a version, or only their builds (files and pages go too)",
+        ),
+        "REBUILD": (
+            record(
+                {
+                    "part": one_of("home", "search", "root", "project", "all", "stats"),
+                    "package": nullable(name_text),
+                }
+            ),
+            "rewrite pages",
+        ),
+        "IMPORT": (
+            record(
+                {
+                    **_ver,
+                    "abi": name_text,
+                    "duration": duration,
+                    "log": text(LOG_LIMIT),
+                    "files": list_of(FILE_RECORD, limit=100),
+                }
+            ),
+            "import wheels built elsewhere; answered SEND per file, then OK",
+        ),
+        "SENT": (record({"filename": text(FILENAME_LIMIT)}), "an imported file was sent"),
+    },
+    send={
+        "PROGRESS": (
+            record({"done": integer(), "total": integer(), "message": text(1000)}),
+            "how far a long request has got",
+        ),
+        "SEND": (
+            record({"filename": text(FILENAME_LIMIT), "transfer": text(64, empty=False)}),
+            "send this file over the file socket",
+        ),
+        "OK": (
+            record({"code": name_text, "message": text(10_000)}),
+            "done; code says what happened (e.g. NEWPKG, UNCHANGED)",
+        ),
+        "ERROR": (
+            record({"code": name_text, "message": text(10_000)}),
+            "refused; code says why (e.g. NOPKG, NOVER, INVALID)",
+        ),
+    },
+)
+
+#: Columns of a batch of access-log records (see piwheels.logger).
+LOG_COLUMNS: dict[str, Callable[[Any], Any]] = {
+    "time": timestamp,
+    "kind": text(20, empty=False),
+    "package": nullable(text(NAME_LIMIT)),
+    "filename": nullable(text(FILENAME_LIMIT)),
+    "page": nullable(text(NAME_LIMIT)),
+    "status": integer(100, 599),
+    "bytes_sent": integer(),
+    "client": nullable(text(100)),
+    "distro_name": nullable(text(100)),
+    "distro_version": nullable(text(100)),
+    "os_name": nullable(text(100)),
+    "os_version": nullable(text(100)),
+    "arch": nullable(text(100)),
+    "py_impl": nullable(text(100)),
+    "py_version": nullable(text(100)),
+    "installer_name": nullable(text(100)),
+    "installer_version": nullable(text(100)),
+    "setuptools_version": nullable(text(100)),
+    "ci": nullable(boolean),
+}
+
+
+def _log_batch(value: Any) -> dict[str, list[Any]]:
+    """Columns of equal length, one per field of an access record."""
+    if not isinstance(value, Mapping):
+        raise Invalid("expected a mapping of columns")
+    if set(value) != set(LOG_COLUMNS):
+        missing = sorted(set(LOG_COLUMNS) - set(value))
+        extra = sorted(set(value) - set(LOG_COLUMNS))
+        raise Invalid(f"wrong columns (missing {missing}, extra {extra})")
+    lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
+    if len(lengths) != 1:
+        raise Invalid("columns differ in length")
+    return {name: column(check)(value[name]) for name, check in LOG_COLUMNS.items()}
+
+
+#: piw-logger (DEALER) sends batches to the master's log ingest (ROUTER).
+logger = _protocol(
+    "logger",
+    "Batches of access-log records. A batch is acknowledged only once stored; the "
+    "logger keeps and resends what is not acknowledged.",
+    recv={
+        "BATCH": (
+            record({"batch_id": integer(1), "records": _log_batch}),
+            "records, as columns",
+        ),
+    },
+    send={
+        "ACK": (record({"batch_id": integer(1), "stored": integer()}), "stored"),
+        "NACK": (
+            record({"batch_id": integer(1), "reason": reason_text, "retry_after": number}),
+            "not stored; send it again later",
+        ),
+    },
+)
+
+#: Internal: anything that changes pages (PUSH) to the page writer (PULL).
+pages = _protocol(
+    "pages",
+    "Requests to rewrite or delete pages. Requests for the same page within a short "
+    "window are merged.",
+    recv={
+        "PROJECT": (record(_pkg), "rewrite a project's index and project pages"),
+        "DELETE_PACKAGE": (record(_pkg), "remove a project's pages and files"),
+        "DELETE_VERSION": (record(_ver), "remove a version's files and rewrite the pages"),
+        "LOG": (record({"build_id": integer(1), "log": text(LOG_LIMIT)}), "write a build log"),
+        "HOME": (None, "rewrite the home page"),
+        "SEARCH": (None, "rewrite the search index"),
+        "ROOT": (None, "rewrite the root simple index"),
+        "ALL": (None, "rewrite everything"),
+    },
+    send={},
+)
+
+#: Every protocol, for the docs and for the tests.
+ALL: tuple[Protocol, ...] = (task_control, builder, files, status, control, admin, logger, pages)
+
+
+def schema_for(protocol: Protocol, msg: str, *, sending: bool) -> Schema | None:
+    """The schema of *msg* in *protocol*; KeyError when it is not allowed."""
+    table = protocol.send if sending else protocol.recv
+    return table[msg]
+
+
+def describe() -> str:
+    """The protocol reference as reStructuredText (for docs/protocol.rst)."""
+    out = [
+        "Protocol reference",
+        "==================",
+        "",
+        ".. This page is generated from piwheels/protocols.py; do not edit by hand.",
+        "",
+        f"Protocol version: **{PROTOCOL_VERSION}**. Messages are CBOR arrays "
+        "``[name, payload]``; the payload is a map with the named fields below "
+        "(``null`` when the message carries nothing). Datetimes carry a timezone; "
+        "durations travel as CBOR tag 2001.",
+        "",
+    ]
+    for proto in ALL:
+        out += [proto.name, "-" * len(proto.name), "", proto.doc, ""]
+        for direction, table in (
+            ("received by the binder", proto.recv),
+            ("sent by the binder", proto.send),
+        ):
+            if not table:
+                continue
+            out += [f"Messages {direction}:", ""]
+            key = "recv" if table is proto.recv else "send"
+            for msg, schema in table.items():
+                out.append(f"``{msg}``")
+                out.append(f"   {proto.docs.get(f'{key}:{msg}', '')}")
+                out.append("")
+                out += [f"   {line}" for line in _describe_schema(schema)]
+                out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _describe_schema(schema: Schema | None, indent: str = "") -> list[str]:
+    if schema is None:
+        return [f"{indent}(no payload)"]
+    if not isinstance(schema.schema, dict):
+        return [f"{indent}{_describe_validator(schema.schema)}"]
+    lines = []
+    for key, check in schema.schema.items():
+        opt = " (optional)" if isinstance(key, Optional) and not isinstance(key, Required) else ""
+        lines.append(f"{indent}- ``{key.schema}``{opt}: {_describe_validator(check)}")
+    return lines
+
+
+__all__ = [
+    "ALL",
+    "ALLOW_EXTRA",
+    "PROTOCOL_VERSION",
+    "Protocol",
+    "describe",
+    "schema_for",
+]

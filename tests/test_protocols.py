@@ -1,0 +1,399 @@
+"""Every message of every protocol: valid shapes pass, invalid shapes are refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from piwheels import protocols
+from piwheels.errors import ProtocolError
+from piwheels.transport import _check, decode, encode
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+SHA = "a" * 64
+
+STATS = {
+    "timestamp": NOW,
+    "disk_total": 10_000,
+    "disk_free": 5_000,
+    "mem_total": 4_000,
+    "mem_free": 1_000,
+    "swap_total": 0,
+    "swap_free": 0,
+    "load_average": 0.5,
+    "cpu_temp": None,
+}
+FILE = {
+    "filename": "foo-1.0-cp311-cp311-linux_armv7l.whl",
+    "size": 1234,
+    "sha256": SHA,
+    "requires_python": ">=3.9",
+    "requires_dist": ['bar>=1; python_version < "3.12"'],
+    "metadata_sha256": SHA,
+    "apt_dependencies": ["zlib1g"],
+    "missing_libraries": [],
+    "import_ok": True,
+    "import_error": None,
+}
+BUILDER = {
+    "builder_id": 1,
+    "label": "pi4",
+    "abi": "cp311",
+    "platform": "linux_armv7l",
+    "os_name": "Debian",
+    "os_version": "12",
+    "state": "building",
+    "paused": False,
+    "build": {
+        "build_id": 3,
+        "package": "foo",
+        "version": "1.0",
+        "started_at": NOW,
+        "timeout": timedelta(hours=3),
+    },
+    "first_seen": NOW,
+    "last_seen": NOW,
+    "stats": STATS,
+}
+SUMMARY = {
+    "build_id": 3,
+    "package": "foo",
+    "version": "1.0",
+    "abi": "cp311",
+    "builder": "pi4",
+    "status": "success",
+    "duration": timedelta(seconds=30),
+    "failure_class": None,
+    "finished_at": NOW,
+}
+MASTER_INFO = {
+    "hostname": "master",
+    "version": "0.1",
+    "started_at": NOW,
+    "paused": False,
+    "os_name": "Debian",
+    "os_version": "12",
+}
+MASTER_STATS = {
+    "timestamp": NOW,
+    "host": STATS,
+    "paused": False,
+    "queue": {"cp311": 4},
+    "builds_last_hour": {"cp311": 2},
+    "packages_built": 1,
+    "files_count": 2,
+    "downloads_last_hour": 3,
+    "downloads_30d": 4,
+    "downloads_all": 5,
+    "time_saved": timedelta(days=1),
+    "upstream_serial": 10,
+    "upstream_lag": 0,
+    "ingest_rate": 1.5,
+}
+LOG_BATCH = {name: [] for name in protocols.LOG_COLUMNS}
+LOG_BATCH_ONE = {
+    "time": [NOW],
+    "kind": ["download"],
+    "package": ["foo"],
+    "filename": ["foo-1.0-py3-none-any.whl"],
+    "page": [None],
+    "status": [200],
+    "bytes_sent": [1000],
+    "client": ["abc"],
+    "distro_name": ["Debian GNU/Linux"],
+    "distro_version": ["12"],
+    "os_name": ["Linux"],
+    "os_version": ["6.1"],
+    "arch": ["armv7l"],
+    "py_impl": ["CPython"],
+    "py_version": ["3.11.2"],
+    "installer_name": ["pip"],
+    "installer_version": ["23.0.1"],
+    "setuptools_version": ["66.1.1"],
+    "ci": [None],
+}
+
+#: One valid payload for every message of every protocol.
+VALID: dict[tuple[str, str], Any] = {
+    ("task_control", "PAUSE"): None,
+    ("task_control", "RESUME"): None,
+    ("task_control", "QUIT"): None,
+    ("builder", "HELLO"): {
+        "protocol": protocols.PROTOCOL_VERSION,
+        "label": "pi4",
+        "python_version": "3.11.2",
+        "abi": "cp311",
+        "platform": "linux_armv7l",
+        "os_name": "Debian GNU/Linux",
+        "os_version": "12",
+        "machine": "armv7l",
+        "cpu_count": 4,
+        "board": None,
+        "build_timeout": timedelta(hours=3),
+        "sandbox": "bubblewrap",
+        "stats": STATS,
+    },
+    ("builder", "IDLE"): {"stats": STATS},
+    ("builder", "BUSY"): {"build_id": 1, "stats": STATS},
+    ("builder", "BUILT"): {
+        "build_id": 1,
+        "status": True,
+        "duration": timedelta(seconds=12.5),
+        "failure_class": None,
+        "log": "built\n",
+        "files": [FILE],
+        "environment": {"pip": "23.0.1"},
+    },
+    ("builder", "SENT"): {"build_id": 1, "filename": FILE["filename"]},
+    ("builder", "BYE"): {"reason": "SIGTERM"},
+    ("builder", "ACK"): {
+        "builder_id": 1,
+        "index_url": "http://127.0.0.1:8080/simple/",
+        "extra_index_urls": [],
+        "build_timeout": timedelta(hours=1),
+        "heartbeat": timedelta(seconds=5),
+    },
+    ("builder", "REFUSED"): {"reason": "protocol 0 is not 1"},
+    ("builder", "SLEEP"): {"seconds": 5.0, "reason": "no work"},
+    ("builder", "BUILD"): {
+        "build_id": 1,
+        "package": "foo",
+        "version": "1.0",
+        "timeout": timedelta(hours=1),
+    },
+    ("builder", "CONT"): None,
+    ("builder", "ABORT"): {"build_id": 1, "reason": "skipped by operator"},
+    ("builder", "SEND"): {"build_id": 1, "filename": FILE["filename"], "transfer": "t1"},
+    ("builder", "DONE"): {"build_id": 1},
+    ("builder", "DIE"): {"reason": "killed"},
+    ("files", "HELLO"): {"transfer": "t1"},
+    ("files", "CHUNK"): {"offset": 0, "data": b"\x00" * 100},
+    ("files", "FETCH"): {"offset": 0, "length": 65536},
+    ("files", "DONE"): {"sha256": SHA, "size": 100},
+    ("files", "ERROR"): {"reason": "unknown transfer"},
+    ("status", "MASTER"): MASTER_INFO,
+    ("status", "STATS"): MASTER_STATS,
+    ("status", "BUILDER"): BUILDER,
+    ("status", "BUILD"): SUMMARY,
+    ("status", "GONE"): {"builder_id": 1, "reason": "silent for 300s"},
+    ("control", "HELLO"): None,
+    ("control", "PAUSE"): None,
+    ("control", "RESUME"): None,
+    ("control", "QUIT"): None,
+    ("control", "SLEEP"): {"builder_id": 1},
+    ("control", "WAKE"): {"builder_id": None},
+    ("control", "SKIP"): {"builder_id": 2},
+    ("control", "KILL"): {"builder_id": None},
+    ("control", "OK"): None,
+    ("control", "ERROR"): {"reason": "no such builder"},
+    ("control", "HISTORY"): {
+        "master": MASTER_INFO,
+        "stats": [MASTER_STATS],
+        "builders": [BUILDER],
+        "builds": [SUMMARY],
+    },
+    ("admin", "ADD_PACKAGE"): {"package": "foo", "summary": "A foo", "aliases": ["Foo"]},
+    ("admin", "ADD_VERSION"): {"package": "foo", "version": "1.0", "released": NOW},
+    ("admin", "SKIP"): {"package": "foo", "version": None, "abi": "cp39", "reason": "broken"},
+    ("admin", "UNSKIP"): {"package": "foo", "version": "1.0", "abi": None},
+    ("admin", "YANK"): {"package": "foo", "version": "1.0", "reason": "bad"},
+    ("admin", "UNYANK"): {"package": "foo", "version": "1.0"},
+    ("admin", "ALIAS"): {"package": "foo", "alias": "Foo_"},
+    ("admin", "PRIORITY"): {"package": "foo", "priority": -3},
+    ("admin", "REBUILD_REQUEST"): {"package": "foo", "version": None, "abi": None},
+    ("admin", "REMOVE"): {"package": "foo", "version": None, "builds_only": True, "reason": ""},
+    ("admin", "REBUILD"): {"part": "project", "package": "foo"},
+    ("admin", "IMPORT"): {
+        "package": "foo",
+        "version": "1.0",
+        "abi": "cp311",
+        "duration": timedelta(0),
+        "log": "imported",
+        "files": [FILE],
+    },
+    ("admin", "SENT"): {"filename": FILE["filename"]},
+    ("admin", "PROGRESS"): {"done": 1, "total": 10, "message": "pages"},
+    ("admin", "SEND"): {"filename": FILE["filename"], "transfer": "t2"},
+    ("admin", "OK"): {"code": "NEWPKG", "message": "added foo"},
+    ("admin", "ERROR"): {"code": "NOPKG", "message": "no package foo"},
+    ("logger", "BATCH"): {"batch_id": 1, "records": LOG_BATCH_ONE},
+    ("logger", "ACK"): {"batch_id": 1, "stored": 1},
+    ("logger", "NACK"): {"batch_id": 1, "reason": "database down", "retry_after": 5.0},
+    ("pages", "PROJECT"): {"package": "foo"},
+    ("pages", "DELETE_PACKAGE"): {"package": "foo"},
+    ("pages", "DELETE_VERSION"): {"package": "foo", "version": "1.0"},
+    ("pages", "LOG"): {"build_id": 1, "log": "log text"},
+    ("pages", "HOME"): None,
+    ("pages", "SEARCH"): None,
+    ("pages", "ROOT"): None,
+    ("pages", "ALL"): None,
+}
+
+
+def _all_messages() -> list[tuple[protocols.Protocol, str, bool]]:
+    out = []
+    for proto in protocols.ALL:
+        out += [(proto, msg, False) for msg in proto.recv]
+        out += [(proto, msg, True) for msg in proto.send]
+    return out
+
+
+def test_every_message_has_a_valid_example() -> None:
+    declared = {(p.name, m) for p, m, _ in _all_messages()}
+    assert declared == set(VALID)
+
+
+@pytest.mark.parametrize(
+    ("proto", "msg", "sending"),
+    _all_messages(),
+    ids=lambda v: v.name if isinstance(v, protocols.Protocol) else str(v),
+)
+def test_valid_message_round_trips(proto: protocols.Protocol, msg: str, sending: bool) -> None:
+    data = VALID[proto.name, msg]
+    checked = _check(proto, msg, data, sending=sending)
+    name, decoded = decode(encode(msg, checked))
+    assert name == msg
+    assert _check(proto, msg, decoded, sending=sending) == data
+    # The peer sees the same message from the other direction.
+    assert _check(reversed(proto), msg, decoded, sending=not sending) == data
+
+
+def _mutations(data: Any) -> list[tuple[str, Any]]:
+    """Invalid variants of a valid payload: missing field, extra field, wrong types."""
+    if data is None:
+        return [("payload where none is allowed", {"x": 1})]
+    out: list[tuple[str, Any]] = [("no payload", None), ("not a map", ["x"])]
+    first = next(iter(data))
+    out.append((f"missing {first}", {k: v for k, v in data.items() if k != first}))
+    out.append(("unexpected field", {**data, "unexpected": 1}))
+    for key, value in data.items():
+        bad = object()
+        if value is None:
+            bad = ["x"]
+        elif isinstance(value, bool):
+            bad = "text"
+        elif isinstance(value, (int, float)):
+            bad = "12"
+        elif isinstance(value, str):
+            bad = 12
+        elif isinstance(value, (list, dict, datetime, timedelta, bytes)):
+            bad = "text"
+        out.append((f"{key} of the wrong type", {**data, key: bad}))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("proto", "msg", "sending"),
+    _all_messages(),
+    ids=lambda v: v.name if isinstance(v, protocols.Protocol) else str(v),
+)
+def test_invalid_shapes_are_refused(proto: protocols.Protocol, msg: str, sending: bool) -> None:
+    data = VALID[proto.name, msg]
+    for what, bad in _mutations(data):
+        with pytest.raises(ProtocolError) as info:
+            _check(proto, msg, bad, sending=sending)
+        assert msg in str(info.value), what
+
+
+def test_unknown_and_misdirected_messages() -> None:
+    with pytest.raises(ProtocolError, match="not allowed on the builder socket"):
+        _check(protocols.builder, "NOPE", None, sending=False)
+    # BUILD is sent by the master, so the master must not accept one.
+    with pytest.raises(ProtocolError, match="BUILD is not allowed"):
+        _check(protocols.builder, "BUILD", VALID["builder", "BUILD"], sending=False)
+    # A control message arriving on the builder socket.
+    with pytest.raises(ProtocolError, match="not allowed"):
+        _check(protocols.builder, "PAUSE", None, sending=False)
+
+
+def test_nested_errors_name_the_field() -> None:
+    bad = {**VALID["builder", "HELLO"], "stats": {**STATS, "disk_free": -1}}
+    with pytest.raises(ProtocolError, match=r"stats\.disk_free: integer below 0"):
+        _check(protocols.builder, "HELLO", bad, sending=False)
+
+
+def test_datetimes_and_durations_round_trip() -> None:
+    odd = timezone(timedelta(hours=5, minutes=30))
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=odd)
+    span = timedelta(days=3, seconds=7, microseconds=11)
+    name, data = decode(encode("X", {"when": when, "span": span, "neg": -span}))
+    assert name == "X"
+    assert data["when"] == when and data["when"].utcoffset() == odd.utcoffset(None)
+    assert data["span"] == span and data["neg"] == -span
+
+
+def test_naive_datetimes_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        encode("X", {"when": datetime(2026, 1, 1)})
+    with pytest.raises(ProtocolError, match="no timezone"):
+        _check(
+            protocols.status,
+            "MASTER",
+            {**MASTER_INFO, "started_at": datetime(2026, 1, 1)},
+            sending=True,
+        )
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xff\xff\xff",
+        b"\x9f",
+        b"\xa1\x01",
+        b"\x83\x01\x02\x03",
+        b"\x82\x01\x02",
+        b"\xd9\x07\xd1\x01",
+    ],
+    ids=[
+        "empty",
+        "garbage",
+        "unterminated",
+        "truncated-map",
+        "three-items",
+        "int-name",
+        "bad-duration-tag",
+    ],
+)
+def test_malformed_cbor_is_a_protocol_error(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode(payload)
+
+
+def test_duration_tag_must_be_well_formed() -> None:
+    import cbor2
+
+    raw = cbor2.dumps(["X", cbor2.CBORTag(2001, ["a", 1, 2])])
+    with pytest.raises(ProtocolError, match="malformed"):
+        decode(raw)
+    raw = cbor2.dumps(["X", cbor2.CBORTag(9999, 1)])
+    with pytest.raises(ProtocolError, match="malformed CBOR"):
+        decode(raw)
+
+
+def test_log_batch_columns_must_match() -> None:
+    batch = dict(LOG_BATCH_ONE)
+    batch["kind"] = ["download", "download"]
+    with pytest.raises(ProtocolError, match="differ in length"):
+        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
+    del batch["kind"]
+    with pytest.raises(ProtocolError, match="wrong columns"):
+        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
+    batch = {**LOG_BATCH_ONE, "status": ["200"]}
+    with pytest.raises(ProtocolError, match="expected an integer"):
+        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
+    assert (
+        _check(protocols.logger, "BATCH", {"batch_id": 2, "records": LOG_BATCH}, sending=False)[
+            "batch_id"
+        ]
+        == 2
+    )
+
+
+def test_describe_lists_every_message() -> None:
+    text = protocols.describe()
+    for proto, msg, _ in _all_messages():
+        assert f"``{msg}``" in text
+        assert proto.name in text
