@@ -262,11 +262,14 @@ def _parse_endpoint(text: str) -> str:
         host, colon, port = rest.rpartition(":")
         if not colon or not host:
             raise ValueError(f"{text!r} needs a host and a port {hint}")
-        if host != "*":
-            _check_host(host)
-        if port != "*":
-            # Port 0 asks the system for a free port, as ``*`` does.
-            _parse_int(port, minimum=0, maximum=65535)
+        try:
+            if host != "*":
+                _check_host(host)
+            if port != "*":
+                # Port 0 asks the system for a free port, as ``*`` does.
+                _parse_int(port, minimum=0, maximum=65535)
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
     elif scheme == "ipc":
         if not rest:
             raise ValueError(f"{text!r} has no socket path {hint}")
@@ -292,7 +295,10 @@ def _parse_url(text: str) -> str:
     if parts.scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"{text!r} has no host")
-        _check_host(parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]")
+        try:
+            _check_host(parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]")
+        except ValueError as exc:
+            raise ValueError(f"{text!r}: {exc}") from None
     elif parts.scheme == "file":
         if not parts.path:
             raise ValueError(f"{text!r} has no path")
