@@ -1,0 +1,145 @@
+"""Turn a client address into something that can be stored.
+
+Two modes, chosen by setting:
+
+* ``hash``: HMAC-SHA256 of the address under a salt derived for each UTC day
+  from a secret (``salt = HMAC-SHA256(secret, "piwheels-client-salt:" + day)``),
+  truncated to :data:`HASH_CHARS` hex characters.  The same address gives the
+  same value all day, so distinct clients per day can be counted, but the
+  values of two days cannot be joined, and without the secret no address can
+  be recovered by trying all 2**32 IPv4 addresses.
+* ``prefix``: the network the address belongs to as text, IPv4 ``/24`` and
+  IPv6 ``/48`` (an IPv4-mapped IPv6 address counts as IPv4).
+
+The raw address is never returned.  Something that is not an IP address
+(``-``, a host name from reverse lookups) is hashed like any other text in
+``hash`` mode and becomes :data:`UNKNOWN` in ``prefix`` mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+from datetime import date, datetime
+from pathlib import Path
+
+from piwheels.errors import ConfigError
+
+__all__ = [
+    "HASH_CHARS",
+    "MIN_SECRET",
+    "MODES",
+    "UNKNOWN",
+    "Anonymiser",
+    "load_secret",
+]
+
+MODES = ("hash", "prefix")
+#: Hex characters kept of each hash (64 bits: collisions within a day are negligible).
+HASH_CHARS = 16
+#: Shortest secret accepted, in bytes.
+MIN_SECRET = 16
+UNKNOWN = "unknown"
+
+_SALT_LABEL = b"piwheels-client-salt:"
+# Addresses seen per day are cached; the cache is dropped when it grows past
+# this so a flood of distinct addresses cannot exhaust memory.
+_CACHE_LIMIT = 200_000
+
+
+def load_secret(path: str | os.PathLike[str], *, create: bool = True) -> bytes:
+    """Read the salt secret from *path*, creating a random one (mode 0600) if asked."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(f"anonymise secret file {p} does not exist") from None
+        data = secrets.token_hex(32).encode("ascii")
+        # O_EXCL: two loggers starting at once must not overwrite each other's secret.
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return load_secret(p, create=False)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot read anonymise secret file {p}: {exc.strerror}") from None
+    data = data.strip()
+    if len(data) < MIN_SECRET:
+        raise ConfigError(
+            f"anonymise secret file {p} holds {len(data)} bytes; at least {MIN_SECRET} are needed"
+        )
+    return data
+
+
+def _network(addr: str) -> str:
+    try:
+        ip = ipaddress.ip_address(addr.strip().strip("[]"))
+    except ValueError:
+        return UNKNOWN
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv4Address):
+        return str(ipaddress.IPv4Network((ip, 24), strict=False))
+    return str(ipaddress.IPv6Network((ip, 48), strict=False))
+
+
+def _canonical(addr: str) -> str:
+    """One spelling per address, so ``2001:DB8::1`` and ``2001:db8:0::1`` hash alike."""
+    text = addr.strip().strip("[]")
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+class Anonymiser:
+    """Maps (address, time) to a storable client value; see the module docs."""
+
+    def __init__(self, mode: str = "hash", secret: bytes | None = None) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"anonymise mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if mode == "hash" and (secret is None or len(secret) < MIN_SECRET):
+            raise ConfigError(f"anonymise mode 'hash' needs a secret of >= {MIN_SECRET} bytes")
+        self.mode = mode
+        self._secret = secret or b""
+        self._salts: dict[date, bytes] = {}
+        self._cache: dict[tuple[int, str], str] = {}
+
+    def salt(self, day: date) -> bytes:
+        """The salt of one UTC *day*, derived from the secret."""
+        salt = self._salts.get(day)
+        if salt is None:
+            if len(self._salts) > 64:
+                self._salts.clear()
+            salt = hmac.new(
+                self._secret, _SALT_LABEL + day.isoformat().encode("ascii"), hashlib.sha256
+            ).digest()
+            self._salts[day] = salt
+        return salt
+
+    def client(self, addr: str, when: datetime) -> str:
+        """The stored value for *addr* seen at *when* (a UTC datetime)."""
+        # In hash mode the same address maps differently on each day.
+        key = (0, addr) if self.mode == "prefix" else (when.toordinal(), addr)
+        value = self._cache.get(key)
+        if value is None:
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            if self.mode == "prefix":
+                value = _network(addr)
+            else:
+                value = hmac.new(
+                    self.salt(when.date()),
+                    _canonical(addr).encode("utf-8", "replace"),
+                    hashlib.sha256,
+                ).hexdigest()[:HASH_CHARS]
+            self._cache[key] = value
+        return value
