@@ -377,6 +377,11 @@ class Command:
             return _exit_code(exc)
         except Exception as exc:
             _log_to_file(state, logging.ERROR, one_line(exc), exc)
+            # Our handlers go before report(), which would log the traceback
+            # of an unexpected error to the file a second time.
+            if state is not None:
+                state.restore()
+                state = None
             return report(exc, prog=self.prog, debug=verbose)
         finally:
             if state is not None:

@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -56,6 +57,8 @@ __all__ = [
     "settings_reference_rst",
     "user_config_path",
 ]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "PIWHEELS_"
 SYSTEM_CONFIG = Path("/etc/piwheels.conf")
@@ -804,7 +807,6 @@ class _Loader:
         self.sections = Settings.section_classes()
         self.values: dict[str, dict[str, Any]] = {name: {} for name in self.sections}
         self.problems: list[str] = []
-        self.sources: list[str] = []
 
     def set(self, section: str, key: str, raw: str, where: str) -> None:
         conv: Converter = _fields(section)[key].metadata["converter"]
@@ -837,7 +839,7 @@ class _Loader:
             message = " ".join(str(exc).split())
             self.problems.append(f"{path}: cannot parse: {message}")
             return
-        self.sources.append(str(path))
+        log.debug("reading settings from %s", path)
         for section in parser.sections():
             name = section.strip().lower()
             if name not in self.sections:
@@ -869,7 +871,7 @@ class _Loader:
                     f"{var}: unknown setting [{section}] {key or '(none)'}{_suggest(key, known)}"
                 )
                 continue
-            self.sources.append(var)
+            log.debug("setting [%s] %s from %s", section, key, var)
             self.set(section, key, _unquote(environ[var]), var)
 
     def settings(self) -> Settings:
