@@ -21,14 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from voluptuous import (
-    ALLOW_EXTRA,
-    PREVENT_EXTRA,
-    Invalid,
-    Optional,
-    Required,
-    Schema,
-)
+from voluptuous import ALLOW_EXTRA, Invalid, Schema
 
 #: Bumped whenever a message changes shape; a builder with another version is refused.
 PROTOCOL_VERSION = 1
@@ -206,16 +199,56 @@ def column(check: Callable[[Any], Any], limit: int = 100_000) -> Callable[[Any],
     return inner
 
 
+class _Record:
+    """Checks a dict field by field.
+
+    voluptuous' own dict schemas walk every key through a general matcher;
+    messages are checked on both sides of every hop, so this does the same job
+    with set arithmetic and one call per field, and keeps voluptuous' error
+    paths.
+    """
+
+    def __init__(self, fields: Mapping[str, Any], optional: Mapping[str, Any]) -> None:
+        self.fields = {k: _callable(v) for k, v in fields.items()}
+        self.optional = {k: _callable(v) for k, v in optional.items()}
+        self.required = frozenset(fields)
+        self.allowed = frozenset(fields) | frozenset(optional)
+        self.doc = fields, optional
+
+    def __call__(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise Invalid(f"expected a mapping, got {type(value).__name__}")
+        keys = value.keys()
+        missing = self.required - keys
+        if missing:
+            name = min(missing)
+            raise Invalid("missing field", path=[name])
+        extra = keys - self.allowed
+        if extra:
+            raise Invalid("unexpected field", path=[min(map(str, extra))])
+        out = {}
+        for key, item in value.items():
+            check = self.fields.get(key) or self.optional[key]
+            try:
+                out[key] = check(item)
+            except Invalid as exc:
+                raise Invalid(exc.error_message, path=[key, *exc.path]) from None
+        return out
+
+
+def _callable(check: Any) -> Callable[[Any], Any]:
+    if isinstance(check, Schema):
+        return check.schema if callable(check.schema) else check
+    return check
+
+
 def record(fields: Mapping[str, Any], *, optional: Mapping[str, Any] | None = None) -> Schema:
     """A dict with exactly these fields (and optionally some more, named)."""
-    spec: dict[Any, Any] = {Required(name): check for name, check in fields.items()}
-    for name, check in (optional or {}).items():
-        spec[Optional(name)] = check
-    return Schema(spec, extra=PREVENT_EXTRA)
+    return Schema(_Record(fields, optional or {}))
 
 
 def _describe_validator(check: Any) -> str:
-    if isinstance(check, Schema):
+    if isinstance(check, (Schema, _Record)):
         return "record"
     if isinstance(check, type):
         return check.__name__
@@ -797,12 +830,14 @@ def describe() -> str:
 def _describe_schema(schema: Schema | None, indent: str = "") -> list[str]:
     if schema is None:
         return [f"{indent}(no payload)"]
-    if not isinstance(schema.schema, dict):
+    if not isinstance(schema.schema, _Record):
         return [f"{indent}{_describe_validator(schema.schema)}"]
-    lines = []
-    for key, check in schema.schema.items():
-        opt = " (optional)" if isinstance(key, Optional) and not isinstance(key, Required) else ""
-        lines.append(f"{indent}- ``{key.schema}``{opt}: {_describe_validator(check)}")
+    fields, optional = schema.schema.doc
+    lines = [f"{indent}- ``{key}``: {_describe_validator(check)}" for key, check in fields.items()]
+    lines += [
+        f"{indent}- ``{key}`` (optional): {_describe_validator(check)}"
+        for key, check in optional.items()
+    ]
     return lines
 
 

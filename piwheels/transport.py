@@ -103,17 +103,7 @@ def decode(payload: bytes) -> tuple[str, Any]:
         raise ProtocolError(f"malformed CBOR ({len(payload) - fp.tell()} bytes of trailing data)")
     if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], str):
         raise ProtocolError("not a [name, payload] message")
-    data = obj[1]
-    return obj[0], _thaw(data)
-
-
-def _thaw(value: Any) -> Any:
-    # cbor2 may decode map keys into frozendicts; schemas want plain dicts.
-    if isinstance(value, dict) or type(value).__name__ == "frozendict":
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_thaw(v) for v in value]
-    return value
+    return obj[0], obj[1]
 
 
 def _check(protocol: Protocol, msg: str, data: Any, *, sending: bool) -> Any:
@@ -141,10 +131,6 @@ def _check(protocol: Protocol, msg: str, data: Any, *, sending: bool) -> Any:
 def _format_invalid(exc: Invalid) -> str:
     path = ".".join(str(p) for p in exc.path)
     msg = exc.error_message
-    if msg == "extra keys not allowed":
-        msg = "unexpected field"
-    elif msg == "required key not provided":
-        msg = "missing field"
     return f"{path}: {msg}" if path else msg
 
 
