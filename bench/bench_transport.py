@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import zmq  # noqa: E402
+import zmq
 
-from piwheels import protocols  # noqa: E402
-from piwheels.transport import DEALER, ROUTER, Context, encode, now  # noqa: E402
+from piwheels import protocols
+from piwheels.transport import DEALER, ROUTER, Context, encode, now
 
 STATS = {
     "timestamp": now(),

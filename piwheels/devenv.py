@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=["setup", "test", "demo"])
     parser.add_argument("rest", nargs=argparse.REMAINDER, help="passed on to pytest or the demo")
     ns = parser.parse_args(argv)
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (this runs before the venv exists)
         say(f"Python 3.11 or newer is needed; this is {sys.version.split()[0]}")
         return 2
     install_system_packages()
