@@ -275,7 +275,9 @@ def pip_requirements(version: VersionData | None) -> list[tuple[str, str | None]
     for f in version.files:
         for req in f.pip_dependencies:
             m = _REQ_NAME.match(req)
-            seen.setdefault(req, canonicalize(m.group(1)) if m else None)
+            canon = canonicalize(m.group(1)) if m else None
+            # Only names that can be projects here get a link.
+            seen.setdefault(req, canon if canon and len(canon) <= 200 else None)
     return sorted(seen.items())
 
 
@@ -373,7 +375,7 @@ def render_project_html(project: ProjectData, config: SiteConfig) -> bytes:
         "json_url": "json/",
         "aliases": ", ".join(clean(a) for a in project.aliases),
         "pip_deps": deps,
-        "abis": abis,
+        "abis": [clean(a) for a in abis],
         "colspan": len(abis) + 2,
         "versions": versions,
     }
