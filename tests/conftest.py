@@ -14,25 +14,48 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 DSN_VAR = "PIWHEELS_TEST_DSN"
+#: Migrated database every test database is copied from (made once per run).
+TEMPLATE_DB = "piwheels_template"
+#: The least-privilege role piw-initdb creates in the template.
+MASTER_ROLE = "piwheels"
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Keep matplotlib and friends from writing into the real home.
     os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="piwtest-mpl-"))
-    if hasattr(config, "workerinput") or os.environ.get(DSN_VAR):
+    if hasattr(config, "workerinput"):
         return
-    from piwheels.pgcluster import Cluster
+    if not os.environ.get(DSN_VAR):
+        from piwheels.pgcluster import Cluster
 
-    root = Path(tempfile.mkdtemp(prefix="piwtest-pg-", dir="/tmp"))
-    cluster = Cluster(root, fsync=False)
-    cluster.start()
-    config._piwheels_cluster = cluster  # type: ignore[attr-defined]
-    os.environ[DSN_VAR] = cluster.url()
-    os.environ["PIWHEELS_TEST_CLUSTER_OWNED"] = "1"
+        root = Path(tempfile.mkdtemp(prefix="piwtest-pg-", dir="/tmp"))
+        cluster = Cluster(root, fsync=False)
+        cluster.start()
+        config._piwheels_cluster = cluster  # type: ignore[attr-defined]
+        os.environ[DSN_VAR] = cluster.url()
+        os.environ["PIWHEELS_TEST_CLUSTER_OWNED"] = "1"
+    _make_template(os.environ[DSN_VAR])
+
+
+def _make_template(dsn: str) -> None:
+    """Create the migrated template database (and the master's role) once per run."""
+    from sqlalchemy import create_engine, text
+
+    from piwheels.db import initdb
+
+    url = dsn
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)'))
+    engine.dispose()
+    initdb.upgrade(_with_dbname(url, TEMPLATE_DB), yes=True, user=MASTER_ROLE)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -48,7 +71,7 @@ def admin_url() -> str:
     """SQLAlchemy URL of a superuser connection to the test server."""
     url = os.environ[DSN_VAR]
     if url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 
@@ -90,3 +113,31 @@ def tmp_short() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="piw-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def db_url(new_database: Callable[..., str]) -> str:
+    """A migrated database of this worker's own (copied from the template)."""
+    return new_database(template=TEMPLATE_DB, prefix="piwdb")
+
+
+@pytest.fixture(scope="session")
+def db_engine(db_url: str) -> Iterator[Any]:
+    """An engine on :func:`db_url` (superuser)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db_conn(db_engine: Any) -> Iterator[Any]:
+    """A connection inside a transaction that is rolled back after the test."""
+    conn = db_engine.connect()
+    trans = conn.begin()
+    try:
+        yield conn
+    finally:
+        trans.rollback()
+        conn.close()

@@ -33,8 +33,6 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from piwheels import __version__
 from piwheels.errors import DatabaseError, SchemaVersionError, UsageError, report
 
-from . import schema
-
 DEFAULT_USER = "piwheels"
 DSN_VAR = "PIWHEELS_DSN"
 PASSWORD_VAR = "PIWHEELS_DB_PASSWORD"
@@ -166,9 +164,7 @@ def _quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def role_sql(
-    dbname: str, user: str, *, exists: bool, password: str | None = None
-) -> list[str]:
+def role_sql(dbname: str, user: str, *, exists: bool, password: str | None = None) -> list[str]:
     """The statements that create *user* (unless it exists) and set its grants."""
     role = _quote_ident(user)
     db = _quote_ident(dbname)

@@ -43,6 +43,7 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.sql.elements import TextClause
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -88,7 +89,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-def _now() -> object:
+def _now() -> TextClause:
     return text("now()")
 
 
@@ -701,6 +702,8 @@ build_queue = Table(
         text("priority DESC"),
         text("demand DESC"),
         text("released_at DESC"),
+        "package",
+        "version",
     ),
     Index(None, "package", "version"),
     comment="Materialised build queue: what each target still needs, kept up to date per change",

@@ -900,6 +900,8 @@ def upgrade() -> None:
             sa.literal_column("priority DESC"),
             sa.literal_column("demand DESC"),
             sa.literal_column("released_at DESC"),
+            "package",
+            "version",
         ],
         unique=False,
     )

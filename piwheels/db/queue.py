@@ -1,0 +1,219 @@
+"""The build queue: what each target still needs, in priority order, kept in PostgreSQL.
+
+``build_queue`` is a materialised table.  Every data-layer function that
+changes what should be built (a version added, yanked, skipped or removed; a
+build started or finished; a skip or status change) recomputes the rows of the
+versions it touched with :func:`update_version` / :func:`update_package` — the
+same query as the full :func:`refresh`, restricted to those rows, so the rules
+live in one place:
+
+* nothing for a skipped package, version or target, a per-project or
+  per-version target skip, a yanked or removed release, a removed or
+  quarantined project, or a release without a source distribution;
+* nothing for a target that Requires-Python excludes, or (unless
+  ``configuration.build_when_upstream_wheel``) one upstream already ships a
+  wheel for;
+* nothing once a successful build's files serve the target (a
+  ``py3-none-any`` wheel serves every target, ``cp38-abi3`` serves cp38 and
+  newer on its platform);
+* nothing while any build of the release is in progress (its wheel may turn
+  out pure);
+* transient failures (timeout, builder lost, disk full) come back after an
+  exponential backoff, up to ``configuration.max_attempts``; other failures
+  stay out until the target's builder environment changes
+  (:func:`piwheels.db.abis.new_environment`) or someone asks
+  (:func:`piwheels.db.builds.request_retry`).
+
+Order: manual priority, then demand (downloads and index hits over the last
+``configuration.demand_days`` days, from the daily rollups), then newest
+release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from ._common import atomic
+from .schema import TRANSIENT_FAILURES
+
+_TRANSIENT = ", ".join(f"'{c}'" for c in TRANSIENT_FAILURES)
+
+#: How a file f (with its build b) serves target a.
+SERVES = """
+    (f.platform_tag = 'any' OR a.platform_tag = ANY (string_to_array(f.platform_tag, '.')))
+    AND CASE
+        WHEN f.abi_tag IN ('none', 'abi3')
+            THEN a.py_major * 100 + a.py_minor BETWEEN f.py_min AND f.py_max
+        ELSE a.abi_tag = ANY (string_to_array(f.abi_tag, '.'))
+    END
+"""
+
+_INSERT = f"""
+INSERT INTO build_queue
+    (abi, package, version, priority, demand, released_at, not_before, attempt)
+SELECT a.abi, v.package, v.version, p.priority, p.demand,
+       coalesce(v.released_at, '-infinity'),
+       coalesce(fl.retry_after, '-infinity'),
+       coalesce(fl.failures, 0) + 1
+FROM versions v
+JOIN packages p ON p.name = v.package
+CROSS JOIN abis a
+CROSS JOIN (SELECT max_attempts, build_when_upstream_wheel FROM configuration WHERE id = 1) cfg
+LEFT JOIN (
+    SELECT b.package, b.version, b.abi,
+           count(*) AS failures,
+           count(*) FILTER (WHERE b.failure_class IN ({_TRANSIENT})) AS transient,
+           array_agg(b.env_version) FILTER (
+               WHERE b.failure_class NOT IN ({_TRANSIENT})) AS permanent_envs,
+           max(b.retry_after) AS retry_after
+    FROM builds b
+    WHERE b.status = 'failed' AND NOT b.cleared AND {{bfilter}}
+    GROUP BY b.package, b.version, b.abi
+) fl ON fl.package = v.package AND fl.version = v.version AND fl.abi = a.abi
+WHERE {{vfilter}}
+  AND a.enabled AND a.skip_reason = ''
+  AND p.skip_reason = '' AND p.status <> 'quarantined' AND p.removed_at IS NULL
+  AND v.skip_reason = '' AND NOT v.yanked AND v.removed_at IS NULL AND v.has_sdist
+  AND (cfg.build_when_upstream_wheel OR NOT v.upstream_wheel_serves)
+  AND NOT EXISTS (
+      SELECT 1 FROM package_abi_skips s WHERE s.package = v.package AND s.abi = a.abi)
+  AND NOT EXISTS (
+      SELECT 1 FROM version_exclusions e
+      WHERE e.package = v.package AND e.version = v.version AND e.abi = a.abi
+        AND (e.kind <> 'upstream_wheel' OR NOT cfg.build_when_upstream_wheel))
+  AND NOT EXISTS (
+      SELECT 1 FROM builds b
+      WHERE b.package = v.package AND b.version = v.version
+        AND b.status IN ('pending', 'building'))
+  AND NOT EXISTS (
+      SELECT 1 FROM builds b JOIN files f ON f.build_id = b.build_id
+      WHERE b.package = v.package AND b.version = v.version AND b.status = 'success'
+        AND (b.abi = a.abi OR ({SERVES})))
+  AND NOT (coalesce(a.env_version <= ANY (fl.permanent_envs), false))
+  AND coalesce(fl.transient, 0) < cfg.max_attempts
+"""
+
+
+def _recompute(conn: Connection, where: str, params: dict[str, object]) -> int:
+    """Delete and rebuild the queue rows matching *where* (over columns package/version/abi)."""
+    vwhere = where.replace("{t}", "v").replace("{a}", "a")
+    bwhere = where.replace("{t}", "b").replace("{a}", "b")
+    dwhere = where.replace("{t}.", "").replace("{a}.", "")
+    conn.execute(text(f"DELETE FROM build_queue WHERE {dwhere}"), params)
+    result = conn.execute(text(_INSERT.format(vfilter=vwhere, bfilter=bwhere)), params)
+    return result.rowcount
+
+
+def update_version(conn: Connection, package: str, version: str) -> int:
+    """Recompute the queue rows of one release (every target); returns rows queued."""
+    return _recompute(
+        conn,
+        "{t}.package = :q_package AND {t}.version = :q_version",
+        {"q_package": package, "q_version": version},
+    )
+
+
+def update_package(conn: Connection, package: str) -> int:
+    """Recompute the queue rows of every release of one project."""
+    return _recompute(conn, "{t}.package = :q_package", {"q_package": package})
+
+
+def refresh(conn: Connection, *, abi: str | None = None) -> int:
+    """Recompute the whole queue (or one target's); returns rows queued.
+
+    Only needed after bulk loads or target changes: every other change keeps
+    the queue current by itself.
+    """
+    with atomic(conn):
+        if abi is None:
+            return _recompute(conn, "true", {})
+        return _recompute(conn, "{a}.abi = :q_abi", {"q_abi": abi})
+
+
+@dataclass(frozen=True)
+class QueuedBuild:
+    """One entry of a target's build queue."""
+
+    abi: str
+    package: str
+    version: str
+    attempt: int
+    priority: int
+    demand: int
+    released_at: datetime | None
+
+
+def next_builds(conn: Connection, abi: str, limit: int = 1) -> list[QueuedBuild]:
+    """The next *limit* builds for *abi*, best first (ready now: backoff respected)."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT abi, package, version, attempt, priority, demand,
+                   CASE WHEN released_at = '-infinity' THEN NULL ELSE released_at END
+                       AS released
+            FROM build_queue
+            WHERE abi = :abi AND not_before <= now()
+            ORDER BY priority DESC, demand DESC, released_at DESC, package, version
+            LIMIT :limit
+            """
+        ),
+        {"abi": abi, "limit": limit},
+    )
+    return [
+        QueuedBuild(
+            abi=r.abi,
+            package=r.package,
+            version=r.version,
+            attempt=r.attempt,
+            priority=r.priority,
+            demand=r.demand,
+            released_at=r.released,
+        )
+        for r in rows
+    ]
+
+
+def queue_sizes(conn: Connection) -> dict[str, int]:
+    """Entries per target (including ones waiting for a retry)."""
+    rows = conn.execute(text("SELECT abi, count(*) FROM build_queue GROUP BY abi"))
+    return {abi: int(n) for abi, n in rows}
+
+
+def refresh_demand(conn: Connection) -> int:
+    """Recompute each project's demand from the rollups and copy it into the queue.
+
+    Only projects whose demand changed are written.  Returns how many changed.
+    """
+    with atomic(conn):
+        changed = conn.execute(
+            text(
+                """
+                WITH d AS (
+                    SELECT s.package AS name, sum(s.downloads + s.searches) AS total
+                    FROM daily_package_stats s, configuration c
+                    WHERE c.id = 1 AND s.day >= current_date - c.demand_days
+                    GROUP BY s.package
+                ), x AS (
+                    SELECT name, total FROM d
+                    UNION ALL
+                    SELECT name, 0 FROM packages
+                    WHERE demand <> 0 AND name NOT IN (SELECT name FROM d)
+                )
+                UPDATE packages p SET demand = x.total
+                FROM x WHERE p.name = x.name AND p.demand <> x.total
+                """
+            )
+        ).rowcount
+        conn.execute(
+            text(
+                """
+                UPDATE build_queue q SET demand = p.demand
+                FROM packages p WHERE p.name = q.package AND q.demand <> p.demand
+                """
+            )
+        )
+    return changed

@@ -1,0 +1,378 @@
+"""Versions of a project: adding, yanking, skipping, removing; PEP 440 ordering in SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from piwheels.errors import InvalidName
+
+from . import abis as abis_mod
+from . import queue
+from ._common import atomic, canonical, check_version
+from .schema import package_aliases, packages, version_exclusions, versions
+
+_BIG = (1 << 64) - 1
+
+
+def _num(n: int) -> bytes:
+    # Eight bytes big-endian; absurdly large components are clamped (still ordered).
+    return min(n, _BIG).to_bytes(8, "big")
+
+
+def sort_key(version: str) -> bytes:
+    """A byte string whose bytewise order is PEP 440 order.
+
+    Legacy (invalid) versions start with ``0x00`` and sort below every valid
+    version (then by their text); valid ones start with ``0x01``.
+    """
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        return b"\x00" + version.encode("utf-8")
+    out = bytearray(b"\x01")
+    out += _num(v.epoch)
+    release = list(v.release)
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()  # 1.0 == 1.0.0
+    for part in release:
+        out += b"\x01" + _num(part)
+    out += b"\x00"
+    # Pre-release: a dev release with no pre/post sorts before any pre-release.
+    if v.pre is None and v.post is None and v.dev is not None:
+        out += b"\x00"
+    elif v.pre is None:
+        out += b"\x03"
+    else:
+        out += b"\x01" + bytes([{"a": 1, "b": 2, "rc": 3}[v.pre[0]]]) + _num(v.pre[1])
+    out += b"\x00" if v.post is None else b"\x01" + _num(v.post)
+    out += b"\x02" if v.dev is None else b"\x01" + _num(v.dev)
+    if v.local is None:
+        out += b"\x00"
+    else:
+        out += b"\x01"
+        for seg in v.local.split("."):
+            if seg.isdigit():
+                out += b"\x02" + _num(int(seg))
+            else:
+                out += b"\x01" + seg.lower().encode("ascii") + b"\x00"
+        out += b"\x00"
+    return bytes(out)
+
+
+def is_prerelease(version: str) -> bool:
+    try:
+        return Version(version).is_prerelease
+    except InvalidVersion:
+        return False
+
+
+def is_valid(version: str) -> bool:
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One release of a project as stored."""
+
+    package: str
+    version: str
+    valid: bool
+    prerelease: bool
+    released_at: datetime | None
+    yanked: bool
+    yank_reason: str
+    skip_reason: str
+    has_sdist: bool
+    upstream_wheel_serves: bool
+    upstream_wheel_tags: tuple[str, ...]
+    requires_python: str
+    removed_at: datetime | None
+
+
+def _row(r: object) -> VersionInfo:
+    m = r._mapping  # type: ignore[attr-defined]
+    return VersionInfo(
+        package=m["package"],
+        version=m["version"],
+        valid=m["valid"],
+        prerelease=m["prerelease"],
+        released_at=m["released_at"],
+        yanked=m["yanked"],
+        yank_reason=m["yank_reason"],
+        skip_reason=m["skip_reason"],
+        has_sdist=m["has_sdist"],
+        upstream_wheel_serves=m["upstream_wheel_serves"],
+        upstream_wheel_tags=tuple(m["upstream_wheel_tags"].split()),
+        requires_python=m["requires_python"],
+        removed_at=m["removed_at"],
+    )
+
+
+def _ensure_package(conn: Connection, name: str) -> str:
+    canon = canonical(name)
+    conn.execute(
+        pg_insert(packages)
+        .values(name=canon, display_name=name)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    conn.execute(
+        pg_insert(package_aliases)
+        .values(alias=name, package=canon)
+        .on_conflict_do_nothing(index_elements=["alias"])
+    )
+    return canon
+
+
+def add_version(
+    conn: Connection,
+    package: str,
+    version: str,
+    *,
+    released_at: datetime | None = None,
+    requires_python: str = "",
+    has_sdist: bool = True,
+    upstream_wheel_tags: tuple[str, ...] | list[str] = (),
+    upstream_wheel_serves: bool = False,
+    yanked: bool = False,
+    yank_reason: str = "",
+    skip_reason: str = "",
+) -> bool:
+    """Record a release (adding the project if new); True if it was new.
+
+    Adding a version that exists changes nothing (idempotent).  Invalid PEP 440
+    strings are stored (ordered below valid ones); unusable strings (empty,
+    spaces, too long) raise InvalidName.
+    """
+    check_version(version)
+    with atomic(conn):
+        canon = _ensure_package(conn, package)
+        tags = " ".join(upstream_wheel_tags)
+        result = conn.execute(
+            pg_insert(versions)
+            .values(
+                package=canon,
+                version=version,
+                sort_key=sort_key(version),
+                valid=is_valid(version),
+                prerelease=is_prerelease(version),
+                released_at=released_at,
+                requires_python=requires_python or "",
+                has_sdist=has_sdist,
+                upstream_wheel_tags=tags,
+                upstream_wheel_serves=upstream_wheel_serves,
+                yanked=yanked,
+                yank_reason=yank_reason,
+                skip_reason=skip_reason,
+            )
+            .on_conflict_do_nothing(index_elements=["package", "version"])
+        )
+        if result.rowcount == 0:
+            return False
+        _store_exclusions(conn, canon, version, requires_python, tuple(upstream_wheel_tags))
+        queue.update_version(conn, canon, version)
+    return True
+
+
+def _store_exclusions(
+    conn: Connection,
+    package: str,
+    version: str,
+    requires_python: str,
+    tags: tuple[str, ...],
+    abi_list: list[abis_mod.Abi] | None = None,
+) -> None:
+    """Record, per target, whether Requires-Python or an upstream wheel rules it out."""
+    if abi_list is None:
+        if not requires_python and not tags:
+            return
+        abi_list = abis_mod.list_abis(conn)
+    rows = []
+    for abi in abi_list:
+        for kind, reason in abis_mod.exclusions(abi, requires_python, tags):
+            rows.append(
+                {
+                    "package": package,
+                    "version": version,
+                    "abi": abi.abi,
+                    "kind": kind,
+                    "reason": reason,
+                }
+            )
+    if rows:
+        conn.execute(pg_insert(version_exclusions).on_conflict_do_nothing(), rows)
+
+
+def _key(package: str, version: str) -> tuple[str, str]:
+    return canonical(package), check_version(version)
+
+
+def _change(conn: Connection, package: str, version: str, **values: object) -> None:
+    canon, version = _key(package, version)
+    with atomic(conn):
+        result = conn.execute(
+            update(versions)
+            .where(versions.c.package == canon, versions.c.version == version)
+            .values(**values)
+        )
+        if result.rowcount == 0:
+            raise InvalidName(f"no such version: {canon} {version}")
+        queue.update_version(conn, canon, version)
+
+
+def yank_version(conn: Connection, package: str, version: str, reason: str = "") -> None:
+    """Mark a release yanked (PEP 592): no longer built."""
+    _change(conn, package, version, yanked=True, yank_reason=reason)
+
+
+def unyank_version(conn: Connection, package: str, version: str) -> None:
+    _change(conn, package, version, yanked=False, yank_reason="")
+
+
+def skip_version(conn: Connection, package: str, version: str, reason: str) -> None:
+    """Stop building a release (an empty *reason* builds it again)."""
+    _change(conn, package, version, skip_reason=reason)
+
+
+def remove_version(conn: Connection, package: str, version: str) -> None:
+    """Upstream deleted the release: keep the row (files still to unpublish), stop building."""
+    _change(conn, package, version, removed_at=_now(conn))
+
+
+def set_upstream(
+    conn: Connection,
+    package: str,
+    version: str,
+    *,
+    requires_python: str | None = None,
+    upstream_wheel_tags: tuple[str, ...] | list[str] | None = None,
+    upstream_wheel_serves: bool | None = None,
+    has_sdist: bool | None = None,
+    released_at: datetime | None = None,
+) -> None:
+    """Update what upstream says about a release; recompute its per-target exclusions."""
+    canon, version = _key(package, version)
+    values: dict[str, object] = {}
+    if requires_python is not None:
+        values["requires_python"] = requires_python
+    if upstream_wheel_tags is not None:
+        values["upstream_wheel_tags"] = " ".join(upstream_wheel_tags)
+    if upstream_wheel_serves is not None:
+        values["upstream_wheel_serves"] = upstream_wheel_serves
+    if has_sdist is not None:
+        values["has_sdist"] = has_sdist
+    if released_at is not None:
+        values["released_at"] = released_at
+    with atomic(conn):
+        row = conn.execute(
+            update(versions)
+            .where(versions.c.package == canon, versions.c.version == version)
+            .values(**values)
+            .returning(versions.c.requires_python, versions.c.upstream_wheel_tags)
+        ).first()
+        if row is None:
+            raise InvalidName(f"no such version: {canon} {version}")
+        conn.execute(
+            delete(version_exclusions).where(
+                version_exclusions.c.package == canon,
+                version_exclusions.c.version == version,
+                version_exclusions.c.kind != "skip",
+            )
+        )
+        _store_exclusions(conn, canon, version, row[0], tuple(row[1].split()))
+        queue.update_version(conn, canon, version)
+
+
+def skip_version_abi(conn: Connection, package: str, version: str, abi: str, reason: str) -> None:
+    """Do not build this release for one target (an empty *reason* lifts the skip)."""
+    canon, version = _key(package, version)
+    with atomic(conn):
+        conn.execute(
+            delete(version_exclusions).where(
+                version_exclusions.c.package == canon,
+                version_exclusions.c.version == version,
+                version_exclusions.c.abi == abi,
+                version_exclusions.c.kind == "skip",
+            )
+        )
+        if reason:
+            conn.execute(
+                insert(version_exclusions).values(
+                    package=canon, version=version, abi=abi, kind="skip", reason=reason
+                )
+            )
+        queue.update_version(conn, canon, version)
+
+
+def delete_version(conn: Connection, package: str, version: str) -> bool:
+    """Forget a release and everything about it (builds, files); True if it existed."""
+    canon, version = _key(package, version)
+    with atomic(conn):
+        result = conn.execute(
+            delete(versions).where(versions.c.package == canon, versions.c.version == version)
+        )
+    return result.rowcount > 0
+
+
+def get_version(conn: Connection, package: str, version: str) -> VersionInfo | None:
+    canon, version = _key(package, version)
+    row = conn.execute(
+        select(versions).where(versions.c.package == canon, versions.c.version == version)
+    ).first()
+    return _row(row) if row is not None else None
+
+
+def get_versions(conn: Connection, package: str) -> list[VersionInfo]:
+    """Every release of *package*, newest first (PEP 440; legacy strings last)."""
+    canon = canonical(package)
+    rows = conn.execute(
+        select(versions)
+        .where(versions.c.package == canon)
+        .order_by(versions.c.sort_key.desc(), versions.c.version.desc())
+    )
+    return [_row(r) for r in rows]
+
+
+def _now(conn: Connection) -> datetime:
+    from sqlalchemy import func
+
+    return conn.execute(select(func.now())).scalar_one()
+
+
+def compute_exclusions_for_abi(conn: Connection, abi: abis_mod.Abi) -> int:
+    """Per-target exclusions of every release for a new target (only releases with
+    Requires-Python or upstream wheels can be excluded, so only those are read)."""
+    rows = conn.execute(
+        select(
+            versions.c.package,
+            versions.c.version,
+            versions.c.requires_python,
+            versions.c.upstream_wheel_tags,
+        ).where((versions.c.requires_python != "") | (versions.c.upstream_wheel_tags != ""))
+    )
+    batch: list[dict[str, object]] = []
+    count = 0
+    for package, version, rp, tags in rows:
+        for kind, reason in abis_mod.exclusions(abi, rp, tuple(tags.split())):
+            batch.append(
+                {
+                    "package": package,
+                    "version": version,
+                    "abi": abi.abi,
+                    "kind": kind,
+                    "reason": reason,
+                }
+            )
+    if batch:
+        conn.execute(pg_insert(version_exclusions).on_conflict_do_nothing(), batch)
+        count = len(batch)
+    return count
