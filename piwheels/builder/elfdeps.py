@@ -1,0 +1,202 @@
+"""The Debian packages behind the shared libraries a wheel links.
+
+Reads the direct ``DT_NEEDED`` entries of every ELF member of the wheel with
+pyelftools (never ``ldd``: it runs the dynamic loader on untrusted code and
+lists the transitive closure, while the Debian packages bring their own
+dependencies).  Each library name is resolved to a path with ``ldconfig -p``
+for the member's architecture, and all paths go to ONE ``dpkg -S`` call,
+each in both spellings that usrmerge allows (``/lib/...`` and
+``/usr/lib/...``) and as its real path.  A library that no package provides
+(or that cannot be found at all) is recorded with ``package=None``; one the
+wheel ships itself is marked ``bundled``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+
+from piwheels.errors import InvalidWheel
+
+__all__ = ["LibraryDependency", "ldconfig_cache", "needed_libraries", "wheel_library_deps"]
+
+_ELF_MAGIC = b"\x7fELF"
+# ldconfig -p flags that mark each architecture's libraries.
+_LDCONFIG_ARCH = {
+    ("EM_X86_64", 64): "x86-64",
+    ("EM_AARCH64", 64): "AArch64",
+    ("EM_ARM", 32): "hard-float",
+    ("EM_RISCV", 64): "riscv64",
+    ("EM_PPC64", 64): "64bit",
+    ("EM_S390", 64): "64bit",
+    ("EM_386", 32): "",
+}
+_LDCONFIG_LINE = re.compile(r"^\s*(\S+)\s+\(([^)]*)\)\s+=>\s+(\S+)\s*$")
+_MAX_MEMBER = 1 << 30  # a single ELF member larger than this is not read
+
+
+@dataclass(frozen=True)
+class LibraryDependency:
+    """One ``DT_NEEDED`` library of a wheel and where it comes from."""
+
+    library: str  # e.g. "libz.so.1"
+    path: str | None  # where ldconfig finds it on this machine
+    package: str | None  # Debian package, e.g. "zlib1g"; None when none provides it
+    bundled: bool = False  # shipped inside the wheel itself
+
+    @property
+    def missing(self) -> bool:
+        """No Debian package provides it and the wheel does not ship it."""
+        return self.package is None and not self.bundled
+
+
+def needed_libraries(data: bytes) -> tuple[list[str], tuple[str, int]] | None:
+    """``(DT_NEEDED names, (machine, bits))`` of an ELF image, or None if it is not ELF."""
+    if not data.startswith(_ELF_MAGIC):
+        return None
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        needed: list[str] = []
+        for section in elf.iter_sections():
+            if isinstance(section, DynamicSection):
+                for tag in section.iter_tags():
+                    if tag.entry.d_tag == "DT_NEEDED":
+                        needed.append(str(tag.needed))  # type: ignore[attr-defined]
+        return needed, (str(elf["e_machine"]), int(elf.elfclass))
+    except (ELFError, ValueError, KeyError, IndexError, OSError):
+        # A corrupt ELF member is not ours to judge here: it links nothing we can see.
+        return [], ("", 0)
+
+
+def ldconfig_cache() -> dict[str, list[tuple[str, str]]]:
+    """``ldconfig -p`` as ``{name: [(flags, path), ...]}``."""
+    for exe in ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"):
+        try:
+            out = subprocess.run(
+                [exe, "-p"], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        cache: dict[str, list[tuple[str, str]]] = {}
+        for line in out.stdout.splitlines():
+            m = _LDCONFIG_LINE.match(line)
+            if m:
+                cache.setdefault(m.group(1), []).append((m.group(2), m.group(3)))
+        return cache
+    return {}
+
+
+def _resolve(
+    name: str, arch: tuple[str, int], cache: dict[str, list[tuple[str, str]]]
+) -> str | None:
+    entries = cache.get(name, [])
+    token = _LDCONFIG_ARCH.get(arch)
+    for flags, path in entries:
+        parts = [p.strip() for p in flags.split(",")]
+        if token is None:
+            return path
+        if token == "":
+            # 32-bit x86 entries carry no architecture flag at all.
+            if len(parts) == 1:
+                return path
+        elif token in parts:
+            return path
+    return None
+
+
+def _spellings(path: str) -> list[str]:
+    """The path, its real path, and their usrmerge twins."""
+    out: list[str] = []
+    for p in (path, os.path.realpath(path)):
+        if p.startswith("/usr/lib"):
+            twin = p[len("/usr") :]
+        elif p.startswith("/lib"):
+            twin = "/usr" + p
+        else:
+            twin = p
+        for q in (p, twin):
+            if q not in out:
+                out.append(q)
+    return out
+
+
+def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
+    """``{path: package}`` for every path some installed package owns (one dpkg call)."""
+    paths = sorted(set(paths))
+    if not paths:
+        return {}
+    try:
+        out = subprocess.run(
+            ["dpkg", "-S", *paths], capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    owners: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("diversion by") or ": " not in line:
+            continue
+        pkgs, _, path = line.partition(": ")
+        # "pkg:arch" (multi-arch) or "pkg1, pkg2": keep the first, without the arch.
+        first = pkgs.split(",")[0].strip().split(":")[0]
+        if first:
+            owners.setdefault(path.strip(), first)
+    return owners
+
+
+def wheel_library_deps(path: str | Path) -> tuple[LibraryDependency, ...]:
+    """The direct shared-library dependencies of the wheel at *path*, sorted by name."""
+    wanted: dict[str, tuple[str, int]] = {}
+    basenames: set[str] = set()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                basenames.add(info.filename.rsplit("/", 1)[-1])
+                if info.file_size < 64 or info.file_size > _MAX_MEMBER:
+                    continue
+                with zf.open(info) as member:
+                    if member.read(4) != _ELF_MAGIC:
+                        continue
+                parsed = needed_libraries(zf.read(info))
+                if parsed is None:
+                    continue
+                needed, arch = parsed
+                for name in needed:
+                    wanted.setdefault(name, arch)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidWheel(f"{Path(path).name}: cannot read for ELF analysis ({exc})")
+    if not wanted:
+        return ()
+    cache = ldconfig_cache()
+    located = {name: _resolve(name, arch, cache) for name, arch in wanted.items()}
+    candidates = [s for p in located.values() if p for s in _spellings(p)]
+    owners = dpkg_owners(candidates)
+    deps: list[LibraryDependency] = []
+    for name in sorted(wanted):
+        lib_path = located[name]
+        package = None
+        if lib_path:
+            for spelling in _spellings(lib_path):
+                if spelling in owners:
+                    package = owners[spelling]
+                    break
+        deps.append(
+            LibraryDependency(
+                library=name,
+                path=lib_path,
+                package=package,
+                bundled=package is None and name in basenames,
+            )
+        )
+    return tuple(deps)
