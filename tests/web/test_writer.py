@@ -1,0 +1,209 @@
+"""SiteWriter and PageCoalescer: atomic writes, modes, gzip twins, deletions, logs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from piwheels.errors import InvalidName, InvalidWheel
+from piwheels.web import layout
+from piwheels.web.model import HomeStats, ProjectData, SearchEntry, VersionData
+from piwheels.web.writer import PageCoalescer, SiteWriter
+
+from .conftest import make_wheel, publish
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> SiteWriter:
+    return SiteWriter(tmp_path / "www", gzip_threshold=512)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_write_project_files_and_modes(site: SiteWriter) -> None:
+    old = os.umask(0o077)  # a strict umask must not make pages unreadable to nginx
+    try:
+        f = publish(site, make_wheel("foo", "1.0"))
+        site.write_project(
+            ProjectData(
+                "foo", "Foo", aliases=("Foo", "FOO"), versions=(VersionData("1.0", files=(f,)),)
+            )
+        )
+    finally:
+        os.umask(old)
+    root = site.root
+    for rel in (
+        "simple/foo/index.html",
+        "simple/foo/index.json",
+        "project/foo/index.html",
+        "project/foo/json/index.json",
+        "simple/foo/foo-1.0-py3-none-any.whl.metadata",
+    ):
+        assert mode(root / rel) == 0o644, rel
+    assert json.loads((root / "simple/foo/index.json").read_bytes())["name"] == "foo"
+    assert os.readlink(root / "simple/Foo") == "foo" and os.readlink(root / "project/FOO") == "foo"
+    assert (root / "simple/FOO/index.html").read_bytes() == (
+        root / "simple/foo/index.html"
+    ).read_bytes()
+    # no temporary files left behind
+    assert not [p for p in root.rglob("*.tmp")]
+
+
+def test_gzip_twins_follow_the_page(site: SiteWriter) -> None:
+    big = b"x" * 1000
+    site.write_file("a/index.html", big, gz=True)
+    twin = site.root / "a/index.html.gz"
+    assert gzip.decompress(twin.read_bytes()) == big
+    site.write_file("a/index.html", b"small", gz=True)
+    assert not twin.exists()  # a stale twin would be served instead of the new page
+
+
+def test_write_file_refuses_paths_outside(site: SiteWriter) -> None:
+    for bad in ("../x", "/etc/passwd", "a//b", "a/./b", ""):
+        with pytest.raises(ValueError):
+            site.write_file(bad, b"")
+
+
+def test_failed_write_leaves_old_page(site: SiteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.write_file("p/index.html", b"old")
+
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        site.write_file("p/index.html", b"new")
+    monkeypatch.undo()
+    assert (site.root / "p/index.html").read_bytes() == b"old"
+    assert [p.name for p in (site.root / "p").iterdir()] == ["index.html"]
+
+
+def test_delete_project_removes_pages_files_and_aliases(site: SiteWriter) -> None:
+    f = publish(site, make_wheel("foo", "1.0"))
+    site.write_project(
+        ProjectData("foo", "Foo", aliases=("Foo",), versions=(VersionData("1.0", files=(f,)),))
+    )
+    site.write_project(ProjectData("bar", "bar"))
+    site.delete_project("foo", aliases=("Foo",))
+    assert not (site.root / "simple/foo").exists() and not (site.root / "project/foo").exists()
+    assert not (site.root / "simple/Foo").is_symlink()
+    assert (site.root / "simple/bar/index.html").exists()
+    site.delete_project("foo")  # deleting again is harmless
+    with pytest.raises(InvalidName):
+        site.delete_project("../bar")
+
+
+def test_delete_version_rewrites_and_removes_files(site: SiteWriter) -> None:
+    f1 = publish(site, make_wheel("foo", "1.0"))
+    f2 = publish(site, make_wheel("foo", "2.0"))
+    both = ProjectData(
+        "foo", "foo", versions=(VersionData("2.0", files=(f2,)), VersionData("1.0", files=(f1,)))
+    )
+    site.write_project(both)
+    only2 = ProjectData("foo", "foo", versions=(VersionData("2.0", files=(f2,)),))
+    with pytest.raises(ValueError):
+        site.delete_version(both, "1.0")
+    assert site.delete_version(only2, "1.0") == [f1.filename]
+    d = site.root / "simple/foo"
+    assert not (d / f1.filename).exists() and not (d / (f1.filename + ".metadata")).exists()
+    assert (d / f2.filename).exists()
+    assert f1.filename not in (d / "index.html").read_text()
+    # explicit file names work too, and bad ones are refused
+    assert site.delete_version(ProjectData("foo", "foo"), "2.0", [f2.filename]) == [f2.filename]
+    with pytest.raises(InvalidWheel):
+        site.delete_version(ProjectData("foo", "foo"), "2.0", ["../../index.html"])
+
+
+def test_write_log_gzipped_never_overwritten(site: SiteWriter) -> None:
+    path = site.write_log(123456789, "build output\n")
+    assert path == site.root / "logs/0001/2345/6789.txt.gz"
+    assert gzip.decompress(path.read_bytes()) == b"build output\n"
+    assert mode(path) == 0o644
+    with pytest.raises(FileExistsError):
+        site.write_log(123456789, "other")
+    assert gzip.decompress(path.read_bytes()) == b"build output\n"
+    assert not list(path.parent.glob("*.tmp"))
+    assert layout.log_url(5) == "/logs/0000/0000/0005.txt"
+    with pytest.raises(ValueError):
+        site.write_log(-1, "x")
+
+
+def test_write_root_scales(site: SiteWriter) -> None:
+    names = [f"project-{i}" for i in range(600_000)]
+    site.write_root(names)
+    html = (site.root / "simple/index.html").read_bytes()
+    assert html.count(b"<a href=") == 600_000
+    doc = json.loads((site.root / "simple/index.json").read_bytes())
+    assert len(doc["projects"]) == 600_000 and doc["projects"][-1] == {"name": "project-599999"}
+    assert (site.root / "simple/index.html.gz").exists()
+
+
+def test_site_pages_and_sitemaps(site: SiteWriter) -> None:
+    site.write_static([("Downloads", "/stats/d.png")])
+    for rel in ("styles.css", "search.js", "faq.html", "404.html", "packages.html", "stats.html"):
+        assert (site.root / rel).exists(), rel
+    site.write_home(HomeStats(packages_built=7))
+    assert b"packages-built" in (site.root / "index.html").read_bytes()
+    site.write_search_index([SearchEntry("foo", 1, 2)])
+    assert json.loads((site.root / "packages.json").read_bytes()) == [["foo", 1, 2]]
+    assert site.write_sitemaps([f"p{i}" for i in range(3)]) == [
+        "sitemap.xml",
+        "sitemap0.xml",
+        "sitemap1.xml",
+    ]
+    (site.root / "sitemap9.xml").write_text("stale")
+    site.write_sitemaps([])
+    assert not (site.root / "sitemap9.xml").exists() and not (site.root / "sitemap1.xml").exists()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_coalescer_merges_and_flushes_when_due() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=2.0, clock=clock)
+    c.request("foo", "simple")
+    clock.now += 1
+    c.request("foo", "project")
+    c.request("bar")
+    assert c.flush() == [] and len(c) == 2
+    assert c.next_due() == 102.0
+    clock.now = 102.0
+    assert c.flush() == [("foo", "both")]  # merged; bar's window started later
+    clock.now = 103.0
+    assert c.flush() == [("bar", "both")]
+    assert c.next_due() is None
+
+
+def test_coalescer_steady_stream_still_writes() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=1.0, clock=clock)
+    written = []
+    for _ in range(50):
+        c.request("busy", "simple")
+        clock.now += 0.1
+        written += c.flush()
+    assert len(written) >= 4  # a request every 0.1 s does not postpone the write forever
+
+
+def test_coalescer_delete_purges_and_bad_kind() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=1.0, clock=clock)
+    c.request("foo")
+    c.request("bar", "simple")
+    assert c.delete("foo") is True and c.delete("foo") is False
+    assert c.flush(force=True) == [("bar", "simple")]
+    with pytest.raises(ValueError):
+        c.request("foo", "everything")  # type: ignore[arg-type]
