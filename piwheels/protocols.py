@@ -784,8 +784,43 @@ pages = _protocol(
     send={},
 )
 
+_target = {"builder_id": nullable(integer(1))}
+
+#: Internal: the status hub (PUSH) passes builder actions to the build dispatcher (PULL).
+builder_control = _protocol(
+    "builder_control",
+    "Actions on one builder (by id) or on all of them (null), from monitors.",
+    recv={
+        "SLEEP": (record(_target), "no new builds for the builder until WAKE"),
+        "WAKE": (record(_target), "undo SLEEP"),
+        "SKIP": (record(_target), "abandon the builder's current build"),
+        "KILL": (record(_target), "abandon the current build and tell the builder to exit"),
+    },
+    send={},
+)
+
+#: Internal: tasks (PUSH) feed the status hub (PULL), which publishes to monitors.
+status_feed = Protocol(
+    "status_feed",
+    "Tasks report what monitors should see; the status hub keeps history and publishes it.",
+    recv=status.send,
+    send={},
+    docs={f"recv:{k}": v for k, v in ((k[5:], v) for k, v in status.docs.items())},
+)
+
 #: Every protocol, for the docs and for the tests.
-ALL: tuple[Protocol, ...] = (task_control, builder, files, status, control, admin, logger, pages)
+ALL: tuple[Protocol, ...] = (
+    task_control,
+    builder,
+    files,
+    status,
+    control,
+    admin,
+    logger,
+    pages,
+    builder_control,
+    status_feed,
+)
 
 
 def schema_for(protocol: Protocol, msg: str, *, sending: bool) -> Schema | None:

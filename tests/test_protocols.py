@@ -229,6 +229,15 @@ VALID: dict[tuple[str, str], Any] = {
     ("pages", "SEARCH"): None,
     ("pages", "ROOT"): None,
     ("pages", "ALL"): None,
+    ("builder_control", "SLEEP"): {"builder_id": 1},
+    ("builder_control", "WAKE"): {"builder_id": None},
+    ("builder_control", "SKIP"): {"builder_id": 2},
+    ("builder_control", "KILL"): {"builder_id": None},
+    ("status_feed", "MASTER"): MASTER_INFO,
+    ("status_feed", "STATS"): MASTER_STATS,
+    ("status_feed", "BUILDER"): BUILDER,
+    ("status_feed", "BUILD"): SUMMARY,
+    ("status_feed", "GONE"): {"builder_id": 1, "reason": "silent for 300s"},
 }
 
 
