@@ -208,7 +208,7 @@ server {{
     location ~ "^/p/(?<piw_p>[^/]+)/?$" {{
         return 301 /project/$piw_p/;
     }}
-    location ~ "^/project/[^/]+/json/$" {{
+    location ~ "^/project/[^/]+/json/(?:index\\.json)?$" {{
         index index.json;
         add_header Cache-Control "public, max-age=600" always;
         add_header Access-Control-Allow-Origin * always;

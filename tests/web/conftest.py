@@ -101,7 +101,7 @@ def readable_tempdir(prefix: str) -> Path:
 
 def write_demo_site(root: Path, *, with_metadata: bool = True) -> dict[str, ProjectData]:
     """A small tree: alpha (2.0 needs beta; 3.0 yanked), beta, gamma (quarantined)."""
-    site = SiteWriter(root, SiteConfig(base_url="http://piwheels.test"))
+    site = SiteWriter(root, SiteConfig(base_url="http://piwheels.test"), gzip_threshold=1024)
     site.write_static()
     beta1 = publish(site, make_wheel("beta", "1.0"), with_metadata=with_metadata)
     alpha1 = publish(site, make_wheel("alpha", "1.0"), with_metadata=with_metadata)
