@@ -24,6 +24,7 @@ import io
 import re
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
@@ -442,7 +443,11 @@ def _check_zip_layout(data_path: Path, size: int, filename: str, zf: zipfile.Zip
                 cd_size, cd_offset = struct.unpack("<QQ", rec[40:56])
                 cd_end = z64_at
         if cd_offset + cd_size != cd_end:
-            raise _bad(filename, "unexpected data between the central directory and its end")
+            raise _bad(
+                filename,
+                "the central directory is not where its end record says "
+                "(data added before or inside the archive)",
+            )
         # Local headers must start at 0, follow each other without overlap, and
         # name the same file as the central directory.
         infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
@@ -616,7 +621,7 @@ def read_wheel(path: str | Path) -> WheelInfo:
                         length += len(chunk)
                         if buf is not None:
                             buf += chunk
-            except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, EOFError) as exc:
                 raise _bad(filename, f"cannot read {name!r} ({exc})")
             if _hash_b64(algorithm, hasher.digest()) != rhash:
                 raise _bad(filename, f"RECORD hash of {name!r} does not match its contents")
@@ -642,7 +647,7 @@ def read_wheel(path: str | Path) -> WheelInfo:
     meta_version = (meta.get("Version") or "").strip()
     if not meta_name or canonicalize(meta_name) != fn.name:
         raise _bad(filename, f"METADATA names project {meta_name!r}, not {fn.name!r}")
-    if normalize_version(meta_version) != normalize_version(fn.version):
+    if version_key(meta_version) != version_key(fn.version):
         raise _bad(filename, f"METADATA has version {meta_version!r}, not {fn.version!r}")
     requires_python = meta.get("Requires-Python")
     requires_dist = tuple(" ".join(r.split()) for r in (meta.get_all("Requires-Dist") or ()))
@@ -694,7 +699,7 @@ def verify_wheel(
     fn = parse_wheel_filename(path.name)
     if fn.name != canonicalize(package):
         raise _bad(fn.filename, f"is a wheel of {fn.name!r}, not {canonicalize(package)!r}")
-    if normalize_version(fn.version) != normalize_version(version):
+    if version_key(fn.version) != version_key(version):
         raise _bad(fn.filename, f"is a wheel of version {fn.version!r}, not {version!r}")
     if abi is not None and not abis_served(fn.tags, [abi]):
         shown = abi if isinstance(abi, str) else "-".join(abi)
