@@ -31,8 +31,8 @@ __all__ = [
 
 #: Longest text kept for any decoded field.
 MAX_FIELD = 100
-#: Longest user agent looked at; the rest is ignored (a real pip UA is < 1000).
-MAX_UA = 4096
+#: Longest user agent looked at (a log line is at most this long anyway; pip sends < 1000).
+MAX_UA = 16384
 
 # Who made a request, as the classifier splits downloads.
 AGENT_PIP = "pip"
