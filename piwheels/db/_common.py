@@ -26,7 +26,7 @@ def check_name(name: str) -> str:
         raise InvalidName(f"empty or non-text project name: {name!r:.80}")
     if len(name) > MAX_NAME:
         raise InvalidName(f"project name longer than {MAX_NAME} characters: {name[:40]!r}...")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InvalidName(f"not a valid project name: {name!r:.80}")
     return name
 
@@ -42,7 +42,7 @@ def check_version(version: str) -> str:
         raise InvalidName(f"empty or non-text version: {version!r:.80}")
     if len(version) > MAX_VERSION:
         raise InvalidName(f"version longer than {MAX_VERSION} characters: {version[:40]!r}...")
-    if not _VERSION_RE.match(version) or "/" in version or "\\" in version:
+    if not _VERSION_RE.fullmatch(version) or "/" in version or "\\" in version:
         raise InvalidName(f"version has spaces, control characters or slashes: {version!r:.80}")
     return version
 

@@ -71,10 +71,10 @@ def add_abi(
     enabled: bool = True,
 ) -> Abi:
     """Add a build target (idempotent) and plan its builds; returns it."""
-    m = _ABI_RE.match(abi_tag)
+    m = _ABI_RE.fullmatch(abi_tag)
     if not m:
         raise InvalidName(f"not a CPython ABI tag (cpXY): {abi_tag!r:.40}")
-    if not _PLATFORM_RE.match(platform_tag) or platform_tag == "any":
+    if not _PLATFORM_RE.fullmatch(platform_tag) or platform_tag == "any":
         raise InvalidName(f"not a platform tag: {platform_tag!r:.60}")
     if glibc and not re.match(r"^\d+\.\d+$", glibc):
         raise InvalidName(f"glibc must look like 2.36: {glibc!r:.20}")

@@ -68,7 +68,7 @@ def _cell(value: object) -> str:
 def _check(hit: Hit) -> None:
     if hit.kind not in _KINDS:
         raise ProtocolError(f"unknown client kind {hit.kind!r:.20}")
-    if not _CLIENT_RE.match(hit.client):
+    if not _CLIENT_RE.fullmatch(hit.client):
         raise ProtocolError(
             f"client {hit.client[:40]!r} is neither a salted hash nor a network prefix; "
             "raw addresses are not stored"

@@ -94,7 +94,7 @@ def serve_range(python_tag: str, abi_tag: str) -> tuple[int, int]:
 
 def parse_filename(filename: str) -> dict[str, str]:
     """The tags of a wheel file name; InvalidWheel if it is not one."""
-    if not isinstance(filename, str) or len(filename) > 255 or not _FILENAME_RE.match(filename):
+    if not isinstance(filename, str) or len(filename) > 255 or not _FILENAME_RE.fullmatch(filename):
         raise InvalidWheel(f"not a safe wheel file name: {filename!r:.80}")
     try:
         parse_wheel_filename(filename)
@@ -115,9 +115,9 @@ def parse_filename(filename: str) -> dict[str, str]:
 
 
 def _check(rec: FileRecord) -> None:
-    if not _SHA_RE.match(rec.sha256):
+    if not _SHA_RE.fullmatch(rec.sha256):
         raise InvalidWheel(f"{rec.filename}: sha256 is not 64 lower-case hex digits")
-    if rec.metadata_sha256 is not None and not _SHA_RE.match(rec.metadata_sha256):
+    if rec.metadata_sha256 is not None and not _SHA_RE.fullmatch(rec.metadata_sha256):
         raise InvalidWheel(f"{rec.filename}: metadata sha256 is not 64 lower-case hex digits")
     if not isinstance(rec.size, int) or rec.size < 0:
         raise InvalidWheel(f"{rec.filename}: size must be a non-negative integer")

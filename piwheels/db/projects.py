@@ -58,16 +58,19 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             text("SELECT version, abi FROM build_queue WHERE package = :p"), {"p": canon}
         )
     }
-    excluded = {
-        (r.version, r.abi): r.reason
-        for r in conn.execute(
+    exclusion_rows = list(
+        conn.execute(
             text(
-                "SELECT version, abi, reason FROM version_exclusions WHERE package = :p "
-                "UNION ALL SELECT NULL, abi, reason FROM package_abi_skips WHERE package = :p"
+                "SELECT version, abi, kind, reason FROM version_exclusions WHERE package = :p "
+                "UNION ALL SELECT NULL, abi, 'skip', reason FROM package_abi_skips "
+                "WHERE package = :p"
             ),
             {"p": canon},
         )
-    }
+    )
+    excluded = {(r.version, r.abi): r.reason for r in exclusion_rows}
+    # Requires-Python outranks a pure wheel built elsewhere: installers will not use it.
+    py_excluded = {(r.version, r.abi) for r in exclusion_rows if r.kind == "requires_python"}
     files_by_version: dict[str, list[FileData]] = defaultdict(list)
     deps: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for r in conn.execute(
@@ -98,7 +101,10 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
                 requires_python=r.requires_python or None,
                 metadata_sha256=r.metadata_sha256,
                 builder_abis=tuple(
-                    a.abi for a in targets if served[r.version].get(a.abi) == r.build_id
+                    a.abi
+                    for a in targets
+                    if served[r.version].get(a.abi) == r.build_id
+                    and (r.version, a.abi) not in py_excluded
                 ),
                 import_ok=None if r.import_test == "untested" else r.import_test == "passed",
                 import_error=r.import_error or None,
@@ -113,7 +119,9 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
         statuses: dict[str, AbiStatus] = {}
         for a in targets:
             b = latest.get((v.version, a.abi))
-            if v.version in served and a.abi in served[v.version]:
+            if (v.version, a.abi) in py_excluded:
+                statuses[a.abi] = AbiStatus("skipped", reason=excluded[(v.version, a.abi)])
+            elif v.version in served and a.abi in served[v.version]:
                 statuses[a.abi] = AbiStatus("built", build_id=served[v.version][a.abi])
             elif b is not None and b.status in ("pending", "building"):
                 statuses[a.abi] = AbiStatus("building", build_id=b.build_id)

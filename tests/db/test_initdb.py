@@ -63,7 +63,7 @@ def fresh(admin_url):
 
 
 def test_creates_from_nothing_then_is_idempotent(fresh):
-    assert initdb.plan(fresh) [0].startswith("create database")
+    assert initdb.plan(fresh)[0].startswith("create database")
     steps = initdb.upgrade(fresh, yes=True, user="piwheels")
     assert any("upgrade schema" in s for s in steps)
     assert initdb.plan(fresh) == []
@@ -87,9 +87,12 @@ def test_dry_run_changes_nothing(fresh, admin_url):
     engine = create_engine(admin_url)
     with engine.connect() as conn:
         name = make_url(fresh).database
-        assert conn.execute(
-            text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}
-        ).scalar_one() == 0
+        assert (
+            conn.execute(
+                text("SELECT count(*) FROM pg_database WHERE datname = :n"), {"n": name}
+            ).scalar_one()
+            == 0
+        )
     engine.dispose()
 
 
@@ -103,9 +106,17 @@ def test_asks_and_a_no_changes_nothing(fresh):
 
 def test_no_terminal_refuses(fresh):
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from piwheels.db.initdb import main; "
-         "sys.exit(main(sys.argv[1:]))", "--dsn", fresh],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from piwheels.db.initdb import main; sys.exit(main(sys.argv[1:]))",
+            "--dsn",
+            fresh,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 64
     assert "without confirmation" in proc.stderr
@@ -164,7 +175,7 @@ def master(db_url):
     ],
 )
 def test_master_role_cannot(master, stmt):
-    with pytest.raises(ProgrammingError, match="(?i)permission denied|must be owner|must be"):
+    with pytest.raises(ProgrammingError, match=r"(?i)permission denied|must be owner|must be"):
         master.execute(text(stmt))
     master.rollback()
 
@@ -176,8 +187,10 @@ def test_master_role_can_do_its_job(master):
     )
     master.execute(text("UPDATE packages SET summary = 's' WHERE name = 'rolecheck'"))
     master.execute(
-        text("INSERT INTO downloads (accessed_at, kind, package, filename) "
-             "VALUES (now(), 'pip', 'rolecheck', 'x.whl')")
+        text(
+            "INSERT INTO downloads (accessed_at, kind, package, filename) "
+            "VALUES (now(), 'pip', 'rolecheck', 'x.whl')"
+        )
     )
     master.execute(text("UPDATE configuration SET max_attempts = 3"))
     master.rollback()

@@ -143,13 +143,18 @@ def test_in_progress_build_holds_the_version_everywhere(db_conn, two):
     assert queued(db_conn, cp311) == []
     with pytest.raises(BuildError, match="already being built"):
         builds.start_build(db_conn, "foo", "1.0", cp311, "b2")
-    builds.finish_build(db_conn, build_id, "success", timedelta(seconds=3),
-                        files=[f.wheel("foo", "1.0", "cp39-cp39-linux_armv7l")])
+    builds.finish_build(
+        db_conn,
+        build_id,
+        "success",
+        timedelta(seconds=3),
+        files=[f.wheel("foo", "1.0", "cp39-cp39-linux_armv7l")],
+    )
     assert queued(db_conn, cp311) == [("foo", "1.0")]
 
 
 def test_upstream_wheel_skips_unless_configured(db_conn, two):
-    cp39, cp311 = two
+    cp39 = two[0]
     f.version(db_conn, "foo", "1.0", upstream_wheel_tags=["cp311-cp311-manylinux_2_17_armv7l"])
     f.version(db_conn, "bar", "1.0", upstream_wheel_serves=True)
     # Coverage by manylinux needs the target's glibc.
@@ -172,8 +177,10 @@ def test_order_priority_then_demand_then_newest(db_conn, two):
     f.version(db_conn, "popular", "1.0", days_ago=500)
     assert queued(db_conn, cp39)[:2] == [("new", "1.0"), ("old", "1.0")]
     db_conn.execute(
-        text("INSERT INTO daily_package_stats (day, package, downloads, searches) "
-             "VALUES (:d, 'popular', 50, 10), (:old, 'old', 1000, 0)"),
+        text(
+            "INSERT INTO daily_package_stats (day, package, downloads, searches) "
+            "VALUES (:d, 'popular', 50, 10), (:old, 'old', 1000, 0)"
+        ),
         {"d": date.today() - timedelta(days=2), "old": date.today() - timedelta(days=90)},
     )
     assert queue.refresh_demand(db_conn) == 1  # 'old' demand is outside the 30 days
