@@ -111,10 +111,13 @@ def follow_lines(
     """Lines appended to *path*, following it across rotation, until *stop* is set.
 
     Yields ``None`` each time it waits for more (so the caller can flush
-    batches while the log is quiet).  With *from_end*, the file present at
-    the start is read from its end.  After a rename rotation the old file is
-    read until it has been quiet for *rotate_grace* seconds or the new file
-    has data, so lines the server writes before it reopens are not lost.
+    batches while the log is quiet).  With *from_end*, a file present at the
+    start is read from its end (a file that appears later, from its start).
+    After a rename rotation the old file is read until it has been quiet for
+    *rotate_grace* seconds or the new file has data, so lines the server
+    writes before it reopens are not lost.  Copytruncate is noticed when the
+    file is shorter than the position read; if more than that was written
+    again between two polls, those lines are missed (use rename rotation).
     """
     stop = stop or threading.Event()
     p = Path(path)
@@ -146,6 +149,8 @@ def follow_lines(
                 try:
                     f = open(p, "rb")  # noqa: SIM115 - closed in finally or on rotation
                 except FileNotFoundError:
+                    # A file that appears later is new: read it from its start.
+                    first = False
                     yield None
                     stop.wait(poll_interval)
                     continue
