@@ -808,6 +808,105 @@ status_feed = Protocol(
     docs={f"recv:{k}": v for k, v in ((k[5:], v) for k, v in status.docs.items())},
 )
 
+#: What the file receiver found in a checked wheel: everything its database record needs.
+WHEEL_FACTS = record(
+    {
+        "filename": text(FILENAME_LIMIT, empty=False),
+        "path": text(1000, empty=False),
+        "package": name_text,
+        "version": name_text,
+        "size": integer(),
+        "sha256": sha256,
+        "metadata_sha256": sha256,
+        "requires_python": nullable(text(1000)),
+        "requires_dist": list_of(text(2000), limit=1000),
+        "tags": list_of(name_text, limit=1000),
+        "python_tag": name_text,
+        "abi_tag": name_text,
+        "platform_tag": name_text,
+        "modules": list_of(name_text, limit=10_000),
+    }
+)
+
+TRANSFER_REFUSALS = (
+    "invalid",
+    "invalid_name",
+    "wrong_package",
+    "wrong_version",
+    "wrong_abi",
+    "too_large",
+    "short",
+    "invalid_wheel",
+    "hash_mismatch",
+    "conflict",
+    "incomplete",
+    "unknown",
+    "disk",
+)
+
+_transfer = {"transfer": text(64, empty=False)}
+
+#: Internal: the build dispatcher and admin gateway (DEALER) drive the file receiver (ROUTER).
+transfers = _protocol(
+    "transfers",
+    "The master's build dispatcher and admin gateway tell the file receiver which file to "
+    "expect under a transfer token, then ask it to verify and publish what arrived. Every "
+    "request is answered, and every answer names the transfer.",
+    recv={
+        "EXPECT": (
+            record(
+                {
+                    **_transfer,
+                    "filename": text(FILENAME_LIMIT),
+                    "package": name_text,
+                    "version": name_text,
+                    "abi": nullable(name_text),
+                    "platform": nullable(name_text),
+                    "size": integer(),
+                    "sha256": sha256,
+                }
+            ),
+            "get ready to receive this file (the sender's claims are checked later); "
+            "answered EXPECTING or REFUSED",
+        ),
+        "VERIFY": (
+            record(_transfer),
+            "check the received file (size, sha256 against the claim, the wheel itself); "
+            "answered VERIFIED or REFUSED",
+        ),
+        "PUBLISH": (
+            record(_transfer),
+            "verify if not yet done, then rename the file into the index with its .metadata; "
+            "answered PUBLISHED or REFUSED",
+        ),
+        "CANCEL": (
+            record(_transfer),
+            "forget the transfer and remove its file; answered CANCELLED",
+        ),
+    },
+    send={
+        "EXPECTING": (record(_transfer), "ready; tell the sender to send under this token"),
+        "VERIFIED": (record({**_transfer, "file": WHEEL_FACTS}), "the file is the wheel expected"),
+        "PUBLISHED": (
+            record({**_transfer, "file": WHEEL_FACTS, "existed": boolean}),
+            "the file is in the index (existed: the same file was already there)",
+        ),
+        "CANCELLED": (record(_transfer), "the transfer is gone"),
+        "REFUSED": (
+            record(
+                {
+                    **_transfer,
+                    "code": one_of(*TRANSFER_REFUSALS),
+                    "reason": reason_text,
+                    "final": boolean,
+                }
+            ),
+            "refused, with the reason; final: the transfer and its file are gone "
+            "(otherwise, e.g. incomplete, it may still be sent again)",
+        ),
+    },
+)
+
 #: Every protocol, for the docs and for the tests.
 ALL: tuple[Protocol, ...] = (
     task_control,
@@ -820,6 +919,7 @@ ALL: tuple[Protocol, ...] = (
     pages,
     builder_control,
     status_feed,
+    transfers,
 )
 
 

@@ -115,6 +115,23 @@ LOG_BATCH_ONE = {
     "ci": [None],
 }
 
+WHEEL_FACTS = {
+    "filename": FILE["filename"],
+    "path": "simple/foo/" + FILE["filename"],
+    "package": "foo",
+    "version": "1.0",
+    "size": 1234,
+    "sha256": SHA,
+    "metadata_sha256": SHA,
+    "requires_python": None,
+    "requires_dist": ["bar>=1"],
+    "tags": ["cp311-cp311-linux_armv7l"],
+    "python_tag": "cp311",
+    "abi_tag": "cp311",
+    "platform_tag": "linux_armv7l",
+    "modules": ["foo"],
+}
+
 #: One valid payload for every message of every protocol.
 VALID: dict[tuple[str, str], Any] = {
     ("task_control", "PAUSE"): None,
@@ -238,6 +255,29 @@ VALID: dict[tuple[str, str], Any] = {
     ("status_feed", "BUILDER"): BUILDER,
     ("status_feed", "BUILD"): SUMMARY,
     ("status_feed", "GONE"): {"builder_id": 1, "reason": "silent for 300s"},
+    ("transfers", "EXPECT"): {
+        "transfer": "t3",
+        "filename": FILE["filename"],
+        "package": "foo",
+        "version": "1.0",
+        "abi": "cp311",
+        "platform": None,
+        "size": 1234,
+        "sha256": SHA,
+    },
+    ("transfers", "VERIFY"): {"transfer": "t3"},
+    ("transfers", "PUBLISH"): {"transfer": "t3"},
+    ("transfers", "CANCEL"): {"transfer": "t3"},
+    ("transfers", "EXPECTING"): {"transfer": "t3"},
+    ("transfers", "VERIFIED"): {"transfer": "t3", "file": WHEEL_FACTS},
+    ("transfers", "PUBLISHED"): {"transfer": "t3", "file": WHEEL_FACTS, "existed": False},
+    ("transfers", "CANCELLED"): {"transfer": "t3"},
+    ("transfers", "REFUSED"): {
+        "transfer": "t3",
+        "code": "hash_mismatch",
+        "reason": "sha256 differs from the builder's claim",
+        "final": True,
+    },
 }
 
 

@@ -1,0 +1,558 @@
+"""Both sides of the ``files`` protocol: chunked, credit-based, resumable transfers.
+
+The receiver (the master) pulls; the sender (a builder or piw-import) only
+answers.  After the sender's ``HELLO`` names a transfer token, the receiver
+keeps up to *window* ``FETCH`` requests of at most *chunk_size* bytes
+outstanding, writing each ``CHUNK`` at its offset into a temporary file that
+was pre-sized to the announced size.  Every chunk received earns one more
+fetch (the credit-based flow control of the ZeroMQ guide), so the sender
+never floods the receiver and a slow disk slows the sender down.
+
+A sender that hears nothing for a while says ``HELLO`` again (on the same or a
+new socket); the receiver forgets what was in flight and fetches whatever is
+still missing, so a transfer survives a broken connection.  The receiver
+computes the size and SHA-256 from the bytes it wrote; nothing the sender
+says about the file is trusted.
+
+:class:`TransferTable` is the receiver's state (no sockets: it maps a
+received message to the replies to send) and :class:`FileSender` the
+sender's loop on a DEALER socket.  Neither depends on the task runtime.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import protocols
+from .errors import ProtocolError, TransportError, TransportTimeout
+from .transport import DEALER, Context, CurveKeys, Received, Socket
+
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_WINDOW",
+    "MAX_CHUNK",
+    "FileSender",
+    "Reply",
+    "SendResult",
+    "Transfer",
+    "TransferRefused",
+    "TransferTable",
+    "new_token",
+    "send_file",
+    "sha256_of",
+    "valid_token",
+]
+
+log = logging.getLogger("piwheels.filetransfer")
+
+DEFAULT_CHUNK = 64 * 1024
+#: The files protocol refuses larger FETCH lengths and CHUNK payloads.
+MAX_CHUNK = 1024 * 1024
+DEFAULT_WINDOW = 10
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def new_token() -> str:
+    """A fresh transfer token: unguessable, so one sender cannot hijack another's file."""
+    return secrets.token_urlsafe(24)
+
+
+def valid_token(token: str) -> bool:
+    """True if *token* is usable (it becomes a folder name in the staging area)."""
+    return bool(_TOKEN.match(token))
+
+
+class TransferRefused(ProtocolError):
+    """A transfer cannot be set up or has been abandoned; ``code`` says why."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        self.code = code
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One message the receiver must send to a peer."""
+
+    peer: tuple[bytes, ...]
+    msg: str
+    data: dict[str, Any]
+
+
+# -- receiver ---------------------------------------------------------------------------
+
+
+@dataclass
+class Transfer:
+    """The receiving side of one file: a pre-sized temporary file and what is missing.
+
+    States: ``receiving`` -> ``complete`` (all bytes written, hash known) or
+    ``failed`` (temporary file removed, ``reason`` set).
+    """
+
+    token: str
+    filename: str
+    size: int
+    folder: Path
+    chunk_size: int = DEFAULT_CHUNK
+    window: int = DEFAULT_WINDOW
+    state: str = "receiving"
+    reason: str | None = None
+    code: str | None = None
+    peer: tuple[bytes, ...] | None = None
+    sha256: str | None = None
+    last_activity: float = field(default_factory=time.monotonic)
+    #: Sorted, disjoint [start, end) ranges not yet written.
+    missing: list[list[int]] = field(default_factory=list)
+    #: offset -> length of each FETCH sent and not yet answered.
+    inflight: dict[int, int] = field(default_factory=dict)
+    _cursor: int = 0
+    _fd: int | None = None
+    _hasher: Any = None
+    _hashed: int = 0
+
+    @property
+    def path(self) -> Path:
+        """Where the bytes are written (named as the file, so checks see its real name)."""
+        return self.folder / self.filename
+
+    @property
+    def received(self) -> int:
+        """Bytes written so far."""
+        return self.size - sum(end - start for start, end in self.missing)
+
+    def open(self) -> None:
+        """Create the temporary file, reserving *size* bytes of disk up front."""
+        self.folder.mkdir(parents=True, exist_ok=False)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if self.size:
+                try:
+                    os.posix_fallocate(self._fd, 0, self.size)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise TransferRefused(
+                            "disk", f"no room for {self.size} bytes in {self.folder.parent}"
+                        )
+                    # Filesystems without fallocate: a sparse file does the job.
+                    os.ftruncate(self._fd, self.size)
+        except BaseException:
+            self.discard()
+            raise
+        self._hasher = hashlib.sha256()
+        self.missing = [[0, self.size]] if self.size else []
+        if not self.size:
+            self._finish()
+
+    def hello(self, peer: tuple[bytes, ...]) -> list[Reply]:
+        """The sender (re)started: forget what was in flight and fetch what is missing."""
+        self.peer = peer
+        self.inflight.clear()
+        self._cursor = 0
+        self.last_activity = time.monotonic()
+        if self.state == "complete":
+            return [self._done()]
+        if self.state == "failed":
+            return [Reply(peer, "ERROR", {"reason": self.reason or "transfer failed"})]
+        return self._fetches()
+
+    def chunk(self, peer: tuple[bytes, ...], offset: int, data: bytes) -> list[Reply]:
+        """Write one chunk from the bound sender; returns fetches, DONE or ERROR."""
+        if self.state != "receiving":
+            return []  # late duplicate after the end: nothing to do
+        self.last_activity = time.monotonic()
+        end = offset + len(data)
+        if end > self.size:
+            return self.fail(
+                "too_large", f"{self.filename}: sender sent bytes past the announced {self.size}"
+            )
+        asked = self.inflight.pop(offset, None)
+        if asked is not None and len(data) != asked:
+            if len(data) < asked:
+                why = f"{self.filename}: file is shorter than the announced {self.size} bytes"
+            else:
+                why = f"{self.filename}: sender sent {len(data)} bytes for a {asked} byte range"
+            return self.fail("too_large" if len(data) > asked else "short", why)
+        if data and self._overlaps_missing(offset, end):
+            assert self._fd is not None
+            os.pwrite(self._fd, data, offset)
+            self._subtract(offset, end)
+            self._advance_hash(offset, data)
+        if not self.missing:
+            self._finish()
+            return [self._done()]
+        return self._fetches() if asked is not None else []
+
+    def fail(self, code: str, reason: str) -> list[Reply]:
+        """Abandon the transfer: remove the temporary file and tell the sender why."""
+        self.state = "failed"
+        self.code = code
+        self.reason = reason
+        self.discard()
+        log.warning("transfer %s refused: %s", self.token, reason)
+        return [Reply(self.peer, "ERROR", {"reason": reason})] if self.peer else []
+
+    def discard(self) -> None:
+        """Close and remove the temporary file and its folder."""
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        """Close the file descriptor (the file stays)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- internals ------------------------------------------------------------------
+
+    def _fetches(self) -> list[Reply]:
+        replies: list[Reply] = []
+        if self.peer is None:
+            return replies
+        while len(self.inflight) < self.window:
+            nxt = self._next_range()
+            if nxt is None:
+                break
+            start, length = nxt
+            self.inflight[start] = length
+            replies.append(Reply(self.peer, "FETCH", {"offset": start, "length": length}))
+        return replies
+
+    def _next_range(self) -> tuple[int, int] | None:
+        # One pass over the missing ranges per HELLO: each byte is asked for
+        # once; a resumed sender restarts the pass from the first gap.
+        for start, end in self.missing:
+            if end <= self._cursor:
+                continue
+            begin = max(start, self._cursor)
+            length = min(self.chunk_size, end - begin)
+            self._cursor = begin + length
+            return begin, length
+        return None
+
+    def _overlaps_missing(self, start: int, end: int) -> bool:
+        return any(s < end and start < e for s, e in self.missing)
+
+    def _subtract(self, start: int, end: int) -> None:
+        out: list[list[int]] = []
+        for s, e in self.missing:
+            if e <= start or end <= s:
+                out.append([s, e])
+                continue
+            if s < start:
+                out.append([s, start])
+            if end < e:
+                out.append([end, e])
+        self.missing = out
+
+    def _advance_hash(self, offset: int, data: bytes) -> None:
+        # Hash in file order as the contiguous prefix grows; in the usual
+        # in-order case straight from the chunk, otherwise from the file.
+        if offset == self._hashed:
+            self._hasher.update(data)
+            self._hashed += len(data)
+        frontier = self.missing[0][0] if self.missing else self.size
+        while self._hashed < frontier:
+            assert self._fd is not None
+            block = os.pread(self._fd, min(MAX_CHUNK, frontier - self._hashed), self._hashed)
+            if not block:
+                raise OSError(f"{self.path}: short read while hashing")
+            self._hasher.update(block)
+            self._hashed += len(block)
+
+    def _finish(self) -> None:
+        assert self._fd is not None
+        self._advance_hash(self._hashed, b"")
+        os.fsync(self._fd)
+        self.close()
+        self.state = "complete"
+        self.sha256 = self._hasher.hexdigest()
+        self.inflight.clear()
+
+    def _done(self) -> Reply:
+        assert self.peer is not None and self.sha256 is not None
+        return Reply(self.peer, "DONE", {"sha256": self.sha256, "size": self.size})
+
+
+class TransferTable:
+    """The receiver's transfers, by token and by the sender bound to each.
+
+    *staging* is a folder on the same filesystem as the published files, so a
+    finished file can be renamed into place.  :meth:`handle` turns one
+    received ``files`` message into the replies to send.
+    """
+
+    def __init__(
+        self,
+        staging: Path,
+        *,
+        max_size: int,
+        chunk_size: int = DEFAULT_CHUNK,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        if not 0 < chunk_size <= MAX_CHUNK:
+            raise ValueError(f"chunk size must be between 1 and {MAX_CHUNK} bytes")
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.staging = staging
+        self.max_size = max_size
+        self.chunk_size = chunk_size
+        self.window = window
+        self.transfers: dict[str, Transfer] = {}
+        self._by_peer: dict[tuple[bytes, ...], str] = {}
+
+    def clear_staging(self) -> None:
+        """Remove whatever a previous run left in the staging folder."""
+        if self.staging.exists():
+            for entry in self.staging.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+
+    def expect(self, token: str, filename: str, size: int) -> Transfer:
+        """Prepare to receive *filename* of *size* bytes under *token*.
+
+        Raises :class:`TransferRefused` for a bad token, a size over the limit,
+        or no room on disk.  The caller checks the filename itself.
+        """
+        if not valid_token(token):
+            raise TransferRefused("invalid", f"transfer token {token[:70]!r} is not valid")
+        if token in self.transfers:
+            raise TransferRefused("invalid", f"transfer {token} is already expected")
+        if size > self.max_size:
+            raise TransferRefused(
+                "too_large",
+                f"{filename}: {size} bytes is over the limit of {self.max_size} bytes",
+            )
+        if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+            raise TransferRefused("invalid_name", f"file name {filename[:80]!r} has path parts")
+        transfer = Transfer(
+            token=token,
+            filename=filename,
+            size=size,
+            folder=self.staging / token,
+            chunk_size=self.chunk_size,
+            window=self.window,
+        )
+        transfer.open()
+        self.transfers[token] = transfer
+        return transfer
+
+    def get(self, token: str) -> Transfer | None:
+        return self.transfers.get(token)
+
+    def discard(self, token: str) -> Transfer | None:
+        """Forget *token*, removing its temporary file; returns it if it was known."""
+        transfer = self.transfers.pop(token, None)
+        if transfer is not None:
+            transfer.discard()
+            if transfer.peer is not None and self._by_peer.get(transfer.peer) == token:
+                del self._by_peer[transfer.peer]
+        return transfer
+
+    def release(self, token: str) -> Transfer | None:
+        """Forget *token* without touching its file (it has been moved elsewhere)."""
+        transfer = self.transfers.pop(token, None)
+        if transfer is not None:
+            transfer.close()
+            if transfer.peer is not None and self._by_peer.get(transfer.peer) == token:
+                del self._by_peer[transfer.peer]
+        return transfer
+
+    def expired(self, max_idle: float) -> list[str]:
+        """Tokens of transfers idle for longer than *max_idle* seconds."""
+        cutoff = time.monotonic() - max_idle
+        return [t for t, tr in self.transfers.items() if tr.last_activity < cutoff]
+
+    def handle(self, received: Received) -> list[Reply]:
+        """The replies to one checked ``files`` message from a sender."""
+        peer = received.peer
+        if peer is None:
+            raise TransportError("files messages must come through a ROUTER socket")
+        if received.msg == "HELLO":
+            token = received.data["transfer"]
+            transfer = self.transfers.get(token)
+            if transfer is None:
+                log.warning("HELLO from %s for unknown transfer %r", received.peer_name, token)
+                return [Reply(peer, "ERROR", {"reason": f"unknown transfer {token}"})]
+            if transfer.peer is not None and transfer.peer != peer:
+                log.info("transfer %s resumed by a new connection", token)
+                self._by_peer.pop(transfer.peer, None)
+            old = self._by_peer.get(peer)
+            if old is not None and old != token and old in self.transfers:
+                # One sender socket, one transfer: it moved on to another file.
+                self.transfers[old].peer = None
+            self._by_peer[peer] = token
+            return transfer.hello(peer)
+        if received.msg == "CHUNK":
+            token = self._by_peer.get(peer)
+            transfer = self.transfers.get(token) if token else None
+            if transfer is None or transfer.peer != peer:
+                log.warning(
+                    "stray CHUNK at %d from %s (no transfer): ignored",
+                    received.data["offset"],
+                    received.peer_name,
+                )
+                return []
+            return transfer.chunk(peer, received.data["offset"], received.data["data"])
+        log.warning("unexpected %s from %s", received.msg, received.peer_name)
+        return []
+
+
+# -- sender -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """How a :class:`FileSender` run ended."""
+
+    ok: bool
+    reason: str | None = None  # why not, when not ok
+    size: int | None = None  # as computed by the receiver
+    sha256: str | None = None  # as computed by the receiver
+    chunks: int = 0  # CHUNKs sent (resends included)
+    hellos: int = 0  # HELLOs sent
+
+
+class FileSender:
+    """Answers a receiver's FETCHes with CHUNKs of one file over a DEALER socket.
+
+    :meth:`run` blocks until the receiver says DONE (ok) or ERROR, the
+    receiver stays silent for *give_up* seconds, or *stop* is set.  After
+    *silence* seconds without a message it says HELLO again, which makes the
+    receiver resume.  With *keys* and *server_public* the socket is a
+    CurveZMQ client.
+    """
+
+    def __init__(
+        self,
+        context: Context,
+        address: str,
+        path: str | os.PathLike[str],
+        token: str,
+        *,
+        keys: CurveKeys | None = None,
+        server_public: bytes | None = None,
+        silence: float = 5.0,
+        give_up: float = 60.0,
+        stop: threading.Event | None = None,
+        max_chunks: int | None = None,
+    ) -> None:
+        if (keys is None) != (server_public is None):
+            raise ValueError("CurveZMQ needs both the client keys and the server's public key")
+        self.context = context
+        self.address = address
+        self.path = Path(path)
+        self.token = token
+        self.keys = keys
+        self.server_public = server_public
+        self.silence = silence
+        self.give_up = give_up
+        self.stop = stop or threading.Event()
+        #: Tests use this to make a sender vanish mid-transfer.
+        self.max_chunks = max_chunks
+
+    def _socket(self) -> Socket:
+        sock = self.context.socket(
+            DEALER, reversed(protocols.files), max_msg_size=MAX_CHUNK + 4096, hwm=1000
+        )
+        if self.keys is not None and self.server_public is not None:
+            sock.curve_client(self.keys, self.server_public)
+        sock.connect(self.address)
+        return sock
+
+    def run(self) -> SendResult:
+        """Serve the transfer until it ends; never raises for the receiver's behaviour."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            return SendResult(False, f"cannot read {self.path}: {exc.strerror}")
+        sock = self._socket()
+        chunks = hellos = 0
+        try:
+            sock.send_msg("HELLO", {"transfer": self.token})
+            hellos += 1
+            heard = last_hello = time.monotonic()
+            while True:
+                if self.stop.is_set():
+                    return SendResult(False, "stopped", chunks=chunks, hellos=hellos)
+                now = time.monotonic()
+                if now - heard > self.give_up:
+                    return SendResult(
+                        False,
+                        f"receiver at {self.address} silent for {self.give_up:g} s",
+                        chunks=chunks,
+                        hellos=hellos,
+                    )
+                if now - last_hello > self.silence:
+                    log.info("transfer %s: receiver silent, saying HELLO again", self.token)
+                    sock.send_msg("HELLO", {"transfer": self.token}, timeout=self.silence)
+                    hellos += 1
+                    last_hello = now
+                try:
+                    received = sock.recv_msg(timeout=min(0.2, self.silence))
+                except TransportTimeout:
+                    continue
+                except ProtocolError as exc:
+                    log.warning("transfer %s: %s", self.token, exc)
+                    continue
+                heard = last_hello = time.monotonic()
+                if received.msg == "FETCH":
+                    if self.max_chunks is not None and chunks >= self.max_chunks:
+                        return SendResult(
+                            False, "chunk limit reached", chunks=chunks, hellos=hellos
+                        )
+                    offset, length = received.data["offset"], received.data["length"]
+                    data = os.pread(fd, length, offset)
+                    sock.send_msg("CHUNK", {"offset": offset, "data": data})
+                    chunks += 1
+                elif received.msg == "DONE":
+                    return SendResult(
+                        True,
+                        size=received.data["size"],
+                        sha256=received.data["sha256"],
+                        chunks=chunks,
+                        hellos=hellos,
+                    )
+                elif received.msg == "ERROR":
+                    return SendResult(False, received.data["reason"], chunks=chunks, hellos=hellos)
+        except TransportError as exc:
+            return SendResult(False, str(exc), chunks=chunks, hellos=hellos)
+        finally:
+            os.close(fd)
+            sock.close(linger=0 if self.max_chunks is not None else 1)
+
+
+def send_file(
+    context: Context,
+    address: str,
+    path: str | os.PathLike[str],
+    token: str,
+    **kwargs: Any,
+) -> SendResult:
+    """Send *path* under *token* to the receiver at *address* (see :class:`FileSender`)."""
+    return FileSender(context, address, path, token, **kwargs).run()
+
+
+def sha256_of(path: str | os.PathLike[str], *, block: int = MAX_CHUNK) -> tuple[int, str]:
+    """(size, sha256 hex) of a file."""
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while data := fh.read(block):
+            hasher.update(data)
+            size += len(data)
+    return size, hasher.hexdigest()
