@@ -29,6 +29,7 @@ TEST = [
     "pytest>=8",
     "pytest-xdist>=3",
     "pytest-asyncio>=0.23",
+    "html5lib>=1.1",
     "uv>=0.4",
     "ruff>=0.6",
     "mypy>=1.10",
@@ -49,8 +50,7 @@ setup(
     # installed as the piwheels.sql package so the code can find them.
     include_package_data=True,
     package_data={
-        "piwheels": ["py.typed", "**/*.pt", "**/*.css", "**/*.js", "**/*.svg", "**/*.conf",
-                     "**/*.ico", "**/*.txt"],
+        "piwheels": ["py.typed", "web/templates/*.pt", "web/static/*"],
     },
     install_requires=COMMON + MASTER + BUILDER + MONITOR + REPORT,
     extras_require={
