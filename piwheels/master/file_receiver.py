@@ -1,0 +1,399 @@
+"""The file receiver: pulls wheels from builders and importers, checks them, publishes them.
+
+Two sockets:
+
+* ``file`` (ROUTER, external; a CurveZMQ server when the master has keys):
+  senders speak the ``files`` protocol (see :mod:`piwheels.filetransfer`).
+* ``transfers`` (ROUTER, internal): the build dispatcher and the admin gateway
+  speak the ``transfers`` protocol: EXPECT a file under a token, then VERIFY
+  and PUBLISH it, or CANCEL it.
+
+Nothing a sender says about a file is trusted.  EXPECT refuses a filename
+with path parts or that is not a wheel of the package, version and ABI
+expected, and a claimed size over ``[master] max_file_size``; the transfer
+itself refuses bytes past the claimed size.  VERIFY computes size and
+SHA-256 from what was written, compares them with the claim, and checks the
+archive (:func:`piwheels.wheels.verify_wheel`).  PUBLISH links the file into
+``simple/<canonical name>/`` (a hard link, which never replaces an existing
+file, so a published filename never changes content) and writes its
+``.metadata`` beside it.  A refused transfer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import protocols
+from ..errors import InvalidName, InvalidWheel, ProtocolError, TransportError
+from ..filetransfer import MAX_CHUNK, TransferRefused, TransferTable, sha256_of
+from ..tasks import Endpoint, Task
+from ..transport import ROUTER, Context, describe_peer
+from ..wheels import (
+    WheelInfo,
+    abis_served,
+    canonicalize,
+    normalize_version,
+    parse_wheel_filename,
+    verify_wheel,
+)
+from .env import MasterEnv
+
+__all__ = ["STAGING_DIR", "FileReceiver"]
+
+#: Folder inside the output folder where files arrive (same filesystem: atomic rename).
+STAGING_DIR = ".transfers"
+#: How long a failed or published transfer is remembered, to answer late requests clearly.
+TOMBSTONE_SECONDS = 600.0
+
+
+@dataclass
+class _Expected:
+    """What the dispatcher (or admin gateway) said the file must be."""
+
+    token: str
+    filename: str
+    package: str
+    version: str
+    abi: str | None
+    platform: str | None
+    size: int
+    sha256: str
+    info: WheelInfo | None = None  # set once verified
+
+
+class FileReceiver(Task):
+    """Receives, checks and publishes wheels; see the module docstring."""
+
+    role = "file_receiver"
+    # Transfers in flight finish even while the master is paused.
+    pausable = False
+    binds = (
+        Endpoint("file", "ROUTER", "files", "builders and piw-import send files"),
+        Endpoint("transfers", "ROUTER", "transfers", "dispatcher and admin gateway requests"),
+    )
+    connects = ()
+
+    def __init__(
+        self,
+        context: Context,
+        env: MasterEnv,
+        *,
+        on_fatal: Callable[[Task, BaseException], None] | None = None,
+        window: int = 10,
+    ) -> None:
+        super().__init__(context, on_fatal=on_fatal)
+        self.env = env
+        master = env.settings.master
+        self.output_path = Path(env.output_path)
+        self.simple_path = self.output_path / "simple"
+        self.table = TransferTable(
+            self.output_path / STAGING_DIR,
+            max_size=master.max_file_size,
+            chunk_size=min(master.file_chunk_size, MAX_CHUNK),
+            window=window,
+        )
+        self.table.clear_staging()
+        self.idle_limit = master.builder_timeout.total_seconds()
+        self.expected: dict[str, _Expected] = {}
+        # token -> (code, reason, when): answers for transfers that are gone.
+        self.tombstones: dict[str, tuple[str, str, float]] = {}
+
+        self.file = self.socket(
+            ROUTER, protocols.files, name="file", max_msg_size=MAX_CHUNK + 4096, hwm=1000
+        )
+        if env.server_keys is not None:
+            self.file.curve_server(env.server_keys)
+        self.file_address = self.file.bind(env.addresses["file"])
+        self.register(self.file, self.handle_file)
+
+        self.requests = self.socket(ROUTER, protocols.transfers, name="transfers")
+        self.transfers_address = self.requests.bind(env.addresses["transfers"])
+        self.register(self.requests)
+        self.every(min(30.0, max(1.0, self.idle_limit / 4)), self.expire)
+
+    # -- the file socket -------------------------------------------------------------
+
+    def handle_file(self) -> None:
+        try:
+            received = self.file.recv_msg()
+        except ProtocolError as exc:
+            self.log.warning("file: %s", exc)
+            return
+        for reply in self.table.handle(received):
+            try:
+                self.file.send_msg(reply.msg, reply.data, peer=reply.peer)
+            except TransportError as exc:
+                # The sender went away; it will say HELLO again if it comes back.
+                self.log.info("file: cannot reply to %s: %s", describe_peer(reply.peer), exc)
+
+    # -- the transfers socket --------------------------------------------------------
+
+    def _reply(self, peer: tuple[bytes, ...], msg: str, data: dict[str, Any]) -> None:
+        try:
+            self.requests.send_msg(msg, data, peer=peer)
+        except TransportError as exc:
+            self.log.warning("transfers: cannot reply %s: %s", msg, exc)
+
+    def _refuse(
+        self, peer: tuple[bytes, ...], token: str, code: str, reason: str, *, final: bool = True
+    ) -> None:
+        reason = reason[: protocols.REASON_LIMIT]
+        if final:
+            self._forget(token, code, reason)
+        self.log.warning("transfer %s refused (%s): %s", token, code, reason)
+        self._reply(
+            peer, "REFUSED", {"transfer": token, "code": code, "reason": reason, "final": final}
+        )
+
+    def _forget(self, token: str, code: str, reason: str) -> None:
+        self.table.discard(token)
+        self.expected.pop(token, None)
+        self.tombstones[token] = (code, reason, time.monotonic())
+
+    def do_EXPECT(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        token = data["transfer"]
+        exp = _Expected(
+            token=token,
+            filename=data["filename"],
+            package=data["package"],
+            version=data["version"],
+            abi=data["abi"],
+            platform=data["platform"],
+            size=data["size"],
+            sha256=data["sha256"],
+        )
+        known = self.expected.get(token)
+        if known is not None:
+            same = (known.filename, known.size, known.sha256) == (
+                exp.filename,
+                exp.size,
+                exp.sha256,
+            )
+            if same:
+                # The dispatcher asks again (e.g. to resend after an incomplete transfer).
+                self._reply(peer, "EXPECTING", {"transfer": token})
+            else:
+                self._reply(
+                    peer,
+                    "REFUSED",
+                    {
+                        "transfer": token,
+                        "code": "invalid",
+                        "reason": f"transfer {token} is already expecting another file",
+                        "final": False,
+                    },
+                )
+            return
+        try:
+            self._check_name(exp)
+            self.table.expect(token, exp.filename, exp.size)
+        except TransferRefused as exc:
+            self._refuse(peer, token, exc.code, str(exc))
+            return
+        self.tombstones.pop(token, None)
+        self.expected[token] = exp
+        self.log.info(
+            "expecting %s (%d bytes) for %s %s as %s",
+            exp.filename,
+            exp.size,
+            exp.package,
+            exp.version,
+            token,
+        )
+        self._reply(peer, "EXPECTING", {"transfer": token})
+
+    def _check_name(self, exp: _Expected) -> None:
+        try:
+            fn = parse_wheel_filename(exp.filename)
+        except InvalidWheel as exc:
+            raise TransferRefused("invalid_name", str(exc))
+        try:
+            want = canonicalize(exp.package)
+        except InvalidName as exc:
+            raise TransferRefused("invalid", str(exc))
+        if fn.name != want:
+            raise TransferRefused(
+                "wrong_package", f"{exp.filename} is a wheel of {fn.name!r}, not {want!r}"
+            )
+        if normalize_version(fn.version) != normalize_version(exp.version):
+            raise TransferRefused(
+                "wrong_version",
+                f"{exp.filename} is a wheel of version {fn.version!r}, not {exp.version!r}",
+            )
+        try:
+            verify_abi(exp.filename, exp.abi, exp.platform)
+        except InvalidWheel as exc:
+            raise TransferRefused("wrong_abi", str(exc))
+
+    def do_VERIFY(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        token = data["transfer"]
+        exp = self._verified(token, peer)
+        if exp is not None and exp.info is not None:
+            self._reply(peer, "VERIFIED", {"transfer": token, "file": self._facts(exp)})
+
+    def do_PUBLISH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        token = data["transfer"]
+        exp = self._verified(token, peer)
+        if exp is None or exp.info is None:
+            return
+        transfer = self.table.get(token)
+        assert transfer is not None
+        canon = exp.info.name
+        folder = self.simple_path / canon
+        target = folder / exp.filename
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(transfer.path, 0o644)
+            existed = False
+            try:
+                # link() never replaces an existing name: the check and the
+                # publication are one atomic step.
+                os.link(transfer.path, target)
+            except FileExistsError:
+                size, digest = sha256_of(target)
+                if digest != exp.info.sha256 or size != exp.info.size:
+                    self._refuse(
+                        peer,
+                        token,
+                        "conflict",
+                        f"{exp.filename} is already published with different content "
+                        f"(sha256 {digest}); a published file is never replaced",
+                    )
+                    return
+                existed = True
+            self._write_metadata(folder, exp.filename, exp.info.metadata)
+        except OSError as exc:
+            self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
+            return
+        facts = self._facts(exp)
+        self.table.discard(token)  # removes the staging link; the published one stays
+        self.expected.pop(token, None)
+        self.tombstones[token] = ("unknown", f"transfer {token} is published", time.monotonic())
+        self.log.info(
+            "published %s (%d bytes)%s", exp.filename, exp.info.size, " again" if existed else ""
+        )
+        self._reply(peer, "PUBLISHED", {"transfer": token, "file": facts, "existed": existed})
+
+    def do_CANCEL(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        token = data["transfer"]
+        if token in self.expected or self.table.get(token) is not None:
+            self._forget(token, "unknown", f"transfer {token} was cancelled")
+            self.log.info("transfer %s cancelled", token)
+        self._reply(peer, "CANCELLED", {"transfer": token})
+
+    # -- checks ------------------------------------------------------------------------
+
+    def _verified(self, token: str, peer: tuple[bytes, ...]) -> _Expected | None:
+        """The transfer, verified now if it was not yet; None after refusing it."""
+        exp = self.expected.get(token)
+        transfer = self.table.get(token)
+        if exp is None or transfer is None:
+            code, reason, _ = self.tombstones.get(
+                token, ("unknown", f"unknown transfer {token}", 0.0)
+            )
+            self._refuse(peer, token, code, reason)
+            return None
+        if exp.info is not None:
+            return exp
+        if transfer.state == "failed":
+            self._refuse(peer, token, transfer.code or "invalid", transfer.reason or "failed")
+            return None
+        if transfer.state != "complete":
+            missing = transfer.size - transfer.received
+            self._refuse(
+                peer,
+                token,
+                "incomplete",
+                f"{exp.filename}: {missing} of {transfer.size} bytes have not arrived",
+                final=False,
+            )
+            return None
+        if transfer.sha256 != exp.sha256:
+            self._refuse(
+                peer,
+                token,
+                "hash_mismatch",
+                f"{exp.filename}: sha256 of the received file is {transfer.sha256}, "
+                f"the builder claimed {exp.sha256}",
+            )
+            return None
+        abi: str | tuple[str, str] | None = exp.abi
+        if exp.abi is not None and exp.platform is not None:
+            abi = (exp.abi, exp.platform)
+        try:
+            info = verify_wheel(transfer.path, package=exp.package, version=exp.version, abi=abi)
+        except (InvalidWheel, InvalidName) as exc:
+            self._refuse(peer, token, "invalid_wheel", str(exc))
+            return None
+        # read_wheel hashed the file on disk again: it must be what we received.
+        if info.sha256 != transfer.sha256 or info.size != transfer.size:
+            self._refuse(peer, token, "hash_mismatch", f"{exp.filename} changed on disk")
+            return None
+        exp.info = info
+        return exp
+
+    def _facts(self, exp: _Expected) -> dict[str, Any]:
+        info = exp.info
+        assert info is not None
+        return {
+            "filename": info.filename,
+            "path": f"simple/{info.name}/{info.filename}",
+            "package": info.name,
+            "version": info.version,
+            "size": info.size,
+            "sha256": info.sha256,
+            "metadata_sha256": info.metadata_sha256,
+            "requires_python": info.requires_python,
+            "requires_dist": list(info.requires_dist),
+            "tags": sorted(info.tags),
+            "python_tag": info.python_tag,
+            "abi_tag": info.abi_tag,
+            "platform_tag": info.platform_tag,
+            "modules": list(info.modules),
+        }
+
+    def _write_metadata(self, folder: Path, filename: str, metadata: bytes) -> None:
+        target = folder / f"{filename}.metadata"
+        tmp = folder / f".{filename}.metadata.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(metadata)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """Drop transfers idle for longer than the builder timeout, and old tombstones."""
+        for token in self.table.expired(self.idle_limit):
+            self.log.warning("transfer %s expired after %g s idle", token, self.idle_limit)
+            self._forget(token, "unknown", f"transfer {token} expired")
+        cutoff = time.monotonic() - TOMBSTONE_SECONDS
+        for token in [t for t, (_, _, when) in self.tombstones.items() if when < cutoff]:
+            del self.tombstones[token]
+
+    def close(self) -> None:
+        for token in list(self.table.transfers):
+            self.table.discard(token)
+        super().close()
+
+
+def verify_abi(filename: str, abi: str | None, platform: str | None) -> None:
+    """Raise :class:`InvalidWheel` unless the wheel *filename* serves *abi* (on *platform*)."""
+    if abi is None:
+        return
+    fn = parse_wheel_filename(filename)
+    build: str | tuple[str, str] = abi if platform is None else (abi, platform)
+    try:
+        served = abis_served(fn.tags, [build])
+    except InvalidName as exc:
+        raise InvalidWheel(f"{filename}: {exc}")
+    if not served:
+        shown = abi if platform is None else f"{abi} on {platform}"
+        raise InvalidWheel(f"{filename} does not serve ABI {shown}")
