@@ -60,6 +60,12 @@ class ConnectionFailed(UpstreamFault):
     kind = "connection"
 
 
+class FolderUnavailable(UpstreamFault):
+    """A local upstream folder is missing or unreadable (perhaps not mounted)."""
+
+    kind = "unavailable"
+
+
 class TruncatedBody(UpstreamFault):
     """The body ended before its Content-Length (or its compression stream)."""
 

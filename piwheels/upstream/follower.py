@@ -168,6 +168,7 @@ class Follower:
         self._retry_at = 0.0
         self._global_failures = 0
         self._active: Counter[str] = Counter()  # fault kinds logged and not yet cleared
+        self._scopes: dict[str, str] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     # ---- public ------------------------------------------------------------
@@ -363,6 +364,7 @@ class Follower:
             for kind, count in sorted(self._active.items()):
                 self.log.info("upstream: %s faults cleared after %d", kind, count)
             self._active.clear()
+            self._scopes.clear()
             if summary.projects_done or summary.started:
                 self.log.info("upstream: pass complete, %s", summary)
         elif (
@@ -422,6 +424,7 @@ class Follower:
         else:
             self.log.debug("upstream fault (%s): %s", kind, exc)
         self._active[kind] += 1
+        self._scopes[kind] = exc.scope
         now = self.clock()
         if exc.scope == "global":
             self._global_failures += 1
@@ -438,13 +441,11 @@ class Follower:
         """A request worked: the upstream as a whole is well again."""
         if self._global_failures:
             self._global_failures = 0
-            for kind in [k for k in self._active if k in _GLOBAL_KINDS]:
+            for kind in [k for k, scope in self._scopes.items() if scope == "global"]:
+                del self._scopes[kind]
                 self.log.info("upstream: %s faults cleared after %d", kind, self._active.pop(kind))
 
 
 class _Internal(UpstreamFault):
     kind = "internal"
     scope = "project"
-
-
-_GLOBAL_KINDS = frozenset({"rate-limited", "server-error", "timeout", "connection", "stale-root"})
