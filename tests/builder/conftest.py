@@ -61,3 +61,65 @@ def local_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalIndex
     finally:
         server.shutdown()
         server.server_close()
+
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where builds of this session run."""
+    return tmp_path_factory.mktemp("builds")
+
+
+@pytest.fixture(scope="session")
+def build(local_index: LocalIndex, build_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Factory: ``build(make_sdist, **build_wheel_options) -> BuildResult``.
+
+    *make_sdist* is one of the ``tests.sdists`` functions (called with a
+    folder); its package is added to the index and built with the real pip.
+    """
+    from piwheels.builder import build_wheel
+
+    sdists = tmp_path_factory.mktemp("sdists")
+
+    def run(make_sdist, *args: object, version: str = "1.0", **options: object):  # type: ignore[no-untyped-def]
+        path = make_sdist(sdists, *args)
+        local_index.add(path)
+        name = path.name.rsplit("-", 1)[0].replace("_", "-")
+        settings: dict[str, object] = dict(
+            index_url=local_index.url,
+            work_dir=build_dir,
+            timeout=300.0,
+            memory_limit=4096 * MiB,
+            min_free_disk=1 * MiB,
+        )
+        settings.update(options)
+        return build_wheel(name, version, **settings)  # type: ignore[arg-type]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def built(build):  # type: ignore[no-untyped-def]
+    """Successful builds shared by several tests: ``built("pure")`` etc., made once."""
+    from tests import sdists
+
+    makers = {
+        "pure": sdists.pure_sdist,
+        "cext": sdists.c_ext_sdist,
+        "abi3": sdists.abi3_sdist,
+        "zlib": sdists.zlib_sdist,
+        "missing-lib": sdists.missing_library_sdist,
+        "bad-import": sdists.broken_import_sdist,
+    }
+    cache: dict[str, object] = {}
+
+    def get(kind: str):  # type: ignore[no-untyped-def]
+        if kind not in cache:
+            result = build(makers[kind])
+            assert result.status == "success", result.log[-4000:]
+            cache[kind] = result
+        return cache[kind]
+
+    return get
