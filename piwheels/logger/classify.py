@@ -290,8 +290,15 @@ class Classifier:
 
     def classify(self, line: ParsedLine) -> AccessRecord:
         """The record for one parsed line; never raises."""
-        agent, tail = self._agent(line.ua)
-        r = self.route(line.uri)
+        # The caches are looked up inline: this runs for every line, and
+        # method calls cost as much as the rest of the work.
+        hit = self._agents.get(line.ua)
+        if hit is None:
+            hit = self._agent(line.ua)
+        agent, tail = hit
+        r = self._routes.get(line.uri)
+        if r is None:
+            r = self.route(line.uri)
         kind = r.kind
         if agent == AGENT_BOT:
             kind = BOT

@@ -85,6 +85,7 @@ _JSON_KEYS = (
     'host":"',
 )
 _JSON_PARTS = len(_JSON_KEYS)
+_JSON_ENDS = ('"}', '"}\n', '"}\r\n')
 
 _BRACKET = r"\[(?P<time>[^\]]*)\]"
 _COMBINED = re.compile(
@@ -190,11 +191,15 @@ class LogParser:
 
     def parse(self, line: str) -> ParsedLine:
         """Parse one line (trailing newline allowed); raise :class:`MalformedLine`."""
+        if len(line) > MAX_LINE:
+            raise MalformedLine(TOO_LONG, f"{len(line)} characters")
+        # The common case goes straight to the fast path: stripping first
+        # would copy every line once more.
+        if line[:2] == '{"' and line.endswith(_JSON_ENDS):
+            return self._parse_json(line)
         line = line.strip()
         if not line:
             raise MalformedLine(EMPTY, "empty line")
-        if len(line) > MAX_LINE:
-            raise MalformedLine(TOO_LONG, f"{len(line)} characters")
         if line[0] == "{":
             return self._parse_json(line)
         return self._parse_combined(line)
@@ -205,7 +210,7 @@ class LogParser:
         p = line.split(',"')
         if (
             len(p) == _JSON_PARTS
-            and line[-2:] == '"}'
+            and line.endswith(_JSON_ENDS)
             and p[0][:9] == '{"time":"'
             and p[1][:7] == 'addr":"'
             and p[2][:9] == 'method":"'
