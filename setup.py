@@ -51,6 +51,7 @@ setup(
     include_package_data=True,
     package_data={
         "piwheels": ["py.typed", "web/templates/*.pt", "web/static/*"],
+        "piwheels.sql": ["script.py.mako"],
     },
     install_requires=COMMON + MASTER + BUILDER + MONITOR + REPORT,
     extras_require={
