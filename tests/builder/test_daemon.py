@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from piwheels import protocols
-from piwheels.builder.daemon import BuilderDaemon, curve_config, host_stats, interpreter_facts
+from piwheels.builder.daemon import (
+    BuilderDaemon,
+    BuilderRefused,
+    curve_config,
+    host_stats,
+    interpreter_facts,
+)
 from piwheels.errors import ConfigError
 from piwheels.filetransfer import new_token
 from piwheels.keygen import COMMAND as KEYGEN
@@ -27,7 +33,7 @@ from piwheels.master.file_receiver import FileReceiver
 from piwheels.settings import Settings
 from piwheels.transport import DEALER, ROUTER, Context, CurveKeys, Received, load_keys
 from tests.builder.conftest import LocalIndex
-from tests.peer import ScriptedPeer, wait_for
+from tests.peer import ScriptedPeer
 from tests.sdists import pure_sdist, sleeper_sdist
 
 BIN = Path(sys.executable).parent
@@ -93,9 +99,8 @@ def builder_settings(
         "min_free_disk": 1 << 20,
         "reconnect_max": timedelta(seconds=0.4),
     }
-    values.update(builder)
     secret = builder.pop("secret", keys.builder_secret_file)
-    values.pop("secret", None)
+    values.update(builder)
     return (
         Settings()
         .replace("builder", **values)
@@ -252,15 +257,9 @@ def test_refused_hello_raises_with_the_reason(
         master.expect("HELLO")
         master.send("REFUSED", {"reason": "protocol 1 is not 2"})
         outcome = running.finish()
-        assert isinstance(outcome, protocols_error()) and "protocol 1 is not 2" in str(outcome)
+        assert isinstance(outcome, BuilderRefused) and "protocol 1 is not 2" in str(outcome)
     finally:
         master.close()
-
-
-def protocols_error() -> type[Exception]:
-    from piwheels.builder.daemon import BuilderRefused
-
-    return BuilderRefused
 
 
 def test_unknown_key_never_gets_an_answer(
@@ -523,8 +522,3 @@ def test_refused_executable_exits_non_zero_with_the_reason(
             proc.kill()
             proc.wait()
         master.close()
-
-
-def test_wait_for_helper_is_used() -> None:
-    # wait_for drives tasks; keep the import honest for readers of this module.
-    wait_for(lambda: True)
