@@ -153,7 +153,7 @@ class Tally:
         self.packages: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.pages: Counter[str] = Counter()
         self.platforms: dict[str, dict[str, Counter[str]]] = {
-            k: {d: Counter() for d in DIMS} for k in PLATFORM_KINDS
+            k: {d: Counter() for d in (*DIMS, "pip_version")} for k in PLATFORM_KINDS
         }
         self.bandwidth: Counter[str] = Counter()
         self.bandwidth_by_month: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -192,6 +192,9 @@ class Tally:
             for d in DIMS:
                 value = dims.get(d)
                 self.platforms[kind][d]["" if value is None else str(value)] += 1
+            if agent == "pip":
+                # The articles' "pip versions": installer versions of pip alone.
+                self.platforms[kind]["pip_version"][str(dims.get("installer_version"))] += 1
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, JSON-ready counts (the ground truth's shape)."""
