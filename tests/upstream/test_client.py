@@ -118,7 +118,9 @@ def test_connection_refused() -> None:
         c.get_root()
 
 
-def test_dropped_keepalive_is_retried_once(foo: None, client: SimpleClient, server: UpstreamServer) -> None:
+def test_dropped_keepalive_is_retried_once(
+    foo: None, client: SimpleClient, server: UpstreamServer
+) -> None:
     assert client.get_project("foo") is not None
     server.add_fault("/simple/foo/", "reset")
     assert client.get_project("foo") is not None

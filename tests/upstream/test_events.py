@@ -26,7 +26,9 @@ T1 = datetime(2025, 1, 1, tzinfo=UTC)
 T2 = datetime(2025, 1, 2, tzinfo=UTC)
 
 
-def f(filename: str, *, yanked: str | bool = False, when: datetime = T1, rp: str | None = None) -> FileInfo:
+def f(
+    filename: str, *, yanked: str | bool = False, when: datetime = T1, rp: str | None = None
+) -> FileInfo:
     kind, version, tags = classify_filename(filename, "foo")
     return FileInfo(
         filename,
@@ -106,7 +108,9 @@ def test_yank_reason_change_and_unyank() -> None:
     k = known(a=KnownRelease("1.0", frozenset({"foo-1.0.tar.gz"})))
     assert diff_project(k, page(f("foo-1.0.tar.gz", yanked="oops"))) == [Yank("foo", "1.0", "oops")]
     k = known(a=KnownRelease("1.0", frozenset({"foo-1.0.tar.gz"}), True, "oops"))
-    assert diff_project(k, page(f("foo-1.0.tar.gz", yanked="other"))) == [Yank("foo", "1.0", "other")]
+    assert diff_project(k, page(f("foo-1.0.tar.gz", yanked="other"))) == [
+        Yank("foo", "1.0", "other")
+    ]
     assert diff_project(k, page(f("foo-1.0.tar.gz", yanked="oops"))) == []
     assert diff_project(k, page(f("foo-1.0.tar.gz"))) == [Unyank("foo", "1.0")]
 

@@ -60,7 +60,9 @@ def test_classify_filename_refuses(bad: str) -> None:
 
 
 def _root(projects: list[object], serial: int = 10) -> bytes:
-    return json.dumps({"meta": {"api-version": "1.1", "_last-serial": serial}, "projects": projects}).encode()
+    return json.dumps(
+        {"meta": {"api-version": "1.1", "_last-serial": serial}, "projects": projects}
+    ).encode()
 
 
 def test_parse_root_keeps_good_and_rejects_bad() -> None:
@@ -88,7 +90,12 @@ def test_parse_root_header_serial_wins() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"[]", b'{"meta": {}}', json.dumps({"meta": {"api-version": "2.0"}, "projects": []}).encode()],
+    [
+        b"{not json",
+        b"[]",
+        b'{"meta": {}}',
+        json.dumps({"meta": {"api-version": "2.0"}, "projects": []}).encode(),
+    ],
 )
 def test_parse_root_invalid(body: bytes) -> None:
     with pytest.raises(InvalidResponse):
@@ -141,7 +148,9 @@ def test_parse_project() -> None:
     }
 
 
-@pytest.mark.parametrize("body", [b"", b"{}", b'{"files": 3}', b'{"files": [], "meta": {"api-version": "3"}}'])
+@pytest.mark.parametrize(
+    "body", [b"", b"{}", b'{"files": 3}', b'{"files": [], "meta": {"api-version": "3"}}']
+)
 def test_parse_project_invalid(body: bytes) -> None:
     with pytest.raises(InvalidResponse, match="foo"):
         parse_project(body, "foo")
