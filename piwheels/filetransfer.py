@@ -274,7 +274,8 @@ class Transfer:
     def _finish(self) -> None:
         assert self._fd is not None
         self._advance_hash(self._hashed, b"")
-        os.fsync(self._fd)
+        # No fsync here: staging is wiped when the master starts, so only a
+        # published file must be durable (the publisher syncs it).
         self.close()
         self.state = "complete"
         self.sha256 = self._hasher.hexdigest()

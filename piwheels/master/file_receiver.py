@@ -119,6 +119,14 @@ class FileReceiver(Task):
     # -- the file socket -------------------------------------------------------------
 
     def handle_file(self) -> None:
+        # Drain a burst per wake-up: a transfer is a stream of chunks, and one
+        # poll round per chunk costs more than the chunk itself on a fast link.
+        for _ in range(64):
+            self._file_message()
+            if not self.file.poll(0):
+                break
+
+    def _file_message(self) -> None:
         try:
             received = self.file.recv_msg()
         except ProtocolError as exc:
@@ -249,6 +257,7 @@ class FileReceiver(Task):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(transfer.path, 0o644)
+            _fsync(transfer.path)
             existed = False
             try:
                 # link() never replaces an existing name: the check and the
@@ -397,3 +406,12 @@ def verify_abi(filename: str, abi: str | None, platform: str | None) -> None:
     if not served:
         shown = abi if platform is None else f"{abi} on {platform}"
         raise InvalidWheel(f"{filename} does not serve ABI {shown}")
+
+
+def _fsync(path: Path) -> None:
+    """Make *path*'s contents durable before it becomes visible under its published name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
