@@ -3,7 +3,12 @@
 Each file is written to a temporary name in its own directory, given mode 0644 (nginx workers
 run as another user), optionally fsynced, and renamed over the old one, so nginx never serves a
 partial file.  Index pages larger than ``gzip_threshold`` get a precompressed ``.gz`` twin for
-nginx's ``gzip_static``; a twin that would go stale is removed.
+nginx's ``gzip_static``; a twin that would go stale is removed.  Twins are made with zlib at
+``gzip_level`` (1 by default: on these pages, mostly hex hashes, level 6 saves under a tenth of
+the bytes for about twice the time; ``bench/bench_site.py`` prints the figures).
+
+:meth:`SiteWriter.write_all` rewrites many projects, in a pool of processes when asked: the
+parent only hands out chunks; each worker renders and writes its projects itself.
 
 :class:`PageCoalescer` is the pure logic the page writer task uses to merge bursts of requests
 for the same project.
@@ -13,13 +18,16 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import multiprocessing
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from piwheels.web import layout, render
 from piwheels.web.model import (
@@ -46,12 +54,17 @@ class SiteWriter:
         *,
         fsync: bool = False,
         gzip_threshold: int = 4096,
+        gzip_level: int = 1,
     ) -> None:
+        if not 1 <= gzip_level <= 9:
+            raise ValueError(f"gzip level must be 1 to 9: {gzip_level!r:.20}")
         self.root = Path(output_path)
         self.config = config or SiteConfig()
         self.fsync = fsync
         self.gzip_threshold = gzip_threshold
+        self.gzip_level = gzip_level
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._root = str(self.root)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -65,26 +78,47 @@ class SiteWriter:
     def write_file(self, relpath: str, data: bytes, *, gz: bool = False) -> Path:
         """Atomically replace *relpath* with *data*; with *gz*, keep a ``.gz`` twin in step."""
         target = self.path(relpath)
-        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._write_page(str(target), data, gz)
+        return target
+
+    def gzip(self, data: bytes) -> bytes:
+        """*data* as a gzip file at ``gzip_level``, always the same bytes for the same data.
+
+        zlib's gzip wrapper (wbits 31) writes a header without a name and with mtime 0.
+        """
+        z = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
+        return z.compress(data) + z.flush()
+
+    def _write_page(self, target: str, data: bytes, gz: bool) -> None:
+        # Plain string paths: pathlib costs more than the system calls on this hot path.
         if gz:
-            twin = target.with_name(target.name + ".gz")
+            twin = target + ".gz"
             if len(data) >= self.gzip_threshold:
-                # mtime=0: the same page always compresses to the same bytes.
-                self._atomic(twin, gzip.compress(data, compresslevel=6, mtime=0))
+                self._atomic(twin, self.gzip(data))
             else:
                 try:
-                    twin.unlink()
+                    os.unlink(twin)
                 except FileNotFoundError:
                     pass
         self._atomic(target, data)
-        return target
 
-    def _temp_name(self, target: Path) -> Path:
-        return target.with_name(f".{target.name}.{os.getpid()}.{next(_counter)}.tmp")
+    def _temp_name(self, target: Path | str) -> Path:
+        head, name = os.path.split(target)
+        return Path(head, f".{name}.{os.getpid()}.{next(_counter)}.tmp")
 
-    def _write_temp(self, target: Path, data: bytes) -> Path:
-        tmp = self._temp_name(target)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    def _open_temp(self, target: str) -> tuple[str, int]:
+        head, name = os.path.split(target)
+        tmp = f"{head}/.{name}.{os.getpid()}.{next(_counter)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            return tmp, os.open(tmp, flags, 0o644)
+        except FileNotFoundError:
+            # Only the first page of a new project pays for making its directories.
+            os.makedirs(head, mode=0o755, exist_ok=True)
+            return tmp, os.open(tmp, flags, 0o644)
+
+    def _write_temp(self, target: Path | str, data: bytes) -> str:
+        tmp, fd = self._open_temp(str(target))
         try:
             os.fchmod(fd, 0o644)  # the umask must not make it unreadable to nginx
             view = memoryview(data)
@@ -94,17 +128,17 @@ class SiteWriter:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
         os.close(fd)
         return tmp
 
-    def _atomic(self, target: Path, data: bytes) -> None:
+    def _atomic(self, target: Path | str, data: bytes) -> None:
         tmp = self._write_temp(target, data)
         try:
             os.replace(tmp, target)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             raise
 
     def _symlink(self, link: Path, target: str) -> None:
@@ -122,16 +156,14 @@ class SiteWriter:
     def write_project(self, project: ProjectData) -> None:
         """Write the project's simple pages, project page and JSON API, and alias links."""
         name = project.name
-        simple = layout.simple_dir(name)
-        proj = layout.project_dir(name)
-        self.write_file(f"{simple}/index.html", render.render_simple_project_html(project), gz=True)
-        self.write_file(f"{simple}/index.json", render.render_simple_project_json(project), gz=True)
-        self.write_file(
-            f"{proj}/index.html", render.render_project_html(project, self.config), gz=True
-        )
-        self.write_file(
-            f"{proj}/json/index.json", render.render_project_json(project, self.config), gz=True
-        )
+        # layout checks the name, so these paths cannot leave the output folder.
+        simple = f"{self._root}/{layout.simple_dir(name)}"
+        proj = f"{self._root}/{layout.project_dir(name)}"
+        write = self._write_page
+        write(f"{simple}/index.html", render.render_simple_project_html(project), True)
+        write(f"{simple}/index.json", render.render_simple_project_json(project), True)
+        write(f"{proj}/index.html", render.render_project_html(project, self.config), True)
+        write(f"{proj}/json/index.json", render.render_project_json(project, self.config), True)
         for alias in project.aliases:
             if alias != name:
                 # pip and uv ask for canonical names; these keep old links working.
@@ -254,8 +286,127 @@ class SiteWriter:
         try:
             os.link(tmp, target)  # atomic and exclusive: fails if the log exists
         finally:
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
         return target
+
+    # --- full rewrite -----------------------------------------------------------------------
+
+    def write_all(
+        self,
+        items: Iterable[Any],
+        *,
+        workers: int = 1,
+        load: Callable[[Any], ProjectData | None] | None = None,
+        chunk_size: int = 50,
+        progress: Callable[[int], None] | None = None,
+        mp_context: str = "spawn",
+    ) -> int:
+        """Write the pages of every project in *items*; returns how many were written.
+
+        *items* are :class:`ProjectData`, or anything *load* turns into one (or into None to
+        skip it, e.g. a project deleted meanwhile).  With ``workers > 1`` a pool of that many
+        processes does the work: the parent only cuts *items* into chunks of *chunk_size* and
+        hands them out, keeping two chunks per worker in flight, so a lazy *items* is read as
+        the workers need it.  *load* then runs in the workers (give it a module-level function,
+        e.g. one that reads the database), and sending names instead of projects spares the
+        parent the pickling.  *progress* is called in the parent with the running count.  The
+        first error in any worker stops the rewrite and is raised here.
+
+        The ``spawn`` start method is the default because the master has threads; ``fork`` is
+        safe only in a single-threaded caller.
+        """
+        if workers < 1 or chunk_size < 1:
+            raise ValueError(f"workers and chunk size must be positive: {workers}, {chunk_size}")
+        chunks = _chunks(items, chunk_size)
+        if workers == 1:
+            done = 0
+            for chunk in chunks:
+                done += _write_chunk_with(self, load, chunk)
+                if progress:
+                    progress(done)
+            return done
+        settings = (self._root, self.config, self.fsync, self.gzip_threshold, self.gzip_level)
+        done = 0
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context(mp_context),
+            initializer=_worker_init,
+            initargs=(settings, load),
+        ) as pool:
+            pending: set[Future[int]] = set()
+            try:
+                for chunk in chunks:
+                    if len(pending) >= 2 * workers:
+                        done += _collect(pending, progress, done)
+                    pending.add(pool.submit(_worker_write, chunk))
+                while pending:
+                    done += _collect(pending, progress, done)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return done
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _collect(pending: set[Future[int]], progress: Callable[[int], None] | None, done: int) -> int:
+    """Wait for at least one chunk; return how many projects the finished chunks wrote."""
+    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+    count = 0
+    for future in finished:
+        pending.discard(future)
+        count += future.result()  # raises the worker's error here
+        if progress:
+            progress(done + count)
+    return count
+
+
+def _write_chunk_with(
+    writer: SiteWriter, load: Callable[[Any], ProjectData | None] | None, chunk: list[Any]
+) -> int:
+    count = 0
+    for item in chunk:
+        project = load(item) if load is not None else item
+        if project is None:
+            continue
+        if not isinstance(project, ProjectData):
+            raise TypeError(f"not a ProjectData: {type(project).__name__}")
+        writer.write_project(project)
+        count += 1
+    return count
+
+
+# Each pool worker keeps its own writer (and its own template and escaping caches).
+_worker_state: tuple[SiteWriter, Callable[[Any], ProjectData | None] | None] | None = None
+
+
+def _worker_init(
+    settings: tuple[str, SiteConfig, bool, int, int],
+    load: Callable[[Any], ProjectData | None] | None,
+) -> None:
+    global _worker_state
+    root, config, fsync, threshold, level = settings
+    writer = SiteWriter(root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level)
+    _worker_state = (writer, load)
+
+
+def _worker_write(chunk: list[Any]) -> int:
+    if _worker_state is None:  # pragma: no cover - the pool always runs the initializer
+        raise RuntimeError("page writer worker not initialised")
+    writer, load = _worker_state
+    return _write_chunk_with(writer, load, chunk)
 
 
 PageKind = Literal["simple", "project", "both"]
