@@ -13,7 +13,7 @@ Two modes, chosen by setting:
 
 The raw address is never returned.  Something that is not an IP address
 (``-``, a host name from reverse lookups) is hashed like any other text in
-``hash`` mode and becomes :data:`UNKNOWN` in ``prefix`` mode.
+``hash`` mode and becomes :data:`UNKNOWN` (empty) in ``prefix`` mode.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ MODES = ("hash", "prefix")
 HASH_CHARS = 16
 #: Shortest secret accepted, in bytes.
 MIN_SECRET = 16
-UNKNOWN = "unknown"
+UNKNOWN = ""  # the database reads an empty client as unknown
 
 _SALT_LABEL = b"piwheels-client-salt:"
 # Addresses seen per day are cached; the cache is dropped when it grows past

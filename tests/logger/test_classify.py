@@ -148,6 +148,30 @@ def test_bots_counted_apart(anonymiser: Anonymiser, uri: str) -> None:
     assert agent_of(r) == "bot"
 
 
+@pytest.mark.parametrize(
+    ("uri", "target", "package", "filename"),
+    [
+        (f"/simple/numpy/{WHL}", "download", "numpy", WHL),
+        ("/simple/NumPy/", "index", "numpy", None),
+        ("/project/numpy/json/", "json", "numpy", None),
+        ("/robots.txt", "other", None, None),
+    ],
+)
+def test_bot_target_kept(
+    anonymiser: Anonymiser, uri: str, target: str, package: str | None, filename: str | None
+) -> None:
+    # Which hit table a bot's request belongs to, with its (validated) package.
+    r = classify(anonymiser, uri, ua=BOT_UA)
+    assert (r.kind, r.target, r.package, r.filename) == ("bot", target, package, filename)
+
+
+def test_target_of_excluded_requests(anonymiser: Anonymiser) -> None:
+    r = classify(anonymiser, f"/simple/numpy/{WHL}", ua=UV_UA, status=206)
+    assert (r.kind, r.target, r.package) == ("other", "download", None)
+    r = classify(anonymiser, f"/simple/numpy/{WHL}", ua=PIP_UA)
+    assert (r.kind, r.target) == ("download", "download")
+
+
 def test_bot_with_error_status_still_bot(anonymiser: Anonymiser) -> None:
     assert classify(anonymiser, "/nope", ua=BOT_UA, status=404).kind == "bot"
 
