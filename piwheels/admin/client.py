@@ -82,7 +82,7 @@ class AdminClient:
             raise self._unavailable() from None
         except ProtocolError as exc:
             # Caught here, before the master sees it: the same answer it would give.
-            raise AdminError("INVALID", str(exc)) from None
+            raise AdminError("INVALID", f"INVALID: {exc}") from None
 
     def request(
         self,
