@@ -226,16 +226,19 @@ def published_files(conn: Connection) -> list[PublishedFile]:
 
 
 def last_changes(conn: Connection) -> dict[str, datetime]:
-    """Each project's latest recorded change: added, a release added, a build finished,
-    a file published.  (Yanks and skips carry no time; those pages are not judged stale.)"""
+    """Each project's latest recorded change: added, a release added, a build started,
+    a file published.
+
+    Yanks, skips and the end of a failed build carry no time of their own, so
+    pages are not judged stale by them.
+    """
     rows = conn.execute(
         text(
             """
             SELECT p.name, greatest(
                 p.added_at,
                 (SELECT max(v.added_at) FROM versions v WHERE v.package = p.name),
-                (SELECT max(b.started_at + coalesce(b.duration, interval '0'))
-                 FROM builds b WHERE b.package = p.name AND b.status IN ('success', 'failed')),
+                (SELECT max(b.started_at) FROM builds b WHERE b.package = p.name),
                 (SELECT max(f.published_at) FROM files f JOIN builds b
                  ON b.build_id = f.build_id WHERE b.package = p.name)
             ) AS changed
