@@ -712,6 +712,7 @@ admin = _protocol(
 LOG_COLUMNS: dict[str, Callable[[Any], Any]] = {
     "time": timestamp,
     "kind": text(20, empty=False),
+    "target": text(20, empty=False),
     "package": nullable(text(NAME_LIMIT)),
     "filename": nullable(text(FILENAME_LIMIT)),
     "page": nullable(text(NAME_LIMIT)),

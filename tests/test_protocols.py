@@ -96,6 +96,7 @@ LOG_BATCH = {name: [] for name in protocols.LOG_COLUMNS}
 LOG_BATCH_ONE = {
     "time": [NOW],
     "kind": ["download"],
+    "target": ["download"],
     "package": ["foo"],
     "filename": ["foo-1.0-py3-none-any.whl"],
     "page": [None],
