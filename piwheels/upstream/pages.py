@@ -31,6 +31,7 @@ SDIST_SUFFIXES = (".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz", ".tar", ".tb
 
 _NAME_RE = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.IGNORECASE)
 _SEP_RE = re.compile(r"[-_.]+")
+_CANON_RE = re.compile(r"^[a-z0-9](?:-?[a-z0-9])*$")
 
 FileKind = Literal["sdist", "wheel", "other"]
 
@@ -170,11 +171,11 @@ def parse_time(value: Any) -> datetime | None:
     return when.astimezone(UTC)
 
 
-def _check_api_version(meta: Any, url: str | None) -> None:
+def _check_api_version(meta: Any, what: str, url: str | None) -> None:
     version = meta.get("api-version", "1.0") if isinstance(meta, dict) else "1.0"
     major = str(version).split(".", 1)[0]
     if major != "1":
-        raise InvalidResponse(f"unsupported simple API version {version!r}", url=url)
+        raise InvalidResponse(f"{what} has unsupported simple API version {version!r}", url=url)
 
 
 def _serial(value: Any) -> int | None:
@@ -185,62 +186,61 @@ def _serial(value: Any) -> int | None:
     return None
 
 
-def _root_hook(pairs: list[tuple[str, Any]]) -> Any:
-    # Called for every JSON object: keep root entries as tuples (a quarter of a
-    # dict's memory, which matters with 600,000 of them).
-    if len(pairs) == 2:
-        (k1, v1), (k2, v2) = pairs
-        if k1 == "name" and k2 == "_last-serial":
-            return (v1, v2)
-        if k1 == "_last-serial" and k2 == "name":
-            return (v2, v1)
-    return dict(pairs)
-
-
 def parse_root(
     body: bytes, *, header_serial: int | None = None, url: str | None = None
 ) -> RootIndex:
     """Parse a JSON root listing; invalid entries go to ``rejected``, not an error."""
     try:
-        doc = json.loads(body, object_pairs_hook=_root_hook)
+        doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise InvalidResponse(f"root listing is not valid JSON: {exc}", url=url)
     if not isinstance(doc, dict) or not isinstance(doc.get("projects"), list):
         raise InvalidResponse("root listing has no 'projects' list", url=url)
     meta = doc.get("meta")
-    _check_api_version(meta, url)
+    _check_api_version(meta, "root listing", url)
     serial = header_serial
     if serial is None and isinstance(meta, dict):
         serial = _serial(meta.get("_last-serial"))
     projects: dict[str, int] = {}
     spellings: dict[str, str] = {}
     rejected: list[str] = []
-    for entry in doc["projects"]:
-        if isinstance(entry, tuple):
-            name, value = entry
-        elif isinstance(entry, dict):
-            name, value = entry.get("name"), entry.get("_last-serial")
-        else:
+    entries = doc.pop("projects")
+    canonical_match = _CANON_RE.match
+    # Pop entries as we go so the parsed document is freed while the listing
+    # is built: with 600,000 projects it is most of the memory a pass needs.
+    while entries:
+        entry = entries.pop()
+        if type(entry) is not dict:
             rejected.append(repr(entry)[:80])
             continue
-        try:
-            canon = canonical_name(name)
-        except InvalidName:
-            rejected.append(name if isinstance(name, str) else repr(name))
-            continue
-        project_serial = _serial(value)
-        if project_serial is None:
-            # PEP 691 does not require _last-serial; without it every pass
-            # must look at the project (serial 0 never matches a stored one).
-            if value is not None:
+        name: Any = entry.get("name")
+        value = entry.get("_last-serial")
+        if type(name) is str and len(name) <= MAX_NAME and canonical_match(name):
+            canon = name  # already canonical: the common case, and cheaper
+        else:
+            try:
+                canon = canonical_name(name)
+            except InvalidName:
+                rejected.append(name if isinstance(name, str) else repr(name))
+                continue
+        if type(value) is int and value >= 0:
+            project_serial = value
+        elif value is None:
+            # PEP 691 does not require _last-serial: fall back to the root's
+            # serial, so every pass whose root moved looks at the project again.
+            project_serial = serial if serial is not None else 0
+        else:
+            parsed = _serial(value)
+            if parsed is None:
                 rejected.append(name)
                 continue
-            project_serial = serial if serial is not None else 0
+            project_serial = parsed
         old = projects.get(canon)
         if old is None or project_serial > old:
             projects[canon] = project_serial
             if name != canon:
                 spellings[canon] = name
+    rejected.reverse()
     return RootIndex(serial, projects, spellings, rejected)
 
 
@@ -255,7 +255,7 @@ def parse_project(
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), list):
         raise InvalidResponse(f"page of {name} has no 'files' list", url=url)
     meta = doc.get("meta")
-    _check_api_version(meta, url)
+    _check_api_version(meta, f"page of {name}", url)
     serial = header_serial
     if serial is None and isinstance(meta, dict):
         serial = _serial(meta.get("_last-serial"))
