@@ -31,8 +31,10 @@ release.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -52,13 +54,14 @@ SERVES = """
     END
 """
 
-_INSERT = f"""
-INSERT INTO build_queue
-    (abi, package, version, priority, demand, released_at, not_before, attempt)
+#: The rules: every (target, release) that should be queued, with its queue columns.
+#: ``{vfilter}`` restricts the releases (over ``v``/``a``), ``{bfilter}`` the builds
+#: read for past failures (over ``b``); both are the same condition.
+_RULES = f"""
 SELECT a.abi, v.package, v.version, p.priority, p.demand,
-       coalesce(v.released_at, '-infinity'),
-       coalesce(fl.retry_after, '-infinity'),
-       coalesce(fl.failures, 0) + 1
+       coalesce(v.released_at, '-infinity') AS released_at,
+       coalesce(fl.retry_after, '-infinity') AS not_before,
+       coalesce(fl.failures, 0) + 1 AS attempt
 FROM versions v
 JOIN packages p ON p.name = v.package
 CROSS JOIN abis a
@@ -97,6 +100,50 @@ WHERE {{vfilter}}
   AND coalesce(fl.transient, 0) < cfg.max_attempts
 """
 
+_COLUMNS = "abi, package, version, priority, demand, released_at, not_before, attempt"
+_VALUES = ("priority", "demand", "released_at", "not_before", "attempt")
+
+#: Recompute the rows of a list of releases in one statement: the releases are
+#: locked against deletion (what a foreign key check would do), rows that the
+#: rules no longer produce are deleted (a set difference, so no pairwise scan),
+#: new ones inserted, changed ones updated
+#: (unchanged rows are left alone: no dead tuples for nothing).
+_UPDATE_MANY = f"""
+WITH q_t AS (
+    SELECT v.package, v.version
+    FROM versions v
+    JOIN unnest(CAST(:q_packages AS text[]), CAST(:q_versions AS text[])) AS t(package, version)
+      ON v.package = t.package AND v.version = t.version
+    ORDER BY v.package, v.version
+    FOR KEY SHARE OF v
+), q_new AS MATERIALIZED (
+    {
+    _RULES.format(
+        vfilter="(v.package, v.version) IN (SELECT package, version FROM q_t)",
+        bfilter="(b.package, b.version) IN (SELECT package, version FROM q_t)",
+    )
+}
+), q_gone AS (
+    SELECT q.abi, q.package, q.version
+    FROM build_queue q
+    JOIN unnest(CAST(:q_packages AS text[]), CAST(:q_versions AS text[])) AS t(package, version)
+      ON q.package = t.package AND q.version = t.version
+    EXCEPT
+    SELECT abi, package, version FROM q_new
+), q_del AS (
+    DELETE FROM build_queue q USING q_gone g
+    WHERE q.abi = g.abi AND q.package = g.package AND q.version = g.version
+), q_ins AS (
+    INSERT INTO build_queue ({_COLUMNS})
+    SELECT {_COLUMNS} FROM q_new
+    ON CONFLICT (abi, package, version) DO UPDATE
+    SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUES)}
+    WHERE ({", ".join(f"build_queue.{c}" for c in _VALUES)})
+          IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _VALUES)})
+)
+SELECT count(*) FROM q_new
+"""
+
 
 def _recompute(conn: Connection, where: str, params: dict[str, object]) -> int:
     """Delete and rebuild the queue rows matching *where* (over columns package/version/abi)."""
@@ -104,17 +151,45 @@ def _recompute(conn: Connection, where: str, params: dict[str, object]) -> int:
     bwhere = where.replace("{t}", "b").replace("{a}", "b")
     dwhere = where.replace("{t}.", "").replace("{a}.", "")
     conn.execute(text(f"DELETE FROM build_queue WHERE {dwhere}"), params)
-    result = conn.execute(text(_INSERT.format(vfilter=vwhere, bfilter=bwhere)), params)
+    rules = _RULES.format(vfilter=vwhere, bfilter=bwhere)
+    result = conn.execute(text(f"INSERT INTO build_queue ({_COLUMNS}) {rules}"), params)
     return result.rowcount
+
+
+def _execute_prepared(conn: Connection, name: str, sql: str, types: str, args: tuple) -> Any:
+    """Run *sql* (with ``$n`` parameters) as a server-side prepared statement.
+
+    The statement is prepared once per database connection (PREPARE is not
+    undone by a rollback), so repeated small calls skip parsing and planning.
+    """
+    prepared: set[str] = conn.connection.info.setdefault("piw_prepared", set())
+    if name not in prepared:
+        conn.exec_driver_sql(f"PREPARE {name}({types}) AS {sql}")
+        prepared.add(name)
+    marks = ", ".join(["%s"] * len(args))
+    return conn.exec_driver_sql(f"EXECUTE {name}({marks})", args)
+
+
+_UPDATE_MANY_SQL = _UPDATE_MANY.replace(":q_packages", "$1").replace(":q_versions", "$2")
+
+
+def update_versions(conn: Connection, pairs: Iterable[tuple[str, str]]) -> int:
+    """Recompute the queue rows of many releases (canonical names) in one statement.
+
+    Returns how many rows those releases now have in the queue.  Releases
+    that do not exist (any more) simply lose their rows.
+    """
+    keys = sorted(set(pairs))
+    if not keys:
+        return 0
+    args = ([k[0] for k in keys], [k[1] for k in keys])
+    result = _execute_prepared(conn, "piw_queue_update", _UPDATE_MANY_SQL, "text[], text[]", args)
+    return int(result.scalar_one())
 
 
 def update_version(conn: Connection, package: str, version: str) -> int:
     """Recompute the queue rows of one release (every target); returns rows queued."""
-    return _recompute(
-        conn,
-        "{t}.package = :q_package AND {t}.version = :q_version",
-        {"q_package": package, "q_version": version},
-    )
+    return update_versions(conn, [(package, version)])
 
 
 def update_package(conn: Connection, package: str) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -15,7 +16,7 @@ from piwheels.errors import InvalidName
 from . import abis as abis_mod
 from . import queue
 from ._common import atomic, canonical, check_version
-from .schema import package_aliases, packages, version_exclusions, versions
+from .schema import version_exclusions, versions
 
 _BIG = (1 << 64) - 1
 
@@ -118,19 +119,158 @@ def _row(r: object) -> VersionInfo:
     )
 
 
-def _ensure_package(conn: Connection, name: str) -> str:
-    canon = canonical(name)
-    conn.execute(
-        pg_insert(packages)
-        .values(name=canon, display_name=name)
-        .on_conflict_do_nothing(index_elements=["name"])
-    )
-    conn.execute(
-        pg_insert(package_aliases)
-        .values(alias=name, package=canon)
-        .on_conflict_do_nothing(index_elements=["alias"])
-    )
-    return canon
+@dataclass(frozen=True)
+class NewVersion:
+    """A release to record with :func:`add_versions` (same fields as :func:`add_version`)."""
+
+    package: str
+    version: str
+    released_at: datetime | None = None
+    requires_python: str = ""
+    has_sdist: bool = True
+    upstream_wheel_tags: tuple[str, ...] | list[str] = ()
+    upstream_wheel_serves: bool = False
+    yanked: bool = False
+    yank_reason: str = ""
+    skip_reason: str = ""
+
+
+_INSERT_PACKAGES = text(
+    """
+    INSERT INTO packages (name, display_name)
+    SELECT * FROM unnest(CAST(:names AS text[]), CAST(:displays AS text[]))
+    ON CONFLICT (name) DO NOTHING
+    """
+)
+_INSERT_ALIASES = text(
+    """
+    INSERT INTO package_aliases (alias, package)
+    SELECT * FROM unnest(CAST(:aliases AS text[]), CAST(:names AS text[]))
+    ON CONFLICT (alias) DO NOTHING
+    """
+)
+_INSERT_VERSIONS = text(
+    """
+    INSERT INTO versions (package, version, sort_key, valid, prerelease, released_at,
+                          requires_python, has_sdist, upstream_wheel_tags,
+                          upstream_wheel_serves, yanked, yank_reason, skip_reason)
+    SELECT * FROM unnest(
+        CAST(:package AS text[]), CAST(:version AS text[]), CAST(:sort_key AS bytea[]),
+        CAST(:valid AS boolean[]), CAST(:prerelease AS boolean[]),
+        CAST(:released_at AS timestamptz[]), CAST(:requires_python AS text[]),
+        CAST(:has_sdist AS boolean[]), CAST(:upstream_wheel_tags AS text[]),
+        CAST(:upstream_wheel_serves AS boolean[]), CAST(:yanked AS boolean[]),
+        CAST(:yank_reason AS text[]), CAST(:skip_reason AS text[]))
+    ON CONFLICT (package, version) DO NOTHING
+    RETURNING package, version
+    """
+)
+
+
+def _version_facts(version: str) -> tuple[bytes, bool, bool]:
+    """(sort key, valid, prerelease) of a version string, parsing it once."""
+    try:
+        prerelease = Version(version).is_prerelease
+    except InvalidVersion:
+        return sort_key(version), False, False
+    return sort_key(version), True, prerelease
+
+
+def add_versions(conn: Connection, rows: Iterable[NewVersion]) -> list[tuple[str, str]]:
+    """Record many releases (adding new projects) in a few statements.
+
+    Returns the (canonical name, version) pairs that were new, in input order.
+    Every row is checked before anything is written: one unusable name or
+    version raises InvalidName and nothing is recorded.  Rows already stored
+    (or repeated in *rows*) change nothing.
+    """
+    rows = list(rows)
+    seen: dict[tuple[str, str], NewVersion] = {}
+    aliases: dict[str, str] = {}
+    displays: dict[str, str] = {}
+    for row in rows:
+        key = (canonical(row.package), check_version(row.version))
+        seen.setdefault(key, row)
+        aliases.setdefault(row.package, key[0])
+        displays.setdefault(key[0], row.package)
+    if not seen:
+        return []
+    # Sorted, so concurrent batches take their row locks in the same order.
+    keys = sorted(seen)
+    names = dict(sorted(displays.items()))
+    cols: dict[str, list[object]] = {c: [] for c in _VERSION_COLUMNS}
+    for key in keys:
+        row = seen[key]
+        key_bytes, valid, pre = _version_facts(key[1])
+        for col, value in zip(
+            _VERSION_COLUMNS,
+            (
+                key[0],
+                key[1],
+                key_bytes,
+                valid,
+                pre,
+                row.released_at,
+                row.requires_python or "",
+                row.has_sdist,
+                " ".join(row.upstream_wheel_tags),
+                row.upstream_wheel_serves,
+                row.yanked,
+                row.yank_reason,
+                row.skip_reason,
+            ),
+            strict=True,
+        ):
+            cols[col].append(value)
+    alias_items = sorted(aliases.items())
+    with atomic(conn):
+        conn.execute(_INSERT_PACKAGES, {"names": list(names), "displays": list(names.values())})
+        conn.execute(
+            _INSERT_ALIASES,
+            {"aliases": [a for a, _ in alias_items], "names": [n for _, n in alias_items]},
+        )
+        added = {(p, v) for p, v in conn.execute(_INSERT_VERSIONS, cols)}
+        if not added:
+            return []
+        abi_list: list[abis_mod.Abi] | None = None
+        for key in keys:
+            row = seen[key]
+            if key in added and (row.requires_python or row.upstream_wheel_tags):
+                if abi_list is None:
+                    abi_list = abis_mod.list_abis(conn)
+                _store_exclusions(
+                    conn,
+                    key[0],
+                    key[1],
+                    row.requires_python,
+                    tuple(row.upstream_wheel_tags),
+                    abi_list,
+                )
+        queue.update_versions(conn, added)
+    order = [(canonical(r.package), r.version) for r in rows]
+    out: list[tuple[str, str]] = []
+    for key in order:
+        if key in added:
+            out.append(key)
+            added.discard(key)
+    return out
+
+
+_VERSION_COLUMNS = (
+    "package",
+    "version",
+    "sort_key",
+    "valid",
+    "prerelease",
+    "released_at",
+    "requires_python",
+    "has_sdist",
+    "upstream_wheel_tags",
+    "upstream_wheel_serves",
+    "yanked",
+    "yank_reason",
+    "skip_reason",
+)
 
 
 def add_version(
@@ -153,34 +293,19 @@ def add_version(
     strings are stored (ordered below valid ones); unusable strings (empty,
     spaces, too long) raise InvalidName.
     """
-    check_version(version)
-    with atomic(conn):
-        canon = _ensure_package(conn, package)
-        tags = " ".join(upstream_wheel_tags)
-        result = conn.execute(
-            pg_insert(versions)
-            .values(
-                package=canon,
-                version=version,
-                sort_key=sort_key(version),
-                valid=is_valid(version),
-                prerelease=is_prerelease(version),
-                released_at=released_at,
-                requires_python=requires_python or "",
-                has_sdist=has_sdist,
-                upstream_wheel_tags=tags,
-                upstream_wheel_serves=upstream_wheel_serves,
-                yanked=yanked,
-                yank_reason=yank_reason,
-                skip_reason=skip_reason,
-            )
-            .on_conflict_do_nothing(index_elements=["package", "version"])
-        )
-        if result.rowcount == 0:
-            return False
-        _store_exclusions(conn, canon, version, requires_python, tuple(upstream_wheel_tags))
-        queue.update_version(conn, canon, version)
-    return True
+    row = NewVersion(
+        package,
+        version,
+        released_at=released_at,
+        requires_python=requires_python,
+        has_sdist=has_sdist,
+        upstream_wheel_tags=upstream_wheel_tags,
+        upstream_wheel_serves=upstream_wheel_serves,
+        yanked=yanked,
+        yank_reason=yank_reason,
+        skip_reason=skip_reason,
+    )
+    return bool(add_versions(conn, [row]))
 
 
 def _store_exclusions(
