@@ -143,6 +143,9 @@ class SimpleClient:
         conn = conns.pop((scheme, netloc), None)
         if conn is not None:
             conn.close()
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
 
     def close(self) -> None:
         with self._lock:

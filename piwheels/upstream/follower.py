@@ -427,7 +427,10 @@ class Follower:
         self._scopes[kind] = exc.scope
         now = self.clock()
         if exc.scope == "global":
-            self._global_failures += 1
+            # Requests already in flight when the upstream fell over fail too:
+            # count one failure per backoff, not one per request.
+            if now >= self._retry_at:
+                self._global_failures += 1
             delay = self._delay(self._global_failures)
             if isinstance(exc, RateLimited) and exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)

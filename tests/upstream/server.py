@@ -159,11 +159,11 @@ class UpstreamModel:
             when = self._now()
             made = []
             for item in files:
-                made.append(
-                    item
-                    if isinstance(item, FakeFile)
-                    else FakeFile(item, requires_python=requires_python, upload_time=when)
-                )
+                if not isinstance(item, FakeFile):
+                    item = FakeFile(item)
+                item.requires_python = item.requires_python or requires_python
+                item.upload_time = item.upload_time or when
+                made.append(item)
             project.releases[version] = made
             return self._bump(project)
 
