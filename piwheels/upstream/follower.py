@@ -352,7 +352,7 @@ class Follower:
                 state.spellings.pop(name, None)
                 summary.projects_done += 1
                 summary.events.update(type(e).__name__ for e in result.events)
-                if not summary.faults:
+                if self.clock() >= self._retry_at:
                     self._succeeded()
         state.queue.extend(deferred)
         summary.target_serial = state.target

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import gzip
 import hashlib
 import html
 import json
@@ -391,9 +392,12 @@ class UpstreamServer:
         {"slow", "429", "500", "truncate", "invalid-json", "stale", "delete", "reset"}
     )
 
-    def __init__(self, model: UpstreamModel | None = None, *, record: bool = True) -> None:
+    def __init__(
+        self, model: UpstreamModel | None = None, *, record: bool = True, gzip: bool = False
+    ) -> None:
         self.model = model or UpstreamModel()
         self.record = record
+        self.gzip = gzip  # compress bodies for clients that accept it, as PyPI does
         self.requests: list[Request] = []
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
@@ -595,6 +599,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "invalid-json":
             body = body[: len(body) // 2] + b"}{not json"
         self.send_response(status)
+        if self.upstream.gzip and body and "gzip" in self.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(body, mtime=0)
+            self.send_header("Content-Encoding", "gzip")
         if ctype:
             self.send_header("Content-Type", ctype)
         for key, value in (headers or {}).items():

@@ -161,3 +161,19 @@ def test_other_http_status(foo: None, server: UpstreamServer) -> None:
     with pytest.raises(HTTPFault) as info:
         c.get_root()
     assert info.value.status == 404
+
+
+def test_gzip_bodies(model: UpstreamModel) -> None:
+    model.add_project("foo")
+    model.add_release("foo", "1.0")
+    with UpstreamServer(model, gzip=True) as srv:
+        c = SimpleClient(srv.index_url)
+        root = c.get_root()
+        assert root is not None and root.projects == {"foo": model.serial}
+        page = c.get_project("foo")
+        assert page is not None and [f.filename for f in page.files] == ["foo-1.0.tar.gz"]
+        # Cut short, the compressed body is caught as truncated, not misread.
+        srv.add_fault("/simple/foo/", "truncate")
+        with pytest.raises(TruncatedBody):
+            c.get_project("foo")
+        c.close()
