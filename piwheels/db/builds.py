@@ -10,12 +10,21 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from piwheels.errors import BuildError, InvalidName
+from piwheels.errors import BuildError, InvalidName, InvalidWheel
 
+from . import files as files_mod
 from . import queue
 from ._common import atomic, canonical, check_version
-from .files import FileRecord, add_files
-from .schema import FAILURE_CLASSES, TRANSIENT_FAILURES, abis, builders, builds, files
+from .files import FileRecord
+from .schema import (
+    FAILURE_CLASSES,
+    TRANSIENT_FAILURES,
+    abis,
+    builders,
+    builds,
+    dependencies,
+    files,
+)
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,165 @@ def start_build(
     return int(build_id)
 
 
+@dataclass(frozen=True)
+class BuildResult:
+    """The outcome of one build, for :func:`finish_builds`."""
+
+    build_id: int
+    status: str
+    duration: timedelta
+    failure_class: str | None = None
+    files: tuple[FileRecord, ...] = ()
+    log_path: str = ""
+
+
+_TRANSIENT_SQL = ", ".join(f"'{c}'" for c in TRANSIENT_FAILURES)
+
+_LOCK_BUILDS = text(
+    """
+    SELECT build_id, status FROM builds
+    WHERE build_id = ANY (CAST(:ids AS bigint[]))
+    ORDER BY build_id
+    FOR UPDATE
+    """
+)
+
+# Transient failures get a retry time: the configured base, doubled per attempt.
+_FINISH_BUILDS = text(
+    f"""
+    UPDATE builds b
+    SET status = u.status,
+        duration = u.duration,
+        failure_class = u.failure_class,
+        retry_after = CASE WHEN u.failure_class IN ({_TRANSIENT_SQL})
+                           THEN now() + c.retry_base * power(2, b.attempt - 1) END,
+        log_path = u.log_path
+    FROM unnest(CAST(:ids AS bigint[]), CAST(:status AS text[]), CAST(:duration AS interval[]),
+                CAST(:failure_class AS text[]), CAST(:log_path AS text[]))
+             AS u(build_id, status, duration, failure_class, log_path),
+         configuration c
+    WHERE c.id = 1 AND b.build_id = u.build_id
+    RETURNING b.*
+    """
+)
+
+
+def _file_rows(build_id: int, records: Iterable[FileRecord]) -> list[dict[str, object]]:
+    """The files rows of a build's wheels, each checked (InvalidWheel if not storable)."""
+    rows: list[dict[str, object]] = []
+    for rec in records:
+        tags = files_mod.parse_filename(rec.filename)
+        files_mod._check(rec)  # the same checks as files.add_files
+        lo, hi = files_mod.serve_range(tags["python_tag"], tags["abi_tag"])
+        rows.append(
+            {
+                "filename": rec.filename,
+                "build_id": build_id,
+                "size": rec.size,
+                "sha256": rec.sha256,
+                **tags,
+                "py_min": lo,
+                "py_max": hi,
+                "requires_python": rec.requires_python or "",
+                "metadata_sha256": rec.metadata_sha256,
+                "import_test": rec.import_test,
+                "import_error": rec.import_error,
+            }
+        )
+    return rows
+
+
+def _add_files_many(
+    conn: Connection, rows: list[dict[str, object]], records: list[FileRecord]
+) -> None:
+    """Insert the checked file *rows* (and their dependencies) of many builds at once.
+
+    Same rule as :func:`piwheels.db.files.add_files`: a published name is never
+    given new content (InvalidWheel); the same name and hash again is a no-op.
+    """
+    if not rows:
+        return
+    known = {
+        name: sha
+        for name, sha in conn.execute(
+            select(files.c.filename, files.c.sha256).where(
+                files.c.filename.in_([r["filename"] for r in rows])
+            )
+        )
+    }
+    new_rows = []
+    for row in rows:
+        old = known.get(str(row["filename"]))
+        if old is None:
+            known[str(row["filename"])] = str(row["sha256"])
+            new_rows.append(row)
+        elif old != row["sha256"]:
+            raise InvalidWheel(
+                f"{row['filename']} is already published with another hash; "
+                "a published file is never replaced"
+            )
+    if new_rows:
+        conn.execute(pg_insert(files).on_conflict_do_nothing(), new_rows)
+    deps = {
+        (rec.filename, d.tool, d.requirement): None for rec in records for d in rec.dependencies
+    }
+    if deps:
+        conn.execute(
+            pg_insert(dependencies).on_conflict_do_nothing(),
+            [{"filename": f, "tool": t, "requirement": r} for f, t, r in deps],
+        )
+
+
+def finish_builds(conn: Connection, results: Iterable[BuildResult]) -> list[Build]:
+    """Record the outcomes of many builds (with their files) in a few statements.
+
+    Every result is checked first (status, failure class, file names, hashes,
+    dependencies), then the builds are locked, updated in one statement, their
+    files inserted, and the queue rows of the releases recomputed in one
+    statement.  Any error raises and records nothing.  Returns the finished
+    builds in input order.
+    """
+    results = list(results)
+    file_rows: list[dict[str, object]] = []
+    records: list[FileRecord] = []
+    ids: set[int] = set()
+    for res in results:
+        if res.build_id in ids:
+            raise BuildError(f"build {res.build_id} given twice")
+        ids.add(res.build_id)
+        if res.status not in ("success", "failed"):
+            raise BuildError(f"a build finishes as success or failed, not {res.status!r:.20}")
+        if res.status == "failed" and res.failure_class not in FAILURE_CLASSES:
+            raise BuildError(f"unknown failure class {res.failure_class!r:.40}")
+        if res.status == "success":
+            file_rows.extend(_file_rows(res.build_id, res.files))
+            records.extend(res.files)
+    if not results:
+        return []
+    id_list = [r.build_id for r in results]
+    params = {
+        "ids": id_list,
+        "status": [r.status for r in results],
+        "duration": [r.duration for r in results],
+        "failure_class": [r.failure_class if r.status == "failed" else None for r in results],
+        "log_path": [r.log_path for r in results],
+    }
+    with atomic(conn):
+        state: dict[int, str] = {
+            int(i): str(st) for i, st in conn.execute(_LOCK_BUILDS, {"ids": id_list})
+        }
+        for build_id in id_list:
+            status = state.get(build_id)
+            if status is None:
+                raise BuildError(f"no such build: {build_id}")
+            if status not in ("pending", "building"):
+                raise BuildError(f"build {build_id} already finished ({status})")
+        done = {r.build_id: r for r in (_row(x) for x in conn.execute(_FINISH_BUILDS, params))}
+        _add_files_many(conn, file_rows, records)
+        queue.update_versions(conn, {(b.package, b.version) for b in done.values()})
+    return [done[i] for i in id_list]
+
+
 def finish_build(
     conn: Connection,
     build_id: int,
@@ -161,46 +329,8 @@ def finish_build(
     *status* is ``success`` or ``failed``; a failure needs a *failure_class*.
     Transient failures get a retry time: the configured base, doubled per attempt.
     """
-    if status not in ("success", "failed"):
-        raise BuildError(f"a build finishes as success or failed, not {status!r:.20}")
-    if status == "failed" and failure_class not in FAILURE_CLASSES:
-        raise BuildError(f"unknown failure class {failure_class!r:.40}")
-    if status == "success":
-        failure_class = None
-    records = list(files)
-    with atomic(conn):
-        row = conn.execute(
-            select(builds).where(builds.c.build_id == build_id).with_for_update()
-        ).first()
-        if row is None:
-            raise BuildError(f"no such build: {build_id}")
-        if row.status not in ("pending", "building"):
-            raise BuildError(f"build {build_id} already finished ({row.status})")
-        retry_after = None
-        if failure_class in TRANSIENT_FAILURES:
-            retry_after = conn.execute(
-                text(
-                    "SELECT now() + retry_base * power(2, :n - 1) FROM configuration WHERE id = 1"
-                ),
-                {"n": row.attempt},
-            ).scalar_one()
-        result = conn.execute(
-            update(builds)
-            .where(builds.c.build_id == build_id)
-            .values(
-                status=status,
-                duration=duration,
-                failure_class=failure_class,
-                retry_after=retry_after,
-                log_path=log_path,
-            )
-            .returning(*builds.c)
-        ).first()
-        if status == "success":
-            add_files(conn, build_id, records)
-        queue.update_version(conn, row.package, row.version)
-    assert result is not None
-    return _row(result)
+    result = BuildResult(build_id, status, duration, failure_class, tuple(files), log_path)
+    return finish_builds(conn, [result])[0]
 
 
 def request_retry(conn: Connection, package: str, version: str, abi: str | None = None) -> int:
@@ -260,6 +390,5 @@ def abandon_builds(conn: Connection, builder: int) -> list[int]:
             )
         )
     ]
-    for build_id in ids:
-        finish_build(conn, build_id, "failed", timedelta(0), "builder_lost")
+    finish_builds(conn, [BuildResult(b, "failed", timedelta(0), "builder_lost") for b in ids])
     return ids
