@@ -2,16 +2,19 @@
 """Benchmark the site writer, and resolution from the index it writes.
 
 1. Full rewrite: write every project's four pages (simple HTML + JSON, project page, project
-   JSON API) for synthetic projects (scale 1.0 = 100,000 projects, 10 versions, 3 files each),
-   beside the raw rate of writing files of the same names and sizes on the same disk (plain
-   open/write/close: the physical limit) and the render-only rate.
+   JSON API, and the .gz twins of those over the threshold) for synthetic projects (scale 1.0 =
+   100,000 projects, 10 versions, 3 files each): the render-only rate of each page kind, what
+   gzip costs at levels 1, 6 and 9, and the rewrite rate in one process and in a pool
+   (``SiteWriter.write_all``), each beside the raw rate of writing files of the same names
+   and sizes on the same disk (plain open/write/close, in one process and in as many as the
+   pool: the physical limit) and the ratio.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
 3. ``uv pip compile`` of a package with 20 dependencies from this index served by a private
    nginx, with and without ``.metadata`` files, beside the same HTTP requests made one by one
    with http.client (the loopback floor).
 
-Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync]
+Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers N] [--no-uv]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -26,6 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,8 +46,11 @@ ABIS = ("cp39", "cp311", "cp313")
 CONFIG = SiteConfig(base_url="https://piwheels.example", preinstalled=frozenset({"libc6"}))
 
 
-def synthetic_project(i: int, versions: int = 10) -> ProjectData:
-    """A project like a busy one on the farm: *versions* versions, one wheel per ABI each."""
+def synthetic_project(i: int, versions: int = 10, generation: int = 0) -> ProjectData:
+    """A project like a busy one on the farm: *versions* versions, one wheel per ABI each.
+
+    Another *generation* changes every hash and count, so all four pages change.
+    """
     name = f"project-{i}"
     dist = name.replace("-", "_")
     when = datetime(2026, 1, 1, tzinfo=UTC)
@@ -51,7 +61,7 @@ def synthetic_project(i: int, versions: int = 10) -> ProjectData:
             FileData(
                 filename=f"{dist}-{version}-{abi}-{abi}-linux_armv7l.whl",
                 size=100_000 + i + v,
-                sha256=hashlib.sha256(f"{name}{version}{abi}".encode()).hexdigest(),
+                sha256=hashlib.sha256(f"{generation}{name}{version}{abi}".encode()).hexdigest(),
                 upload_time=when + timedelta(days=v),
                 abi_tag=abi,
                 platform_tag="linux_armv7l",
@@ -71,74 +81,160 @@ def synthetic_project(i: int, versions: int = 10) -> ProjectData:
         display_name=name,
         summary=f"Synthetic project number {i} for the site benchmark",
         versions=tuple(vs),
-        downloads_30d=i % 1000,
-        downloads_all=i * 10,
+        downloads_30d=i % 1000 + generation,
+        downloads_all=i * 10 + generation,
     )
 
 
-def bench_rewrite(base: Path, count: int, fsync: bool) -> None:
+PAGE_KINDS = (
+    ("simple html ", "simple/{}/index.html", lambda p: render.render_simple_project_html(p)),
+    ("simple json ", "simple/{}/index.json", lambda p: render.render_simple_project_json(p)),
+    ("project html", "project/{}/index.html", lambda p: render.render_project_html(p, CONFIG)),
+    ("project json", "project/{}/json/index.json", lambda p: render.render_project_json(p, CONFIG)),
+)
+
+
+def raw_write(root: str, files: list[tuple[str, int]], fsync: bool, atomic: bool = False) -> int:
+    """The physical floor: plain open/write/close of files with these names and sizes.
+
+    With *atomic*, each goes to a new temporary file renamed over the old one, as the site
+    writer must (creating a file is the dear part on ext4).
+    """
+    buf = b"x" * max((n for _, n in files), default=0)
+    made: set[str] = set()
+    for rel, n in files:
+        path = f"{root}/{rel}"
+        head = os.path.dirname(path)
+        if head not in made:
+            os.makedirs(head, exist_ok=True)
+            made.add(head)
+        target, path = path, (f"{path}.tmp" if atomic else path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, buf[:n])
+        if fsync:
+            os.fsync(fd)
+        os.close(fd)
+        if atomic:
+            os.replace(path, target)
+    return len(files)
+
+
+def raw_write_pool(root: str, files: list[tuple[str, int]], fsync: bool, workers: int) -> float:
+    """raw_write split over *workers* processes (one project's files stay together)."""
+    per = -(-len(files) // workers // 8) * 8  # a project's 8 files never straddle two parts
+    parts = [files[i : i + per] for i in range(0, len(files), per)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_noop, range(workers)))  # start the workers outside the timing
+        t0 = time.perf_counter()
+        list(pool.map(raw_write, [root] * len(parts), parts, [fsync] * len(parts)))
+        return time.perf_counter() - t0
+
+
+def _noop(_: int) -> None:
+    return None
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_rewrite(base: Path, count: int, fsync: bool, workers: int) -> list[ProjectData]:
     print(f"== full rewrite: {count} projects x 10 versions x 3 files, 4 pages each")
+    t0 = time.perf_counter()
     projects = [synthetic_project(i) for i in range(count)]
-    t0 = time.perf_counter()
-    sizes = []
-    for p in projects:
-        pages = (
-            render.render_simple_project_html(p),
-            render.render_simple_project_json(p),
-            render.render_project_html(p, CONFIG),
-            render.render_project_json(p, CONFIG),
+    print(f"  (building the synthetic projects: {count / (time.perf_counter() - t0):.0f}/s)")
+
+    # Render only, per page kind.
+    sizes: dict[str, list[int]] = {}
+    pages: dict[str, list[bytes]] = {}
+    total_render = 0.0
+    for label, _, fn in PAGE_KINDS:
+        t0 = time.perf_counter()
+        out = [fn(p) for p in projects]
+        dt = time.perf_counter() - t0
+        total_render += dt
+        pages[label] = out
+        sizes[label] = [len(x) for x in out]
+        print(
+            f"  render {label}: {count / dt:9.0f} pages/s, "
+            f"{sum(sizes[label]) / count / 1024:5.1f} KiB each"
         )
-        sizes.append(tuple(len(x) for x in pages))
-    render_s = time.perf_counter() - t0
-    total = sum(sum(s) for s in sizes)
+    print(f"  render all four : {count / total_render:9.0f} projects/s")
+
+    # gzip: what the .gz twins cost at each level.
+    threshold = SiteWriter(base / "probe", CONFIG).gzip_threshold
+    big = [x for out in pages.values() for x in out if len(x) >= threshold]
+    raw_bytes = sum(len(x) for x in big)
+    gz_sizes = {}
+    for level in (1, 6, 9):
+        t0 = time.perf_counter()
+        gz_sizes[level] = sum(len(zlib.compress(x, level)) for x in big)
+        dt = time.perf_counter() - t0
+        print(
+            f"  gzip level {level}: {count / dt:9.0f} projects/s "
+            f"({len(big) / count:.0f} twins each), {gz_sizes[level] / raw_bytes:.1%} of the bytes"
+        )
+    del pages
+    shutil.rmtree(base / "probe", ignore_errors=True)
+
+    # The files a rewrite writes: 4 pages and a twin for each one over the threshold.
     site = SiteWriter(base / "site", CONFIG, fsync=fsync)
-    t0 = time.perf_counter()
-    for p in projects:
-        site.write_project(p)
-    ours = time.perf_counter() - t0
-    gz = sum(1 for _ in (base / "site").rglob("*.gz"))
+    gz_ratio = gz_sizes[site.gzip_level] / raw_bytes
+    files: list[tuple[str, int]] = []
+    for i, p in enumerate(projects):
+        for label, pattern, _ in PAGE_KINDS:
+            n = sizes[label][i]
+            files.append((pattern.format(p.name), n))
+            if n >= site.gzip_threshold:
+                files.append((pattern.format(p.name) + ".gz", int(n * gz_ratio)))
+    nbytes = sum(n for _, n in files)
+    mb = nbytes / 1e6
+    print(
+        f"  bytes per rewrite: {mb:.1f} MB in {len(files)} files "
+        f"({nbytes / count / 1024:.1f} KiB per project, twins at gzip level {site.gzip_level})"
+    )
 
-    raw = base / "raw"
-    buf = b"x" * max(max(s) for s in sizes)
-    t0 = time.perf_counter()
-    for p, s in zip(projects, sizes, strict=True):
-        for rel, n in zip(
-            (
-                f"simple/{p.name}/index.html",
-                f"simple/{p.name}/index.json",
-                f"project/{p.name}/index.html",
-                f"project/{p.name}/json/index.json",
-            ),
-            s,
-            strict=True,
-        ):
-            path = raw / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(buf[:n])
-                if fsync:
-                    os.fsync(f.fileno())
-    raw_s = time.perf_counter() - t0
-    mb = total / 1e6
-    print(
-        f"  page bytes: {mb:.1f} MB ({total / count / 1024:.1f} KiB per project), "
-        f"{gz} .gz twins written"
-    )
-    print(f"  render only      : {count / render_s:9.0f} projects/s")
-    print(
-        f"  render+atomic write (SiteWriter): {count / ours:9.0f} projects/s "
-        f"({mb / ours:.1f} MB/s of pages)"
-    )
-    print(
-        f"  raw write, same names and sizes : {count / raw_s:9.0f} projects/s "
-        f"({mb / raw_s:.1f} MB/s)"
-    )
-    print(f"  ratio SiteWriter / raw: {raw_s / ours:.2f}")
-    shutil.rmtree(raw, ignore_errors=True)
+    # Generation 1 changes every page, so each rewrite below replaces all of them.
+    changed = [synthetic_project(i, generation=1) for i in range(count)]
+    first = timed(lambda: site.write_all(projects))
+    one = timed(lambda: site.write_all(changed))
+    start = timed(lambda: site.write_all(changed[:1], workers=workers))
+    pool = timed(lambda: site.write_all(projects, workers=workers))
+    same1 = timed(lambda: site.write_all(projects))
+    samen = timed(lambda: site.write_all(projects, workers=workers))
+    raw_root = str(base / "raw")
+    raw_write(raw_root, files, fsync)  # the first pass makes the directories
+    raw1 = timed(lambda: raw_write(raw_root, files, fsync))
+    rawn = raw_write_pool(raw_root, files, fsync, workers)
+    atomic1 = timed(lambda: raw_write(raw_root, files, fsync, atomic=True))
+    shutil.rmtree(raw_root, ignore_errors=True)
 
+    def line(label: str, seconds: float) -> str:
+        return f"  {label}: {count / seconds:9.0f} projects/s ({mb / seconds:6.1f} MB/s)"
+
+    print(line("first write, 1 process             ", first))
+    print(line("rewrite all changed, 1 process     ", one))
+    print(line(f"rewrite all changed, pool of {workers}     ", pool))
+    print(line("rewrite unchanged, 1 process       ", same1))
+    print(line(f"rewrite unchanged, pool of {workers}       ", samen))
+    print(line("raw write, same files, 1 process   ", raw1))
+    print(line(f"raw write, same files, {workers} processes ", rawn))
+    print(line("raw temp+rename, same files, 1 proc", atomic1))
+    print(f"  (starting the pool of {workers}: {start * 1000:.0f} ms, included above)")
+    print(f"  ratio rewrite / raw write, 1 process : {raw1 / one:.2f}")
+    print(f"  ratio rewrite / raw write, {workers} processes: {rawn / pool:.2f}")
+    print(f"  ratio rewrite / raw temp+rename, 1 process: {atomic1 / one:.2f}")
+    print(f"  aim: 2,000 projects/s; pool reaches {count / pool / 2000:.0%} of it")
+    return projects
+
+
+def bench_latency(base: Path, projects: list[ProjectData], fsync: bool) -> None:
     print("== latency: finished build -> pages replaced (render + write of one project)")
+    site = SiteWriter(base / "site", CONFIG, fsync=fsync)
     samples = []
-    n = min(count, 500)
+    n = min(len(projects), 500)
     for p in projects[:n]:
         t0 = time.perf_counter()
         site.write_project(p)
@@ -239,14 +335,23 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (a temp dir)")
     parser.add_argument("--fsync", action="store_true", help="fsync every file")
     parser.add_argument("--repeats", type=int, default=3, help="uv pip compile runs per case")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 2, help="processes for the pool figures"
+    )
+    parser.add_argument("--no-uv", action="store_true", help="skip the uv pip compile part")
     args = parser.parse_args()
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.workers < 1:
+        parser.error("--workers must be positive")
     base = Path(tempfile.mkdtemp(prefix="piw-bench-site-", dir=args.dir))
     os.chmod(base, 0o755)
     try:
-        bench_rewrite(base, max(1, int(100_000 * args.scale)), args.fsync)
-        bench_uv(base, args.repeats)
+        projects = bench_rewrite(base, max(1, int(100_000 * args.scale)), args.fsync, args.workers)
+        bench_latency(base, projects, args.fsync)
+        del projects
+        if not args.no_uv:
+            bench_uv(base, args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

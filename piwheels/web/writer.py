@@ -45,7 +45,12 @@ _counter = itertools.count()
 
 
 class SiteWriter:
-    """Writes pages and files under *output_path* (created if missing)."""
+    """Writes pages and files under *output_path* (created if missing).
+
+    *fsync* makes every write durable before its rename; *gzip_threshold* and *gzip_level*
+    govern the ``.gz`` twins; with *skip_unchanged* (the default) a file that already holds
+    exactly the new bytes (and whose twin is right) is left alone.
+    """
 
     def __init__(
         self,
@@ -55,6 +60,7 @@ class SiteWriter:
         fsync: bool = False,
         gzip_threshold: int = 4096,
         gzip_level: int = 1,
+        skip_unchanged: bool = True,
     ) -> None:
         if not 1 <= gzip_level <= 9:
             raise ValueError(f"gzip level must be 1 to 9: {gzip_level!r:.20}")
@@ -63,6 +69,7 @@ class SiteWriter:
         self.fsync = fsync
         self.gzip_threshold = gzip_threshold
         self.gzip_level = gzip_level
+        self.skip_unchanged = skip_unchanged
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._root = str(self.root)
 
@@ -89,10 +96,21 @@ class SiteWriter:
         z = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
         return z.compress(data) + z.flush()
 
-    def _write_page(self, target: str, data: bytes, gz: bool) -> None:
+    def _write_page(self, target: str, data: bytes, gz: bool) -> bool:
+        """Write *target* (and its twin); False if both already held exactly this."""
         # Plain string paths: pathlib costs more than the system calls on this hot path.
+        twin = target + ".gz"
+        if self.skip_unchanged and _holds(target, data):
+            # Creating a file is the dearest step of a write; reading is cheap.  Skipping also
+            # keeps the page's mtime, so nginx's ETag stays valid and clients get 304s.
+            if not gz:
+                return False
+            if len(data) >= self.gzip_threshold:
+                if _twin_holds(twin, data):
+                    return False
+            elif not os.path.lexists(twin):
+                return False
         if gz:
-            twin = target + ".gz"
             if len(data) >= self.gzip_threshold:
                 self._atomic(twin, self.gzip(data))
             else:
@@ -101,6 +119,7 @@ class SiteWriter:
                 except FileNotFoundError:
                     pass
         self._atomic(target, data)
+        return True
 
     def _temp_name(self, target: Path | str) -> Path:
         head, name = os.path.split(target)
@@ -325,7 +344,14 @@ class SiteWriter:
                 if progress:
                     progress(done)
             return done
-        settings = (self._root, self.config, self.fsync, self.gzip_threshold, self.gzip_level)
+        settings = (
+            self._root,
+            self.config,
+            self.fsync,
+            self.gzip_threshold,
+            self.gzip_level,
+            self.skip_unchanged,
+        )
         done = 0
         with ProcessPoolExecutor(
             max_workers=workers,
@@ -346,6 +372,33 @@ class SiteWriter:
                     future.cancel()
                 raise
         return done
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """True if the file at *path* holds exactly *data*."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.fstat(fd).st_size != len(data):
+            return False
+        chunks = []
+        while chunk := os.read(fd, len(data) + 1):
+            chunks.append(chunk)
+        return b"".join(chunks) == data
+    finally:
+        os.close(fd)
+
+
+def _twin_holds(twin: str, data: bytes) -> bool:
+    """True if the gzip file *twin* decompresses to *data* (whatever level made it)."""
+    try:
+        with open(twin, "rb") as f:
+            packed = f.read()
+        return zlib.decompress(packed, 31) == data
+    except (FileNotFoundError, zlib.error):
+        return False
 
 
 def _unlink_quietly(path: str | Path) -> None:
@@ -393,12 +446,14 @@ _worker_state: tuple[SiteWriter, Callable[[Any], ProjectData | None] | None] | N
 
 
 def _worker_init(
-    settings: tuple[str, SiteConfig, bool, int, int],
+    settings: tuple[str, SiteConfig, bool, int, int, bool],
     load: Callable[[Any], ProjectData | None] | None,
 ) -> None:
     global _worker_state
-    root, config, fsync, threshold, level = settings
-    writer = SiteWriter(root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level)
+    root, config, fsync, threshold, level, skip = settings
+    writer = SiteWriter(
+        root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level, skip_unchanged=skip
+    )
     _worker_state = (writer, load)
 
 

@@ -414,3 +414,75 @@ def test_bad_model_values_rejected(make: object, error: type[Exception]) -> None
     with pytest.raises(error) as info:
         make()  # type: ignore[operator]
     assert "\n" not in str(info.value) and str(info.value)
+
+
+# --- the hand-built pages agree with their plain definitions ---------------------------------
+
+ALL_PROJECTS = [
+    project(),
+    project(status="quarantined", status_reason="malware"),
+    project(status="archived", tracks_url="https://upstream.test/simple/foo/"),
+    project(aliases=("Foo", "FOO"), upstream_url="https://up.test/foo", skip_reason="binary"),
+    ProjectData("foo", "foo"),
+    ProjectData(
+        "foo",
+        "foo",
+        versions=(
+            VersionData("1", yanked=True, files=(file_(import_ok=None, requires_python=None),)),
+            VersionData("0.1", builds={"cp311": AbiStatus("built", 3, duration=timedelta(0, 12))}),
+        ),
+    ),
+] + [hostile_project(h) for h in HOSTILE]
+
+
+@pytest.mark.parametrize("p", ALL_PROJECTS, ids=range(len(ALL_PROJECTS)))
+def test_hand_built_json_is_json_dumps_of_the_documents(p: ProjectData) -> None:
+    def dumps(doc: object) -> bytes:
+        text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        return text.encode("utf-8", "replace")
+
+    assert render.render_simple_project_json(p) == dumps(render.simple_project_doc(p))
+    assert render.render_project_json(p, CONFIG) == dumps(render.project_json(p, CONFIG))
+
+
+def test_escape_matches_chameleon() -> None:
+    import html as html_module
+
+    from chameleon import PageTemplate
+
+    attribute = PageTemplate('<p title="${x}"></p>')
+    text = PageTemplate("<p>${x}</p>")
+    for h in [*HOSTILE, "plain", "", "a'b", "&amp;"]:
+        shown = render.clean(h)
+        # In attributes, the very same bytes as the templates.
+        assert attribute(x=shown) == f'<p title="{render.escape(h)}"></p>'
+        # In text, Chameleon leaves '"' alone; escaping it too reads the same.
+        ours = render.escape(h)
+        assert html_module.unescape(ours) == html_module.unescape(text(x=shown)[3:-4]) == shown
+        assert "<" not in ours and ">" not in ours
+
+
+def test_file_names_need_no_quoting() -> None:
+    # check_filename's alphabet: what _file_href may insert as it is
+    name = "Ab9._+!~-x.whl"
+    file_(name)  # accepted by the model
+    assert render._file_href(name) == name
+
+
+def test_project_page_frame_is_the_layout() -> None:
+    page = render.render_project_html(project(), CONFIG).decode()
+    other = render.render_404(CONFIG).decode()
+    # Same header and footer as the template pages, and no marker left behind.
+    assert "\x00" not in page
+    assert page.split("<main>")[0].split("<title>")[0] == other.split("<title>")[0]
+    assert page.split("</main>")[1] == other.split("</main>")[1]
+    assert "<title>Foo - piwheels</title>" in page
+    assert '<link rel="canonical" href="https://piwheels.test/project/foo/">' in page
+
+
+def test_yanked_without_reason_on_project_page() -> None:
+    p = ProjectData("foo", "Foo", versions=(VersionData("1.0", yanked=True, files=(file_(),)),))
+    page = render.render_project_html(p, CONFIG)
+    strict_html(page)
+    spans = [d for t, d in parse(page).tags if t == "span" and "yanked" in (d.get("class") or "")]
+    assert spans == [{"class": "mark yanked"}]  # no empty title
