@@ -1,0 +1,186 @@
+"""The log ingest: batches of access-log records from piw-logger into PostgreSQL.
+
+Each BATCH is stored in one transaction (a COPY per hit table, see
+:func:`piwheels.db.stats.store_batch`) and acknowledged only after the
+commit.  A batch seen before (same logger identity and batch id: a resend
+whose ACK was lost) is acknowledged again without being stored twice.  When
+PostgreSQL cannot be reached the answer is NACK with a ``retry_after``: the
+logger keeps the batch and sends it again, so nothing is lost.
+
+The days a batch touched are rolled up every ``rollup_interval`` seconds;
+after midnight (UTC) the previous day is rolled up once more and checked
+for a download spike (a warning names the packages behind it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from .. import protocols
+from ..db.stats import rollup_day, store_batch
+from ..tasks import Endpoint, Task
+from ..transport import ROUTER, Context
+from .env import MasterEnv
+
+#: Batch keys remembered for deduplication (a logger keeps far fewer unacknowledged).
+DEDUP_LIMIT = 100_000
+#: First retry_after sent while the database is down; doubles up to MAX_RETRY.
+RETRY_AFTER = 1.0
+MAX_RETRY = 30.0
+
+
+class LogIngest(Task):
+    """Stores access-log batches, rolls up the statistics, flags spikes."""
+
+    role = "log_ingest"
+    binds = (Endpoint("logger", "ROUTER", "logger", "batches of access-log records"),)
+
+    def __init__(
+        self,
+        context: Context,
+        env: MasterEnv,
+        *,
+        on_fatal: Callable[[Task, BaseException], None] | None = None,
+        rollup_interval: float = 60.0,
+        spike_factor: float = 2.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__(context, on_fatal=on_fatal)
+        self.env = env
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.spike_factor = spike_factor
+        self.logger = self.socket(ROUTER, protocols.logger, name="logger")
+        address = env.addresses["logger"]
+        if env.server_keys is not None and address.startswith("tcp://"):
+            self.logger.curve_server(env.server_keys)
+        self.address = self.logger.bind(address)
+        self.register(self.logger)
+        self._seen: OrderedDict[tuple[bytes, int], int] = OrderedDict()
+        self.dirty: set[date] = set()
+        self.today = self.clock().date()
+        self.stored = 0  # records stored since start
+        self.batches = 0
+        self.duplicates = 0
+        self.refused = 0
+        self._retry = RETRY_AFTER
+        self._db_down = False
+        self._rate = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self.spikes: list[Any] = []  # spike reports found by the daily check
+        self.every(rollup_interval, self.rollup_dirty)
+        self.every(5.0, self._tick)
+
+    # -- figures -------------------------------------------------------------------
+
+    @property
+    def ingest_rate(self) -> float:
+        """Records stored per second, over the last few seconds (read from any thread)."""
+        return self._rate
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        then, count = self._rate_mark
+        if now > then:
+            self._rate = (self.stored - count) / (now - then)
+        self._rate_mark = (now, self.stored)
+        today = self.clock().date()
+        if today != self.today:
+            yesterday, self.today = self.today, today
+            self.after_midnight(yesterday)
+
+    # -- batches -------------------------------------------------------------------
+
+    def do_BATCH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        batch_id = data["batch_id"]
+        key = (peer[0], batch_id)
+        stored = self._seen.get(key)
+        if stored is not None:
+            self.duplicates += 1
+            self.log.debug("batch %d from %r again: already stored", batch_id, peer[0])
+            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": stored})
+            return
+        try:
+            with self.env.engine.begin() as conn:
+                res = store_batch(conn, data["records"])
+        except (OperationalError, DBAPIError) as exc:
+            self.refused += 1
+            if not self._db_down:
+                self.log.error("cannot store log batches: %s", str(exc).splitlines()[0])
+            self._db_down = True
+            retry = self._retry
+            self._retry = min(MAX_RETRY, self._retry * 2)
+            self._reply(
+                peer,
+                "NACK",
+                {"batch_id": batch_id, "reason": "database unavailable", "retry_after": retry},
+            )
+            return
+        if self._db_down:
+            self.log.warning("storing log batches again")
+            self._db_down = False
+            self._retry = RETRY_AFTER
+        for problem in res.problems:
+            self.log.warning("batch %d from %r: %s", batch_id, peer[0], problem)
+        self._seen[key] = res.stored
+        if len(self._seen) > DEDUP_LIMIT:
+            self._seen.popitem(last=False)
+        self.dirty |= res.days
+        self.stored += res.stored
+        self.batches += 1
+        self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
+
+    def _reply(self, peer: tuple[bytes, ...], msg: str, data: dict[str, Any]) -> None:
+        try:
+            self.logger.send_msg(msg, data, peer=peer)
+        except Exception as exc:  # the logger went away; it resends when back
+            self.log.warning("cannot answer %s: %s", msg, exc)
+
+    # -- rollups -------------------------------------------------------------------
+
+    def rollup_dirty(self) -> int:
+        """Roll up every day touched since the last rollup; returns the days done."""
+        done = 0
+        for day in sorted(self.dirty):
+            try:
+                with self.env.engine.begin() as conn:
+                    rollup_day(conn, day)
+            except (OperationalError, DBAPIError) as exc:
+                self.log.error("rollup of %s failed: %s", day, str(exc).splitlines()[0])
+                break
+            self.dirty.discard(day)
+            done += 1
+        return done
+
+    def after_midnight(self, yesterday: date) -> None:
+        """Roll up *yesterday* once more and check it for a spike."""
+        self.dirty.add(yesterday)
+        self.rollup_dirty()
+        self.check_spike(yesterday)
+
+    def check_spike(self, day: date) -> Any:
+        """Log a warning naming the packages if *day* is a spike; returns the analysis."""
+        from ..stats.spike import flag_spike
+
+        try:
+            with self.env.engine.connect() as conn:
+                report = flag_spike(conn, day, factor=self.spike_factor, log=self.log)
+        except (OperationalError, DBAPIError) as exc:
+            self.log.error("spike check of %s failed: %s", day, str(exc).splitlines()[0])
+            return None
+        if report is not None:
+            self.spikes.append(report)
+        return report
+
+    def teardown(self) -> None:
+        # Leave the rollups current for what was stored before stopping.
+        if self.dirty:
+            self.rollup_dirty()
+
+
+__all__ = ["LogIngest"]
