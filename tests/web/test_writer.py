@@ -207,3 +207,102 @@ def test_coalescer_delete_purges_and_bad_kind() -> None:
     assert c.flush(force=True) == [("bar", "simple")]
     with pytest.raises(ValueError):
         c.request("foo", "everything")  # type: ignore[arg-type]
+
+
+# --- full rewrite and unchanged pages ---------------------------------------------------------
+
+
+def _load(name: str) -> ProjectData | None:
+    """A loader for write_all: runs in the pool's workers (so it lives at module level)."""
+    if name == "gone":
+        return None  # deleted meanwhile: skipped
+    if name == "bad":
+        raise InvalidName("no such project: bad")
+    return ProjectData(name, name.upper(), summary=f"summary of {name}")
+
+
+def _pages(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_write_all_matches_write_project(tmp_path: Path, workers: int) -> None:
+    names = [f"p{i}" for i in range(23)]
+    one = SiteWriter(tmp_path / "one", gzip_threshold=100)
+    for name in names:
+        project = _load(name)
+        assert project is not None
+        one.write_project(project)
+    seen: list[int] = []
+    many = SiteWriter(tmp_path / "many", gzip_threshold=100)
+    count = many.write_all(
+        [*names, "gone"], workers=workers, load=_load, chunk_size=4, progress=seen.append
+    )
+    assert count == 23
+    assert seen and seen[-1] == 23 and seen == sorted(seen)
+    expected = _pages(one.root)
+    assert len(expected) == 23 * 8  # four pages and four twins each
+    assert _pages(many.root) == expected
+    assert not list(many.root.rglob("*.tmp"))
+    # ProjectData items need no loader
+    again = SiteWriter(tmp_path / "again", gzip_threshold=100)
+    projects = [p for p in map(_load, names) if p is not None]
+    assert again.write_all(projects, workers=workers, chunk_size=5) == 23
+    assert _pages(again.root) == expected
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_write_all_raises_the_first_error(tmp_path: Path, workers: int) -> None:
+    site = SiteWriter(tmp_path / "www")
+    with pytest.raises(InvalidName, match="no such project: bad"):
+        site.write_all(["a", "b", "bad", "c"], workers=workers, load=_load, chunk_size=1)
+    with pytest.raises(TypeError):
+        site.write_all(["not a project"], workers=workers)
+    with pytest.raises(ValueError):
+        site.write_all([], workers=0)
+
+
+def test_unchanged_pages_are_left_alone(site: SiteWriter) -> None:
+    project = ProjectData("foo", "Foo", summary="x" * 2000)
+    site.write_project(project)
+    page = site.root / "project/foo/index.html"
+    twin = site.root / "project/foo/index.html.gz"
+    before = (page.stat().st_ino, twin.stat().st_ino)
+    site.write_project(project)
+    assert (page.stat().st_ino, twin.stat().st_ino) == before  # same files, same ETags
+    site.write_project(ProjectData("foo", "Foo", summary="y" * 2000))
+    assert page.stat().st_ino != before[0] and twin.stat().st_ino != before[1]
+    assert b"yyyy" in gzip.decompress(twin.read_bytes())
+
+
+def test_unchanged_page_with_wrong_twin_is_repaired(site: SiteWriter) -> None:
+    big = b"z" * 1000
+    site.write_file("a/index.html", big, gz=True)
+    twin = site.root / "a/index.html.gz"
+    twin.write_bytes(gzip.compress(b"stale"))  # as if a write died between twin and page
+    site.write_file("a/index.html", big, gz=True)
+    assert gzip.decompress(twin.read_bytes()) == big
+    twin.write_bytes(b"not gzip at all")
+    site.write_file("a/index.html", big, gz=True)
+    assert gzip.decompress(twin.read_bytes()) == big
+    # a small page that already holds its bytes still loses a leftover twin
+    site.write_file("b/index.html", b"small", gz=True)
+    (site.root / "b/index.html.gz").write_bytes(gzip.compress(b"old big page"))
+    site.write_file("b/index.html", b"small", gz=True)
+    assert not (site.root / "b/index.html.gz").exists()
+
+
+def test_gzip_level_and_deterministic_twins(tmp_path: Path) -> None:
+    data = json.dumps([f"{i:064x}" for i in range(200)]).encode()
+    fast = SiteWriter(tmp_path / "fast", gzip_level=1)
+    best = SiteWriter(tmp_path / "best", gzip_level=9)
+    assert gzip.decompress(fast.gzip(data)) == data == gzip.decompress(best.gzip(data))
+    assert fast.gzip(data) == fast.gzip(data)  # no timestamp: same page, same bytes
+    assert len(best.gzip(data)) <= len(fast.gzip(data))
+    for bad in (0, 10):
+        with pytest.raises(ValueError):
+            SiteWriter(tmp_path / "bad", gzip_level=bad)
