@@ -301,7 +301,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (e.g. from logrotate or the service manager) stops reading and drains.
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     sender = BatchSender(
         context,
         endpoint,

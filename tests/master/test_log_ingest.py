@@ -1,0 +1,239 @@
+"""LogIngest: batches stored once, acknowledged after commit, NACK while PostgreSQL is down."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+from piwheels import protocols
+from piwheels.db import initdb
+from piwheels.master.log_ingest import LogIngest
+from piwheels.pgcluster import Cluster
+from piwheels.transport import DEALER, Context
+from tests.peer import ScriptedPeer, wait_for
+from tests.stats.pipeline import log_records, make_env, run_logger, running_ingest
+from tests.synthetic_logs import generate
+
+CLIENT = "0123456789abcdef"
+
+
+def batch(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Columns of a batch from partial rows (defaults: a pip download of foo)."""
+    base = {
+        "time": datetime(2021, 10, 1, 12, tzinfo=UTC),
+        "kind": "download",
+        "target": "download",
+        "package": "foo",
+        "filename": "foo-1.0-py3-none-any.whl",
+        "page": None,
+        "status": 200,
+        "bytes_sent": 1000,
+        "client": CLIENT,
+        "distro_name": "Debian GNU/Linux",
+        "distro_version": "12",
+        "os_name": "Linux",
+        "os_version": "6.1",
+        "arch": "armv7l",
+        "py_impl": "CPython",
+        "py_version": "3.11.2",
+        "installer_name": "pip",
+        "installer_version": "23.0.1",
+        "setuptools_version": "66.1.1",
+        "ci": None,
+    }
+    full = [{**base, **r} for r in rows]
+    return {name: [r[name] for r in full] for name in protocols.LOG_COLUMNS}
+
+
+@pytest.fixture
+def engine(new_database: Callable[..., str]) -> Iterator[Engine]:
+    eng = create_engine(new_database(template="piwheels_template"))
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def context() -> Iterator[Context]:
+    ctx = Context()
+    yield ctx
+    ctx.close()
+
+
+def count(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+
+def test_resent_batch_is_stored_once(engine: Engine, context: Context, tmp_short: Path) -> None:
+    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,),
+        identity=b"logger-a",
+    )  # fmt: skip
+    try:
+        records = batch([{}, {"kind": "index", "target": "index", "filename": None}])
+        peer.send("BATCH", {"batch_id": 1, "records": records})
+        peer.expect("ACK", {"batch_id": 1, "stored": 2})
+        peer.send("BATCH", {"batch_id": 1, "records": records})
+        peer.expect("ACK", {"batch_id": 1, "stored": 2})
+        assert count(engine, "downloads") == 1
+        assert count(engine, "searches") == 1
+        assert task.duplicates == 1
+        # Another logger's batch 1 is another batch.
+        other = ScriptedPeer(
+            context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,),
+            identity=b"logger-b",
+        )  # fmt: skip
+        other.send("BATCH", {"batch_id": 1, "records": records})
+        other.expect("ACK", {"batch_id": 1, "stored": 2})
+        other.close()
+        assert count(engine, "downloads") == 2
+    finally:
+        peer.close()
+        task.close()
+
+
+def test_bad_input(engine: Engine, context: Context, tmp_short: Path) -> None:
+    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
+    )
+    try:
+        # A malformed message is dropped; the task goes on.
+        peer.socket.send_raw([b"\xa1\x00garbage"])
+        rows = batch(
+            [
+                {"client": "192.0.2.1"},  # a raw address is never stored
+                {"kind": "weird", "target": "weird"},  # unknown kind: skipped
+                {"kind": "download", "package": None},  # a download without its package
+                {"kind": "bot", "target": "project", "filename": None},  # a bot's page hit
+                {"kind": "metadata", "target": "metadata", "bytes_sent": 77},
+                {"kind": "bot", "target": "other", "bytes_sent": 5},
+            ]
+        )
+        peer.send("BATCH", {"batch_id": 9, "records": rows})
+        peer.expect("ACK", {"batch_id": 9, "stored": 4})
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT client FROM downloads")).scalars().all() == [""]
+            assert conn.execute(text("SELECT kind FROM project_hits")).scalars().all() == ["bot"]
+            extra = conn.execute(
+                text("SELECT source, kind, hits, bytes_sent FROM daily_web_stats ORDER BY 1")
+            ).all()
+        assert [tuple(r) for r in extra] == [("metadata", "pip", 1, 77), ("other", "bot", 1, 5)]
+        # Rolling up keeps the bandwidth rows no raw table holds; bots stay out of downloads.
+        task.rollup_dirty()
+        with engine.connect() as conn:
+            n = conn.execute(
+                text("SELECT count(*) FROM daily_web_stats WHERE source IN ('metadata', 'other')")
+            ).scalar_one()
+            dl = conn.execute(text("SELECT sum(downloads) FROM daily_package_stats")).scalar_one()
+            ph = conn.execute(
+                text("SELECT coalesce(sum(project_hits), 0) FROM daily_package_stats")
+            ).scalar_one()
+        assert (n, dl, ph) == (2, 1, 0)
+    finally:
+        peer.close()
+        task.close()
+
+
+def test_midnight_rollup_flags_a_spike(
+    engine: Engine, context: Context, tmp_short: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [datetime(2021, 10, 20, 23, 59, tzinfo=UTC)]
+    task = LogIngest(
+        context,
+        make_env(engine, f"ipc://{tmp_short}/log", tmp_short),
+        clock=lambda: now[0],
+        spike_factor=3.0,
+    )
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
+    )
+    try:
+        rows = []
+        for d in range(20):
+            day = datetime(2021, 10, 1, 12, tzinfo=UTC) + timedelta(days=d)
+            rows += [{"time": day, "package": f"steady{i}"} for i in range(10)]
+        spike_day = datetime(2021, 10, 20, 15, tzinfo=UTC)
+        rows += [{"time": spike_day, "package": "surprise", "py_version": "2.7.16"}] * 60
+        peer.send("BATCH", {"batch_id": 1, "records": batch(rows)})
+        peer.expect("ACK")
+        caplog.set_level(logging.WARNING, logger="piwheels.log_ingest")
+        task._tick()
+        assert task.spikes == []  # still the same day: nothing checked yet
+        now[0] += timedelta(minutes=2)
+        task._tick()
+        assert [s.day for s in task.spikes] == [date(2021, 10, 20)]
+        assert task.spikes[0].packages == ["surprise"]
+        assert task.spikes[0].python == {"2.7.16": 60}
+        assert any("surprise" in r.getMessage() for r in caplog.records)
+        assert not task.dirty
+    finally:
+        peer.close()
+        task.close()
+
+
+def test_database_restart_loses_nothing(tmp_path: Path) -> None:
+    """Stop PostgreSQL under a running ingest: NACKs, then the resends are stored once."""
+    root = Path(tempfile.mkdtemp(prefix="piwtest-pg2-", dir="/tmp"))
+    cluster = Cluster(root, fsync=False)
+    cluster.start()
+    sock_dir = Path(tempfile.mkdtemp(prefix="piw-", dir="/tmp"))
+    try:
+        url = cluster.url("piwheels_restart")
+        admin = create_engine(cluster.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("CREATE DATABASE piwheels_restart"))
+        admin.dispose()
+        initdb.upgrade(url, yes=True)
+        log = tmp_path / "access.log"
+        truth = generate(log, days=2, lines_per_day=1500, seed=11)
+        expected = len(log_records(log))
+        engine = create_engine(url, pool_pre_ping=True)
+        address = f"ipc://{sock_dir}/log"
+        result: dict[str, Any] = {}
+        with running_ingest(engine, address, tmp_path) as ingest:
+            cluster.stop()
+            worker = threading.Thread(
+                target=lambda: result.update(
+                    out=run_logger(
+                        [str(log), "--batch-size", "300", "--ack-timeout", "2", "-v"],
+                        address,
+                        tmp_path / "secret",
+                    )
+                )
+            )
+            worker.start()
+            wait_for(lambda: ingest.refused >= 2, timeout=60)
+            assert ingest.stored == 0
+            cluster.start()
+            worker.join(120)
+            assert not worker.is_alive()
+        code, err = result["out"]
+        assert code == 0, err
+        assert "refused" in err
+        with engine.connect() as conn:
+            stored = sum(
+                conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                for t in ("downloads", "searches", "project_hits", "json_hits", "web_hits")
+            )
+            extra = conn.execute(
+                text("SELECT coalesce(sum(hits), 0) FROM daily_web_stats WHERE page = ''")
+            ).scalar_one()
+            downloads = conn.execute(
+                text("SELECT sum(downloads) FROM daily_package_stats")
+            ).scalar_one()
+        engine.dispose()
+        assert stored + extra == expected
+        assert downloads == truth["kinds"]["download"]
+    finally:
+        cluster.destroy()
