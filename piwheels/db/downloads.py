@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from operator import attrgetter
 
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
@@ -65,76 +66,115 @@ def _cell(value: object) -> str:
     return str(value).translate(_ESCAPE)
 
 
-def _check(hit: Hit) -> None:
-    if hit.kind not in _KINDS:
-        raise ProtocolError(f"unknown client kind {hit.kind!r:.20}")
-    if not _CLIENT_RE.fullmatch(hit.client):
-        raise ProtocolError(
-            f"client {hit.client[:40]!r} is neither a salted hash nor a network prefix; "
-            "raw addresses are not stored"
-        )
+def _check(hits: list[Hit]) -> None:
+    """Refuse unknown kinds and raw addresses (checking each distinct value once)."""
+    for kind in {h.kind for h in hits} - _KINDS:
+        raise ProtocolError(f"unknown client kind {kind!r:.20}")
+    match = _CLIENT_RE.fullmatch
+    for client in {h.client for h in hits}:
+        if not match(client):
+            raise ProtocolError(
+                f"client {client[:40]!r} is neither a salted hash nor a network prefix; "
+                "raw addresses are not stored"
+            )
 
 
-def _copy(conn: Connection, table: str, columns: Sequence[str], lines: list[str]) -> int:
-    """COPY text-format *lines* into *table* on the connection's own transaction."""
-    if not lines:
-        return 0
-    buf = io.StringIO("".join(lines))
+#: Read size for COPY: large, so psycopg2 makes few calls back into Python.
+_COPY_CHUNK = 1 << 20
+
+
+def _copy(conn: Connection, table: str, columns: Sequence[str], data: str) -> None:
+    """COPY text-format *data* into *table* on the connection's own transaction."""
+    buf = io.BytesIO(data.encode("utf-8"))
     raw = conn.connection.dbapi_connection
     assert raw is not None
     with atomic(conn):
         cur = raw.cursor()
         try:
-            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf)
+            cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf, _COPY_CHUNK)
         finally:
             cur.close()
-    return len(lines)
 
 
 def _package_of(filename: str) -> str:
     return _PKG_RE.sub("-", filename.split("-", 1)[0]).lower()
 
 
-def _rows(hits: Iterable[Hit], client_fields: bool, target_of: object = None) -> list[str]:
-    lines = []
-    for h in hits:
-        _check(h)
-        cells = [h.accessed_at.isoformat(), h.client, h.kind, str(int(h.bytes_sent))]
-        if target_of is not None:
-            cells.append(_package_of(h.target))
-        cells.append(h.target)
+_HIT_FIELDS = attrgetter("accessed_at", "client", "kind", "bytes_sent", "target", "info")
+
+
+def _format(hits: list[Hit], client_fields: bool, package_column: bool = False) -> str:
+    """The COPY text of *hits* (checked first).
+
+    Rows from an access log repeat the same targets, client descriptions and
+    (second-resolution) times, so each distinct value is escaped or formatted
+    once and every row is one f-string over cached cells.  The client and
+    kind need no escaping: :func:`_check` allows no tab, newline or backslash.
+    """
+    _check(hits)
+    targets: dict[str, str] = {}
+    infos: dict[ClientInfo, str] = {}
+    times: dict[datetime, str] = {}
+    out: list[str] = []
+    add = out.append
+    for when, client, kind, nbytes, name, info in map(_HIT_FIELDS, hits):
+        target = targets.get(name)
+        if target is None:
+            target = _cell(name)
+            if package_column:
+                target = f"{_cell(_package_of(name))}\t{target}"
+            targets[name] = target
+        stamp = times.get(when)
+        if stamp is None:
+            stamp = times[when] = when.isoformat()
         if client_fields:
-            info = h.info
-            cells.extend(getattr(info, f) for f in _CLIENT_FIELDS)
-        lines.append("\t".join(map(_cell, cells)) + "\n")
-    return lines
+            desc = infos.get(info)
+            if desc is None:
+                desc = infos[info] = "\t".join([_cell(getattr(info, f)) for f in _CLIENT_FIELDS])
+            add(f"{stamp}\t{client}\t{kind}\t{int(nbytes)}\t{target}\t{desc}\n")
+        else:
+            add(f"{stamp}\t{client}\t{kind}\t{int(nbytes)}\t{target}\n")
+    return "".join(out)
 
 
 _BASE = ("accessed_at", "client", "kind", "bytes_sent")
+DOWNLOAD_COLUMNS = (*_BASE, "package", "filename", *_CLIENT_FIELDS)
+
+
+def _add(
+    conn: Connection,
+    table: str,
+    columns: Sequence[str],
+    hits: Iterable[Hit],
+    client_fields: bool,
+    package_column: bool = False,
+) -> int:
+    rows = hits if isinstance(hits, list) else list(hits)
+    if rows:
+        _copy(conn, table, columns, _format(rows, client_fields, package_column))
+    return len(rows)
 
 
 def add_downloads(conn: Connection, hits: Iterable[Hit]) -> int:
     """Append wheel downloads (target = file name) in one COPY; returns rows added."""
-    lines = _rows(hits, True, target_of=_package_of)
-    return _copy(conn, "downloads", (*_BASE, "package", "filename", *_CLIENT_FIELDS), lines)
+    return _add(conn, "downloads", DOWNLOAD_COLUMNS, hits, True, package_column=True)
 
 
 def add_searches(conn: Connection, hits: Iterable[Hit]) -> int:
     """Append index-page hits (target = project name)."""
-    lines = _rows(hits, True)
-    return _copy(conn, "searches", (*_BASE, "package", *_CLIENT_FIELDS), lines)
+    return _add(conn, "searches", (*_BASE, "package", *_CLIENT_FIELDS), hits, True)
 
 
 def add_project_hits(conn: Connection, hits: Iterable[Hit]) -> int:
-    return _copy(conn, "project_hits", (*_BASE, "package"), _rows(hits, False))
+    return _add(conn, "project_hits", (*_BASE, "package"), hits, False)
 
 
 def add_json_hits(conn: Connection, hits: Iterable[Hit]) -> int:
-    return _copy(conn, "json_hits", (*_BASE, "package"), _rows(hits, False))
+    return _add(conn, "json_hits", (*_BASE, "package"), hits, False)
 
 
 def add_web_hits(conn: Connection, hits: Iterable[Hit]) -> int:
-    return _copy(conn, "web_hits", (*_BASE, "page"), _rows(hits, False))
+    return _add(conn, "web_hits", (*_BASE, "page"), hits, False)
 
 
 _DIMS = ", ".join(f"coalesce({f}, '')" for f in _CLIENT_FIELDS)

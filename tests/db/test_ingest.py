@@ -1,0 +1,98 @@
+"""Hit ingest through COPY: every value arrives exactly as given, bad batches write nothing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from piwheels.db import downloads
+from piwheels.db.downloads import ClientInfo, Hit
+from piwheels.errors import ProtocolError
+
+AT = datetime(2024, 3, 4, 10, 30, tzinfo=UTC)
+ODD = ClientInfo(
+    distro_name="Tab\there",
+    distro_version="back\\slash",
+    os_name="new\nline",
+    os_version="\\N",  # the text COPY uses for NULL, as a real value
+    arch="cr\r",
+)
+PLAIN = ClientInfo(distro_name="Debian", py_version="3.11.2")
+
+
+def _hits() -> list[Hit]:
+    out = []
+    for i in range(40):
+        out.append(
+            Hit(
+                AT + timedelta(seconds=i // 3),  # repeated times, as in a log
+                f"Odd_Name.{i % 3}-1.0-py3-none-any.whl" if i % 2 else "a\\b-1.0-py3-none-any.whl",
+                f"{i % 5:032x}" if i % 4 else "10.0.0.0/24",
+                "pip" if i % 3 else "uv",
+                i * 10,
+                ODD if i % 2 else ClientInfo(**PLAIN.__dict__),  # equal, not identical
+            )
+        )
+    return out
+
+
+def test_download_rows_arrive_exactly(db_conn):
+    hits = _hits()
+    assert downloads.add_downloads(db_conn, iter(hits)) == len(hits)  # any iterable
+    rows = db_conn.execute(
+        text(
+            "SELECT accessed_at, client, kind, bytes_sent, package, filename, distro_name, "
+            "distro_version, os_name, os_version, arch, py_version, installer_name "
+            "FROM downloads ORDER BY bytes_sent"
+        )
+    ).all()
+    assert len(rows) == len(hits)
+    for h, r in zip(hits, rows, strict=True):
+        info = h.info
+        assert tuple(r) == (
+            h.accessed_at,
+            h.client,
+            h.kind,
+            h.bytes_sent,
+            downloads._package_of(h.target),
+            h.target,
+            info.distro_name,
+            info.distro_version,
+            info.os_name,
+            info.os_version,
+            info.arch,
+            info.py_version,
+            None,
+        )
+    assert {r.package for r in rows} == {"odd-name-0", "odd-name-1", "odd-name-2", "a\\b"}
+
+
+def test_other_hit_tables(db_conn):
+    hits = _hits()
+    assert downloads.add_searches(db_conn, hits) == 40
+    assert downloads.add_web_hits(db_conn, hits[:7]) == 7
+    assert downloads.add_json_hits(db_conn, []) == 0
+    pages = db_conn.execute(text("SELECT page FROM web_hits ORDER BY bytes_sent")).scalars().all()
+    assert pages == [h.target for h in hits[:7]]
+    odd = db_conn.execute(
+        text("SELECT count(*) FROM searches WHERE os_version = '\\N' AND arch = E'cr\\r'")
+    ).scalar_one()
+    assert odd == 20
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        Hit(AT, "x-1.0-py3-none-any.whl", client="198.51.100.4"),
+        Hit(AT, "x-1.0-py3-none-any.whl", client="ab" * 16 + "\t"),
+        Hit(AT, "x-1.0-py3-none-any.whl", kind="crawler"),
+    ],
+)
+def test_one_bad_hit_refuses_the_batch(db_conn, bad):
+    hits = _hits()
+    hits.insert(17, bad)
+    with pytest.raises(ProtocolError):
+        downloads.add_downloads(db_conn, hits)
+    assert db_conn.execute(text("SELECT count(*) FROM downloads")).scalar_one() == 0
