@@ -287,7 +287,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not Path(f).is_file():
             raise UsageError(f"no such log file: {f}")
     if cfg.address_mode == "hash":
-        anonymiser = Anonymiser("hash", load_secret(_secret_path(args)))
+        secret = _secret_path(args)
+        if not secret.exists():
+            secret.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        anonymiser = Anonymiser("hash", load_secret(secret))
     else:
         anonymiser = Anonymiser("prefix")
     reader = LogReader(anonymiser)
