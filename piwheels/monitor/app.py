@@ -256,6 +256,7 @@ class MonitorApp(App[None]):
         Binding("o", "sort", "Sort"),
         Binding("O", "sort(True)", "Reverse sort", show=False),
         Binding("slash", "filter", "Filter"),
+        Binding("escape", "leave_filter", "Leave filter", show=False),
         Binding("l", "log", "Log"),
     ]
 
@@ -560,6 +561,10 @@ class MonitorApp(App[None]):
     def action_filter(self) -> None:
         self.action_show("builders")
         self._main.query_one("#builder-filter", Input).focus()
+
+    def action_leave_filter(self) -> None:
+        if self.focused is self._main.query_one("#builder-filter", Input):
+            self._main.query_one("#builders-table", DataTable).focus()
 
     @on(Input.Changed, "#builder-filter")
     def _filter_changed(self, event: Input.Changed) -> None:

@@ -176,6 +176,9 @@ async def test_builders_tab_sort_and_filter(
         await pilot.press(*"xx")
         await pilot.pause(0.2)
         assert order() == []
+        # Escape leaves the filter; keys are commands again.
+        await pilot.press("escape", "3")
+        await until(pilot, lambda: app.query_one(TabbedContent).active == "builds")
 
 
 @pytest.mark.asyncio
