@@ -17,7 +17,7 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, TabbedContent
 
 from piwheels.monitor.app import ConfirmScreen, LogScreen, MonitorApp, log_location
-from piwheels.monitor.client import MonitorClient
+from piwheels.monitor.client import ClientKeys, MonitorClient
 from piwheels.transport import Context
 from piwheels.web.layout import log_path
 
@@ -90,20 +90,37 @@ def live_history() -> dict[str, Any]:
 
 @asynccontextmanager
 async def monitor(
-    master: ScriptedMaster, context: Context, **kw: Any
+    master: ScriptedMaster | None,
+    context: Context,
+    *,
+    endpoints: tuple[str, str] | None = None,
+    keys: ClientKeys | None = None,
+    silence_timeout: float = 60,
+    **app_kw: Any,
 ) -> AsyncIterator[tuple[MonitorApp, Pilot[Any]]]:
+    """A started client and a running app on a master.
+
+    With a scripted *master* the helper answers the monitor's HELLO itself;
+    for a real master pass ``master=None`` and its *endpoints* (and *keys*).
+    """
+    if endpoints is None:
+        assert master is not None, "give a scripted master or the endpoints of a real one"
+        endpoints = (master.status_endpoint, master.control_endpoint)
+    status, control = endpoints
     client = MonitorClient(
-        master.status_endpoint,
-        master.control_endpoint,
+        status,
+        control,
+        keys=keys,
         context=context,
         reconnect_interval=0.1,
         request_timeout=3,
-        silence_timeout=kw.pop("silence_timeout", 60),
+        silence_timeout=silence_timeout,
     ).start()
     try:
-        await asyncio.to_thread(master.answer_hello, live_history())
-        assert client.wait_connected(10)
-        app = MonitorApp(client, **kw)
+        if master is not None:
+            await asyncio.to_thread(master.answer_hello, live_history())
+        assert await asyncio.to_thread(client.wait_connected, 10)
+        app = MonitorApp(client, **app_kw)
         async with app.run_test(size=SIZE) as pilot:
             await pilot.pause(0.3)
             yield app, pilot
@@ -265,7 +282,7 @@ async def test_action(
     effect: str,
 ) -> None:
     master = master_factory()
-    which = "all" if payload == {"builder_id": None} else "one"
+    which = "master" if payload is None else "all" if payload["builder_id"] is None else "one"
     async with monitor(master, zmq_context) as (app, pilot):
         if msg == "RESUME":
             # Resuming a paused master: show it paused first.
