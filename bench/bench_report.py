@@ -1,0 +1,161 @@
+"""Benchmark: a quarterly report over 50,000,000 download rows (at --scale 1.0).
+
+    python bench/bench_report.py --scale 0.01      # 500,000 downloads
+    python bench/bench_report.py                   # 50,000,000 downloads
+
+Fills the hit tables of a private PostgreSQL cluster (or --dsn) by COPY
+(downloads over one quarter, plus searches and page hits), with builds and
+files so time saved is real, rolls every day up, then times the report:
+reading every figure (``queries.collect`` and the spike scan), and writing
+Markdown, HTML and charts.  Beside it, the raw limit: one sequential scan
+(count) of the quarter's downloads, what a report without rollups would
+have to read at least once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import tempfile
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from piwheels.db import abis, builds, initdb, versions  # noqa: E402
+from piwheels.db.files import FileRecord  # noqa: E402
+from piwheels.db.stats import rollup_day  # noqa: E402
+from piwheels.stats import queries, report, spike  # noqa: E402
+
+FULL = 50_000_000
+START = date(2021, 10, 1)
+DAYS = 92
+PACKAGES = 5000
+DISTROS = [("Raspbian GNU/Linux", "10"), ("Raspbian GNU/Linux", "11"), ("Debian GNU/Linux", "12"),
+           ("Ubuntu", "22.04")]  # fmt: skip
+ARCHS = ["armv7l", "armv6l", "aarch64"]
+PYS = ["3.7.3", "3.9.2", "3.11.2", "2.7.16"]
+KINDS = ["pip"] * 8 + ["uv", "direct"]
+
+
+def rows(n: int, d: date, rng: random.Random, files: list[tuple[str, str]]) -> io.StringIO:
+    """*n* downloads on day *d* (rows arrive in time order, as from a log)."""
+    out = []
+    for _ in range(n):
+        pkg, fname = files[min(int(rng.paretovariate(1.1)) - 1, len(files) - 1)]
+        dn, dv = rng.choice(DISTROS)
+        kind = rng.choice(KINDS)
+        inst = "pip" if kind == "pip" else ("uv" if kind == "uv" else "\\N")
+        out.append(
+            f"{d}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:00+00\t{rng.getrandbits(64):016x}"
+            f"\t{kind}\t{rng.randrange(10_000, 5_000_000)}\t{pkg}\t{fname}\t{dn}\t{dv}\tLinux\t"
+            f"\\N\t{rng.choice(ARCHS)}\tCPython\t{rng.choice(PYS)}\t{inst}\t23.0.1\t66.1.1\n"
+        )
+    return io.StringIO("".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="1.0 = 50,000,000 downloads")
+    ap.add_argument("--dsn", help="a superuser URL of a server to use instead of a private one")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    rng = random.Random(args.seed)
+    n = int(FULL * args.scale)
+    tmp = Path(tempfile.mkdtemp(prefix="piwbench-", dir="/tmp"))
+    cluster = None
+    if args.dsn:
+        admin = args.dsn
+    else:
+        from piwheels.pgcluster import Cluster
+
+        cluster = Cluster(tmp / "pg", fsync=False)
+        cluster.start()
+        admin = cluster.url()
+    url = make_url(admin).set(database=f"piwbench_report_{os.getpid()}")
+    url_s = url.render_as_string(hide_password=False)
+    try:
+        initdb.upgrade(url_s, yes=True)
+        engine = create_engine(url_s)
+        t0 = time.perf_counter()
+        files = [(f"pkg{i}", f"pkg{i}-1.0-cp39-cp39-linux_armv7l.whl") for i in range(PACKAGES)]
+        with engine.begin() as conn:
+            abis.add_abi(conn, "cp39", "linux_armv7l")
+            versions.add_versions(conn, [versions.NewVersion(p, "1.0") for p, _f in files])
+            for i, (pkg, fname) in enumerate(files[:500]):
+                bid = builds.start_build(conn, pkg, "1.0", "cp39-linux_armv7l", "bench")
+                builds.finish_build(
+                    conn, bid, "success", timedelta(seconds=30 + i % 600),
+                    files=[FileRecord(filename=fname, size=1000, sha256=f"{i:064x}")],
+                )  # fmt: skip
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cols = (
+                "accessed_at, client, kind, bytes_sent, package, filename, distro_name, "
+                "distro_version, os_name, os_version, arch, py_name, py_version, installer_name, "
+                "installer_version, setuptools_version"
+            )
+            for i in range(DAYS):
+                # A slow rise over the quarter, as downloads grow.
+                k = n // DAYS + (i - DAYS // 2) * n // (DAYS * DAYS * 2)
+                day = START + timedelta(days=i)
+                cur.copy_expert(f"COPY downloads ({cols}) FROM STDIN", rows(k, day, rng, files))
+            cur.execute(
+                """
+                INSERT INTO searches (accessed_at, client, kind, bytes_sent, package, py_version)
+                SELECT accessed_at, client, kind, 3000, package, py_version
+                FROM downloads TABLESAMPLE SYSTEM (50)
+                """
+            )
+            # As autovacuum would after a bulk load: the rollup plans need statistics.
+            cur.execute("ANALYZE")
+            raw.commit()
+        finally:
+            raw.close()
+        t_fill = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        with engine.begin() as conn:
+            for i in range(DAYS):
+                rollup_day(conn, START + timedelta(days=i))
+        t_rollup = time.perf_counter() - t1
+        period = queries.quarter(2021, 4)
+        with engine.connect() as conn:
+            t2 = time.perf_counter()
+            conn.execute(
+                text("SELECT count(*) FROM downloads WHERE accessed_at >= :s AND accessed_at < :e"),
+                {"s": period.start, "e": period.end},
+            ).scalar_one()
+            t_scan = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            figures = queries.collect(conn, period)
+            spikes = spike.scan(conn, period.start, period.end)
+            t_query = time.perf_counter() - t3
+            t4 = time.perf_counter()
+            report.write_report(conn, period, tmp / "report")
+            t_write = time.perf_counter() - t4
+        engine.dispose()
+        print(f"downloads: {n:,} rows over {DAYS} days; filled in {t_fill:.1f} s; "
+              f"rollup of {DAYS} days {t_rollup:.1f} s")  # fmt: skip
+        print(f"figures read (collect + spike scan): {t_query:.2f} s "
+              f"({figures.totals.downloads:,} downloads, {len(spikes)} spike days)")  # fmt: skip
+        print(f"whole report written (figures, Markdown, HTML, JSON, charts): {t_write:.2f} s")
+        print(f"raw limit: one sequential count of the quarter's downloads {t_scan:.2f} s; "
+              f"report figures / raw scan = {t_query / t_scan:.2f}")  # fmt: skip
+        print("aim: under 5 s for the quarterly report")
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
