@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy import create_engine  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from piwheels.db import initdb  # noqa: E402
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     log = make_log(args.workdir, int(FULL * args.scale), args.seed)
-    nlines = sum(1 for _ in open(log, "rb"))
+    with open(log, "rb") as f:
+        nlines = sum(1 for _ in f)
     cluster = None
     tmp = Path(tempfile.mkdtemp(prefix="piwbench-", dir="/tmp"))
     if args.dsn:
@@ -160,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
               f"ingest/raw COPY = {rate / copy_rate:.2f}")  # fmt: skip
         print(f"raw read of the log: {nlines / t_read:,.0f} lines/s; "
               f"ingest/raw read = {rate / (nlines / t_read):.3f}")  # fmt: skip
-        print(f"peak RSS: logger {logger_rss / 1024:.0f} MiB, master side (this process) "
-              f"{master_rss / 1024:.0f} MiB (before ingest {rss_before / 1024:.0f} MiB)")  # fmt: skip
+        print(
+            f"peak RSS: logger {logger_rss / 1024:.0f} MiB, master side (this process) "
+            f"{master_rss / 1024:.0f} MiB (before ingest {rss_before / 1024:.0f} MiB)"
+        )
         print("aim: 100,000 lines/s end to end")
     finally:
         if cluster is not None:
