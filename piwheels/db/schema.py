@@ -56,7 +56,7 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 #: Schema version this code expects (the newest alembic revision).
-SCHEMA_VERSION = "0001"
+SCHEMA_VERSION = "0002"
 
 #: Longest project name and version string stored (PyPI's own limits are lower).
 MAX_NAME = 200
@@ -661,13 +661,10 @@ dependencies = Table(
 build_queue = Table(
     "build_queue",
     metadata,
-    Column(
-        "abi",
-        Text,
-        ForeignKey("abis.abi", ondelete="CASCADE"),
-        nullable=False,
-        comment="Target",
-    ),
+    # No foreign keys: this is derived data rewritten in bulk; triggers on
+    # versions and abis delete the rows of a deleted release or target
+    # (migration 0002).
+    Column("abi", Text, nullable=False, comment="Target"),
     Column("package", Text, nullable=False, comment="Canonical project name"),
     Column("version", Text, nullable=False, comment="Version string"),
     Column("priority", Integer, nullable=False, comment="Copy of packages.priority"),
@@ -690,12 +687,7 @@ build_queue = Table(
         nullable=False,
         comment="Attempt number the next build will be",
     ),
-    PrimaryKeyConstraint("abi", "package", "version"),
-    ForeignKeyConstraint(
-        ["package", "version"],
-        ["versions.package", "versions.version"],
-        ondelete="CASCADE",
-    ),
+    PrimaryKeyConstraint("package", "version", "abi"),
     Index(
         "ix_build_queue_order",
         "abi",
@@ -705,7 +697,6 @@ build_queue = Table(
         "package",
         "version",
     ),
-    Index(None, "package", "version"),
     comment="Materialised build queue: what each target still needs, kept up to date per change",
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -356,4 +357,68 @@ def test_concurrent_batches_overlap_without_deadlock(db_url):
         with engine.begin() as conn:
             for i in range(7):
                 packages.delete_package(conn, f"batch-{i}")
+        engine.dispose()
+
+
+def test_deleting_releases_targets_and_projects_clears_their_queue_rows(db_conn, targets):
+    versions.add_versions(
+        db_conn, [NewVersion("keep", "1.0"), NewVersion("drop", "1.0"), NewVersion("drop", "2.0")]
+    )
+    assert sum(queue.queue_sizes(db_conn).values()) == 9
+    versions.delete_version(db_conn, "drop", "1.0")
+    packages.delete_package(db_conn, "drop")  # cascades to its versions
+    assert {
+        tuple(r) for r in db_conn.execute(text("SELECT DISTINCT package FROM build_queue"))
+    } == {("keep",)}
+    db_conn.execute(text("DELETE FROM abis WHERE abi = :a"), {"a": targets[0]})
+    assert queue.queue_sizes(db_conn) == {targets[1]: 1, targets[2]: 1}
+
+
+def test_release_deleted_during_recompute_leaves_no_orphan(db_url):
+    """The recomputation locks its releases, so a concurrent delete waits for it."""
+    engine = create_engine(db_url, pool_size=4)
+    with engine.begin() as conn:
+        target = f.abi(conn, "cp312", "linux_riscv64")
+        versions.add_versions(conn, [NewVersion("racing", "1.0")])
+        # The recomputation below must insert its row (not find it there).
+        conn.execute(text("DELETE FROM build_queue WHERE package = 'racing'"))
+    try:
+        recompute = engine.connect()
+        tx = recompute.begin()
+        assert queue.update_versions(recompute, [("racing", "1.0")]) == 1
+        done = threading.Event()
+
+        def delete() -> None:
+            with engine.begin() as conn:
+                versions.delete_version(conn, "racing", "1.0")
+            done.set()
+
+        thread = threading.Thread(target=delete)
+        thread.start()
+        # Wait until the delete is blocked on the recomputation's row lock.
+        with engine.connect() as watcher:
+            for _ in range(600):
+                waiting = watcher.execute(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+                if waiting or done.is_set():
+                    break
+                time.sleep(0.05)
+        assert not done.is_set() and waiting == 1
+        tx.commit()
+        recompute.close()
+        thread.join(30)
+        assert done.is_set()
+        with engine.connect() as conn:
+            left = conn.execute(
+                text("SELECT count(*) FROM build_queue WHERE package = 'racing'")
+            ).scalar_one()
+            assert left == 0
+    finally:
+        with engine.begin() as conn:
+            packages.delete_package(conn, "racing")
+            conn.execute(text("DELETE FROM abis WHERE abi = :a"), {"a": target})
         engine.dispose()
