@@ -1,0 +1,638 @@
+"""The build dispatcher: the master's side of the builder protocol.
+
+It greets builders, hands each the next build of its target from the queue
+PostgreSQL keeps, follows the build through BUSY heartbeats, and when a build
+ends either records the failure or asks for each wheel in turn, which the file
+receiver pulls and checks.  Only when every file is verified and published is
+the build recorded as a success.
+
+It never hands the same release to two builders (the database refuses a
+second start), drops a builder that falls silent for longer than
+``[master] builder_timeout`` and gives its build back to the queue, and obeys
+the monitors' actions: global pause, and per-builder sleep, wake, skip and kill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .. import protocols, wheels
+from ..db import abis as db_abis
+from ..db import builds as db_builds
+from ..db import queue as db_queue
+from ..db.files import Dependency, FileRecord
+from ..errors import BuildError, InvalidName, InvalidWheel, PiwheelsError, TransportError
+from ..tasks import Endpoint, Task
+from ..transport import PULL, PUSH, ROUTER, Context
+from ..web.layout import log_url
+from .env import MasterEnv
+from .transfers import TransferClient, TransferFailed
+
+#: Builders are told to check in this often while building.
+HEARTBEAT = timedelta(seconds=5)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class BuildInFlight:
+    """A build a builder holds, and the files still to collect."""
+
+    build_id: int
+    package: str
+    version: str
+    started_at: datetime
+    timeout: timedelta
+    files: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    transfers: dict[str, str] = field(default_factory=dict)  # filename -> token
+    verified: dict[str, Any] = field(default_factory=dict)  # filename -> verification
+    sending: str | None = None
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class BuilderState:
+    """What the dispatcher knows of one connected builder."""
+
+    peer: tuple[bytes, ...]
+    builder_id: int
+    label: str
+    abi: str
+    platform: str
+    target: str
+    os_name: str
+    os_version: str
+    first_seen: datetime
+    last_seen: datetime
+    stats: dict[str, Any] | None = None
+    state: str = "idle"
+    asleep: bool = False
+    skip: bool = False
+    kill: bool = False
+    build: BuildInFlight | None = None
+
+    def as_message(self) -> dict[str, Any]:
+        build = None
+        if self.build is not None:
+            build = {
+                "build_id": self.build.build_id,
+                "package": self.build.package,
+                "version": self.build.version,
+                "started_at": self.build.started_at,
+                "timeout": self.build.timeout,
+            }
+        return {
+            "builder_id": self.builder_id,
+            "label": self.label,
+            "abi": self.abi,
+            "platform": self.platform,
+            "os_name": self.os_name,
+            "os_version": self.os_version,
+            "state": self.state,
+            "paused": self.asleep,
+            "build": build,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "stats": self.stats,
+        }
+
+
+class BuildDispatcher(Task):
+    """Hands out builds and follows them to the end."""
+
+    role = "build_dispatcher"
+    # Keeps serving builders while paused: it answers SLEEP instead of BUILD.
+    pausable = False
+    binds = (
+        Endpoint("builder", "ROUTER", "builder", "builders connect here"),
+        Endpoint("builder_control", "PULL", "builder_control", "builder actions from monitors"),
+    )
+    connects = (
+        Endpoint("transfers", "DEALER", "transfers", "asks the file receiver for files"),
+        Endpoint("pages", "PUSH", "pages", "asks for pages and logs to be written"),
+        Endpoint("status_feed", "PUSH", "status_feed", "reports builder states"),
+    )
+
+    def __init__(
+        self,
+        context: Context,
+        env: MasterEnv,
+        *,
+        on_fatal: Callable[[Task, BaseException], None] | None = None,
+        clock: Callable[[], datetime] = now,
+    ) -> None:
+        super().__init__(context, on_fatal=on_fatal)
+        self.env = env
+        self.clock = clock
+        master = env.settings.master
+        self.builder_timeout = master.builder_timeout
+        self.build_timeout = master.build_timeout
+        self.max_file_size = master.max_file_size
+        self.min_builder_disk = env.settings.builder.min_free_disk
+        upstream = env.settings.upstream
+        self.index_url = upstream.build_index or upstream.url or ""
+        self.builders: dict[tuple[bytes, ...], BuilderState] = {}
+        self._next_local_id = 1
+
+        self.builder = self.socket(ROUTER, protocols.builder, name="builder")
+        if env.server_keys is not None:
+            self.builder.curve_server(env.server_keys)
+        self.builder.bind(env.addresses["builder"])
+        self.register(self.builder)
+        self.actions = self.socket(PULL, protocols.builder_control, name="builder_control")
+        self.actions.bind(env.addresses["builder_control"])
+        self.register(self.actions, lambda: self.dispatch_action())
+        self.pages = self.socket(PUSH, reversed(protocols.pages), name="pages")
+        self.pages.connect(env.addresses["pages"])
+        self.status = self.socket(PUSH, reversed(protocols.status_feed), name="status_feed")
+        self.status.connect(env.addresses["status_feed"])
+        self.transfers = TransferClient(self, env.addresses["transfers"])
+        self.every(1.0, self.expire, pausable=False)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _db(self) -> Any:
+        return self.env.engine.begin()
+
+    def _reply(
+        self, state_or_peer: BuilderState | tuple[bytes, ...], msg: str, data: Any = None
+    ) -> None:
+        peer = state_or_peer.peer if isinstance(state_or_peer, BuilderState) else state_or_peer
+        try:
+            self.builder.send_msg(msg, data, peer=peer)
+        except TransportError as exc:
+            self.log.warning("cannot answer %s: %s", msg, exc)
+
+    def _publish(self, builder: BuilderState) -> None:
+        self.status.send_msg("BUILDER", builder.as_message())
+
+    def _page(self, msg: str, data: Any = None) -> None:
+        self.pages.send_msg(msg, data)
+
+    def on_bad_message(self, sock: Any, exc: PiwheelsError) -> None:
+        peer = getattr(exc, "peer", None)
+        if sock is self.builder and peer:
+            # A builder that breaks the protocol is not trusted with a build.
+            state = self.builders.get(peer)
+            if state is not None:
+                self.drop(state, f"protocol error: {exc}")
+            self._reply(peer, "DIE", {"reason": f"protocol error: {str(exc)[:400]}"})
+
+    # -- builder messages ------------------------------------------------------------
+
+    def do_HELLO(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        label = data["label"]
+        if data["protocol"] != protocols.PROTOCOL_VERSION:
+            reason = (
+                f"protocol version {data['protocol']} is not the master's "
+                f"{protocols.PROTOCOL_VERSION}; upgrade the builder"
+            )
+            self.log.warning("refused builder %s: %s", label, reason)
+            self._reply(peer, "REFUSED", {"reason": reason})
+            return
+        old = self.builders.pop(peer, None)
+        if old is not None:
+            self.drop(old, "said HELLO again", keep_build=data.get("resume_build_id"))
+        for other in list(self.builders.values()):
+            if other.label == label:
+                # The same machine reconnecting: whatever the old connection held
+                # is either resumed below or given back to the queue.
+                self.drop(other, "reconnected", keep_build=data.get("resume_build_id"))
+        try:
+            with self._db() as conn:
+                target = db_abis.add_abi(conn, data["abi"], data["platform"]).abi
+                builder_id = db_builds.register_builder(
+                    conn, label, abi=target, platform_tag=data["platform"]
+                )
+        except InvalidName as exc:
+            self.log.warning("refused builder %s: %s", label, exc)
+            self._reply(peer, "REFUSED", {"reason": str(exc)})
+            return
+        when = self.clock()
+        state = BuilderState(
+            peer=peer,
+            builder_id=builder_id,
+            label=label,
+            abi=data["abi"],
+            platform=data["platform"],
+            target=target,
+            os_name=data["os_name"],
+            os_version=data["os_version"],
+            first_seen=when,
+            last_seen=when,
+            stats=data["stats"],
+        )
+        resume = data.get("resume_build_id")
+        if resume:
+            self._resume(state, resume)
+        self.builders[peer] = state
+        timeout = min(self.build_timeout, data["build_timeout"])
+        self.log.info("builder %s (%s) connected as %d", label, target, builder_id)
+        self._reply(
+            state,
+            "ACK",
+            {
+                "builder_id": builder_id,
+                "index_url": self.index_url,
+                "extra_index_urls": [],
+                "build_timeout": timeout,
+                "heartbeat": HEARTBEAT,
+            },
+        )
+        self._publish(state)
+
+    def _resume(self, state: BuilderState, build_id: int) -> None:
+        with self._db() as conn:
+            build = db_builds.get_build(conn, build_id)
+        if build is None or build.status != "building":
+            return
+        state.build = BuildInFlight(
+            build_id=build_id,
+            package=build.package,
+            version=build.version,
+            started_at=self.clock(),
+            timeout=self.build_timeout,
+        )
+        state.state = "building"
+        self.log.info("builder %s resumes build %d", state.label, build_id)
+
+    def _known(self, peer: tuple[bytes, ...], msg: str) -> BuilderState | None:
+        state = self.builders.get(peer)
+        if state is None:
+            # A builder the master does not know (e.g. after a master restart)
+            # must start again with HELLO.
+            self.log.info("%s from an unknown builder: asking it to reconnect", msg)
+            self._reply(peer, "DIE", {"reason": "unknown builder: reconnect with HELLO"})
+            return None
+        state.last_seen = self.clock()
+        return state
+
+    def do_IDLE(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        state = self._known(peer, "IDLE")
+        if state is None:
+            return
+        state.stats = data["stats"]
+        if state.build is not None:
+            # The builder gave up its build without reporting it (e.g. after ABORT).
+            self._abandon(state, "other", "the builder dropped the build")
+        state.skip = False
+        if state.kill:
+            self._reply(state, "DIE", {"reason": "killed by an operator"})
+            self.drop(state, "killed by an operator")
+            return
+        if self.paused or state.asleep:
+            reason = "paused" if self.paused else "asleep"
+            self._sleep(state, reason)
+            return
+        if data["stats"]["disk_free"] < self.min_builder_disk:
+            self._sleep(state, "low disk")
+            return
+        build = self._next_build(state)
+        if build is None:
+            self._sleep(state, "no work")
+            return
+        state.build = build
+        state.state = "building"
+        self._reply(
+            state,
+            "BUILD",
+            {
+                "build_id": build.build_id,
+                "package": build.package,
+                "version": build.version,
+                "timeout": build.timeout,
+            },
+        )
+        self._publish(state)
+
+    def _sleep(self, state: BuilderState, reason: str) -> None:
+        new = "paused" if reason in ("paused", "asleep") else "idle"
+        changed = state.state != new
+        state.state = new
+        self._reply(
+            state, "SLEEP", {"seconds": 5.0 if reason == "no work" else 2.0, "reason": reason}
+        )
+        if changed:
+            self._publish(state)
+
+    def _next_build(self, state: BuilderState) -> BuildInFlight | None:
+        with self._db() as conn:
+            for queued in db_queue.next_builds(conn, state.target, limit=10):
+                try:
+                    build_id = db_builds.start_build(
+                        conn, queued.package, queued.version, state.target, state.builder_id
+                    )
+                except BuildError as exc:
+                    # Another builder took it first; try the next one.
+                    self.log.debug("skipping %s %s: %s", queued.package, queued.version, exc)
+                    continue
+                self.log.info(
+                    "build %d: %s %s for %s on %s",
+                    build_id,
+                    queued.package,
+                    queued.version,
+                    state.target,
+                    state.label,
+                )
+                return BuildInFlight(
+                    build_id=build_id,
+                    package=queued.package,
+                    version=queued.version,
+                    started_at=self.clock(),
+                    timeout=self.build_timeout,
+                )
+        return None
+
+    def do_BUSY(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        state = self._known(peer, "BUSY")
+        if state is None:
+            return
+        state.stats = data["stats"]
+        build = state.build
+        if build is None or build.build_id != data["build_id"]:
+            self._reply(
+                state,
+                "ABORT",
+                {"build_id": data["build_id"], "reason": "the master does not know this build"},
+            )
+            return
+        if state.skip or state.kill:
+            reason = "killed by an operator" if state.kill else "skipped by an operator"
+            self._reply(state, "ABORT", {"build_id": build.build_id, "reason": reason})
+            self._abandon(state, "other", reason)
+            return
+        if self.clock() - build.started_at > build.timeout + self.builder_timeout:
+            # The builder should have stopped the build itself at the timeout.
+            self._reply(state, "ABORT", {"build_id": build.build_id, "reason": "timed out"})
+            self._abandon(state, "timeout", "the build ran past its timeout")
+            return
+        self._reply(state, "CONT")
+
+    def do_BUILT(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        state = self._known(peer, "BUILT")
+        if state is None:
+            return
+        build = state.build
+        if build is None or build.build_id != data["build_id"]:
+            # Already recorded (or abandoned): let the builder forget it.
+            self._reply(state, "DONE", {"build_id": data["build_id"]})
+            return
+        build.result = data
+        if not data["status"]:
+            failure = data["failure_class"] or "other"
+            if failure not in db_builds.FAILURE_CLASSES:
+                failure = "other"
+            self._finish(state, "failed", failure, data["log"], data["duration"])
+            return
+        problem = self._check_files(build, data["files"])
+        if problem:
+            self._finish(
+                state,
+                "failed",
+                "invalid_wheel",
+                data["log"] + f"\n\npiwheels: refused the build: {problem}\n",
+                data["duration"],
+            )
+            return
+        build.files = list(data["files"])
+        build.pending = list(data["files"])
+        state.state = "sending"
+        self._publish(state)
+        self._send_next(state)
+
+    def _check_files(self, build: BuildInFlight, files: list[dict[str, Any]]) -> str | None:
+        if not files:
+            return "the build reported success but no wheel"
+        names = set()
+        for rec in files:
+            name = rec["filename"]
+            if name in names:
+                return f"{name} reported twice"
+            names.add(name)
+            try:
+                parsed = wheels.parse_wheel_filename(name)
+            except InvalidWheel as exc:
+                return str(exc)
+            if wheels.canonicalize(parsed.name) != wheels.canonicalize(build.package):
+                return f"{name} is not a wheel of {build.package}"
+            if rec["size"] > self.max_file_size:
+                return f"{name} is {rec['size']} bytes, over the {self.max_file_size} limit"
+        return None
+
+    def _send_next(self, state: BuilderState) -> None:
+        build = state.build
+        assert build is not None
+        if not build.pending:
+            self._complete(state)
+            return
+        rec = build.pending.pop(0)
+        try:
+            token = self.transfers.expect(
+                filename=rec["filename"],
+                package=build.package,
+                version=build.version,
+                abi=state.abi,
+                platform=state.platform,
+                size=rec["size"],
+                sha256=rec["sha256"],
+            )
+        except TransferFailed as exc:
+            self._fail_files(state, str(exc))
+            return
+        build.transfers[rec["filename"]] = token
+        build.sending = rec["filename"]
+        self._reply(
+            state,
+            "SEND",
+            {"build_id": build.build_id, "filename": rec["filename"], "transfer": token},
+        )
+
+    def do_SENT(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        state = self._known(peer, "SENT")
+        if state is None:
+            return
+        build = state.build
+        if build is None or build.build_id != data["build_id"] or build.sending != data["filename"]:
+            self._reply(state, "DONE", {"build_id": data["build_id"]})
+            return
+        token = build.transfers[data["filename"]]
+        try:
+            build.verified[data["filename"]] = self.transfers.verify(token)
+        except TransferFailed as exc:
+            self._fail_files(state, f"{data['filename']}: {exc}")
+            return
+        build.sending = None
+        self._send_next(state)
+
+    def _fail_files(self, state: BuilderState, reason: str) -> None:
+        build = state.build
+        assert build is not None and build.result is not None
+        for token in build.transfers.values():
+            self.transfers.cancel(token)
+        self.log.warning("build %d refused: %s", build.build_id, reason)
+        self._finish(
+            state,
+            "failed",
+            "invalid_wheel",
+            build.result["log"] + f"\n\npiwheels: refused the build: {reason}\n",
+            build.result["duration"],
+        )
+
+    def _complete(self, state: BuilderState) -> None:
+        build = state.build
+        assert build is not None and build.result is not None
+        records = []
+        for rec in build.files:
+            token = build.transfers[rec["filename"]]
+            try:
+                info = self.transfers.publish(token)
+            except TransferFailed as exc:
+                self._fail_files(state, f"{rec['filename']}: {exc}")
+                return
+            deps = [Dependency("apt", d) for d in rec["apt_dependencies"]]
+            deps += [Dependency("missing-lib", d) for d in rec["missing_libraries"]]
+            deps += [Dependency("pip", d) for d in info.requires_dist]
+            import_test = (
+                "untested"
+                if rec["import_ok"] is None
+                else "passed"
+                if rec["import_ok"]
+                else "failed"
+            )
+            records.append(
+                FileRecord(
+                    filename=info.filename,
+                    size=info.size,
+                    sha256=info.sha256,
+                    requires_python=info.requires_python or "",
+                    metadata_sha256=info.metadata_sha256,
+                    import_test=import_test,
+                    import_error=rec["import_error"] or "",
+                    dependencies=tuple(deps),
+                )
+            )
+        self._finish(state, "success", None, build.result["log"], build.result["duration"], records)
+
+    def _finish(
+        self,
+        state: BuilderState,
+        status: str,
+        failure: str | None,
+        log: str,
+        duration: timedelta,
+        records: list[FileRecord] | None = None,
+    ) -> None:
+        build = state.build
+        assert build is not None
+        log_path = log_url(build.build_id)
+        with self._db() as conn:
+            db_builds.finish_build(
+                conn, build.build_id, status, duration, failure, records or [], log_path=log_path
+            )
+        self._page("LOG", {"build_id": build.build_id, "log": log[-protocols.LOG_LIMIT + 1000 :]})
+        self._page("PROJECT", {"package": build.package})
+        self.status.send_msg(
+            "BUILD",
+            {
+                "build_id": build.build_id,
+                "package": build.package,
+                "version": build.version,
+                "abi": state.target,
+                "builder": state.label,
+                "status": status,
+                "duration": duration,
+                "failure_class": failure,
+                "finished_at": self.clock(),
+            },
+        )
+        self.log.info("build %d %s (%s)", build.build_id, status, failure or "ok")
+        self._reply(state, "DONE", {"build_id": build.build_id})
+        state.build = None
+        state.state = "idle"
+        self._publish(state)
+
+    def _abandon(self, state: BuilderState, failure: str, reason: str) -> None:
+        """Give a build back: recorded as failed (transient failures come back later)."""
+        build = state.build
+        if build is None:
+            return
+        for token in build.transfers.values():
+            self.transfers.cancel(token)
+        state.build = None
+        state.state = "idle"
+        try:
+            with self._db() as conn:
+                db_builds.finish_build(
+                    conn,
+                    build.build_id,
+                    "failed",
+                    max(self.clock() - build.started_at, timedelta(0)),
+                    failure,
+                )
+        except BuildError as exc:
+            self.log.debug("build %d: %s", build.build_id, exc)
+        self.log.info("build %d abandoned: %s", build.build_id, reason)
+        self._page("PROJECT", {"package": build.package})
+
+    def do_BYE(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        state = self.builders.get(peer)
+        if state is not None:
+            self.drop(state, f"said goodbye ({data['reason']})")
+
+    # -- builder lifecycle -------------------------------------------------------------
+
+    def drop(self, state: BuilderState, reason: str, *, keep_build: int | None = None) -> None:
+        """Forget a builder, giving its build back to the queue (unless it is resumed)."""
+        self.builders.pop(state.peer, None)
+        if state.build is not None and state.build.build_id != keep_build:
+            self._abandon(state, "builder_lost", f"builder {state.label} {reason}")
+        self.log.info("builder %s dropped: %s", state.label, reason)
+        self.status.send_msg("GONE", {"builder_id": state.builder_id, "reason": reason[:400]})
+
+    def expire(self) -> None:
+        """Drop builders silent for longer than the builder timeout."""
+        limit = self.clock() - self.builder_timeout
+        for state in list(self.builders.values()):
+            if state.last_seen < limit:
+                self.drop(state, f"silent for over {int(self.builder_timeout.total_seconds())}s")
+
+    # -- actions from monitors ------------------------------------------------------------
+
+    def dispatch_action(self) -> None:
+        try:
+            received = self.actions.recv_msg()
+        except PiwheelsError as exc:
+            self.log.warning("builder_control: %s", exc)
+            return
+        wanted = received.data["builder_id"]
+        targets = [s for s in self.builders.values() if wanted is None or s.builder_id == wanted]
+        if not targets:
+            self.log.warning("%s: no builder %s connected", received.msg, wanted)
+        for state in targets:
+            if received.msg == "SLEEP":
+                state.asleep = True
+            elif received.msg == "WAKE":
+                state.asleep = False
+            elif received.msg == "SKIP":
+                state.skip = state.build is not None
+            elif received.msg == "KILL":
+                state.kill = True
+                state.skip = state.build is not None
+            self.log.info("%s builder %s", received.msg.lower(), state.label)
+            self._publish(state)
+
+    def on_pause(self) -> None:
+        self.log.info("paused: builders get no new builds")
+
+    def on_resume(self) -> None:
+        self.log.info("resumed")
+
+    def snapshot(self) -> Mapping[int, BuilderState]:
+        """Connected builders by id (for tests and the status hub)."""
+        return {s.builder_id: s for s in self.builders.values()}

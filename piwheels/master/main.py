@@ -1,0 +1,235 @@
+"""``piw-master``: starts the master's tasks and stops them, together.
+
+The tasks start in the order their endpoint declarations require (whoever
+binds an endpoint starts before whoever connects to it) and stop in the
+reverse order.  The main thread only waits: for SIGTERM or SIGINT, for a
+monitor's QUIT, or for a task that failed, in which case the whole master
+stops and exits non-zero rather than running on half-alive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+
+from ..cli import Command
+from ..errors import ConfigError, PiwheelsError
+from ..settings import Settings
+from ..tasks import Task, start_order
+from ..transport import Context, load_keys
+from .build_dispatcher import BuildDispatcher
+from .env import MasterEnv
+from .file_receiver import FileReceiver
+from .page_writer import PageWriter
+from .stats_collector import StatsCollector
+from .status_hub import StatusHub
+
+log = logging.getLogger("piwheels.master")
+
+#: Every task of the master.
+TASKS: tuple[type[Task], ...] = (
+    StatusHub,
+    PageWriter,
+    FileReceiver,
+    BuildDispatcher,
+    StatsCollector,
+)
+
+#: Endpoints private to one master process.
+INTERNAL = ("pages", "status_feed", "builder_control", "transfers")
+
+
+def addresses(settings: Settings) -> dict[str, str]:
+    """Every endpoint's address: external ones from the settings, internal ones unique."""
+    master = settings.master
+    tag = uuid.uuid4().hex[:8]
+    out = {
+        "builder": master.builder_endpoint,
+        "file": master.file_endpoint,
+        "status": master.status_endpoint,
+        "control": master.control_endpoint,
+        "admin": master.admin_endpoint,
+        "logger": master.log_endpoint,
+    }
+    out.update({name: f"inproc://{name}-{tag}" for name in INTERNAL})
+    return out
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """A SQLAlchemy URL for a libpq DSN or URL (psycopg2 driver)."""
+    if dsn.startswith("postgresql+"):
+        return dsn
+    if dsn.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg2://" + dsn.split("://", 1)[1]
+    raise ConfigError(f"[database] dsn must be a postgresql:// URL, not {dsn!r:.60}")
+
+
+def make_engine(settings: Settings) -> Engine:
+    """The master's connection pool (the database service every task draws from)."""
+    return create_engine(
+        sqlalchemy_url(settings.database.dsn),
+        pool_size=settings.database.pool_size,
+        max_overflow=2,
+        pool_pre_ping=True,
+    )
+
+
+def server_keys(settings: Settings) -> tuple[Any, Path | None]:
+    """The master's CurveZMQ key pair and authorized keys folder (None, None when off)."""
+    keys = settings.keys
+    if not keys.curve:
+        return None, None
+    problems = []
+    if keys.secret_key_file is None:
+        problems.append("[keys] secret_key_file: needed when curve is on (or set curve = false)")
+    if keys.authorized_keys_dir is None:
+        problems.append(
+            "[keys] authorized_keys_dir: needed when curve is on (the builders' public keys)"
+        )
+    if problems:
+        raise ConfigError(problems)
+    assert keys.secret_key_file is not None
+    return load_keys(keys.secret_key_file), keys.authorized_keys_dir
+
+
+class Master:
+    """The master's tasks and their lifetime."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        tasks: Sequence[type[Task]] = TASKS,
+        address_map: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        keys, authorized = server_keys(settings)
+        self.context = Context(authorized_keys=authorized)
+        self.engine = engine if engine is not None else make_engine(settings)
+        self.env = MasterEnv(
+            settings=settings,
+            addresses=address_map or addresses(settings),
+            output_path=settings.master.output_path,
+            engine=self.engine,
+            server_keys=keys,
+        )
+        self.task_classes = start_order(tasks)
+        self.tasks: list[Task] = []
+        self.requests: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.failed: Task | None = None
+        self.started = threading.Event()
+
+    def _on_fatal(self, task: Task, exc: BaseException) -> None:
+        self.requests.put(("FATAL", task))
+
+    def request(self, action: str) -> None:
+        """Ask the master (from any thread) to PAUSE, RESUME or QUIT."""
+        self.requests.put((action, None))
+
+    def _make(self, cls: type[Task]) -> Task:
+        kwargs: dict[str, Any] = {"on_fatal": self._on_fatal}
+        if cls is StatusHub:
+            kwargs["master_action"] = self.request
+        return cls(self.context, self.env, **kwargs)  # type: ignore[call-arg]
+
+    def start(self) -> None:
+        """Create and start every task in order."""
+        self.env.output_path.mkdir(parents=True, exist_ok=True)
+        for cls in self.task_classes:
+            task = self._make(cls)
+            self.tasks.append(task)
+            task.start()
+            log.debug("started %s", cls.role)
+        self.started.set()
+        log.info("master started with %d tasks", len(self.tasks))
+
+    def run(self, *, stop: threading.Event | None = None) -> int:
+        """Wait for QUIT, a signal (via :meth:`request`) or a failure; return the exit code."""
+        try:
+            while True:
+                if stop is not None and stop.is_set():
+                    break
+                try:
+                    action, arg = self.requests.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if action == "QUIT":
+                    log.info("stopping on request")
+                    break
+                if action == "FATAL":
+                    self.failed = arg
+                    log.error("stopping: task %s failed", arg.role)
+                    break
+                if action in ("PAUSE", "RESUME"):
+                    for task in self.tasks:
+                        task.send_control(action)
+                    log.info("master %s", "paused" if action == "PAUSE" else "resumed")
+        finally:
+            self.stop()
+        return 1 if self.failed is not None else 0
+
+    def stop(self) -> None:
+        """Stop every task (in reverse start order), then the context and the pool."""
+        for task in reversed(self.tasks):
+            task.quit()
+            task.join(10)
+            if task.is_alive():
+                log.error("task %s did not stop within 10 s", task.role)
+        self.tasks.clear()
+        self.context.close()
+        self.engine.dispose()
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> int:
+    """The body of piw-master."""
+    from ..db.initdb import check_schema
+
+    master = Master(settings)
+    with master.engine.connect() as conn:
+        check_schema(conn)
+
+    def on_signal(signum: int, frame: object) -> None:
+        master.request("QUIT")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        master.start()
+    except PiwheelsError:
+        master.stop()
+        raise
+    if args.pause:
+        master.request("PAUSE")
+    return master.run()
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pause", action="store_true", help="start paused (no builds handed out)")
+
+
+COMMAND = Command(
+    serve,
+    prog="piw-master",
+    description="Run the master of a piwheels farm.",
+    sections=("database", "master", "upstream", "keys"),
+    tasks={cls.role: f"piwheels.{cls.role}" for cls in TASKS},
+    add_arguments=_arguments,
+)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    COMMAND.main(argv)
+
+
+run_master: Callable[..., int] = COMMAND.run

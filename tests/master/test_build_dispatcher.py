@@ -1,0 +1,462 @@
+"""The build dispatcher on real PostgreSQL with a real file receiver and page writer.
+
+A scripted builder (a DEALER on the builder socket) plays each scenario; the
+tasks are driven with ``poll(0)`` by the scripted peers while they wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from piwheels import protocols
+from piwheels.db import abis, packages, versions
+from piwheels.filetransfer import FileSender
+from piwheels.master.build_dispatcher import BuildDispatcher
+from piwheels.master.env import MasterEnv
+from piwheels.master.file_receiver import FileReceiver
+from piwheels.master.page_writer import PageWriter
+from piwheels.settings import Settings
+from piwheels.transport import DEALER, PULL, PUSH, Context, encode, now
+from tests.admin.harness import fresh_engine, make_wheel
+from tests.peer import ScriptedPeer, wait_for
+
+TARGET = "cp311-linux_armv7l"
+
+
+def stats(disk_free: int = 50 << 30) -> dict[str, Any]:
+    return {
+        "timestamp": now(),
+        "disk_total": 100 << 30,
+        "disk_free": disk_free,
+        "mem_total": 4 << 30,
+        "mem_free": 2 << 30,
+        "swap_total": 0,
+        "swap_free": 0,
+        "load_average": 0.1,
+        "cpu_temp": None,
+    }
+
+
+def hello(label: str = "pi-1", **over: Any) -> dict[str, Any]:
+    return {
+        "protocol": protocols.PROTOCOL_VERSION,
+        "label": label,
+        "python_version": "3.11.2",
+        "abi": "cp311",
+        "platform": "linux_armv7l",
+        "os_name": "Debian GNU/Linux",
+        "os_version": "12",
+        "machine": "armv7l",
+        "cpu_count": 4,
+        "board": None,
+        "build_timeout": timedelta(hours=1),
+        "sandbox": "bubblewrap",
+        "stats": stats(),
+        **over,
+    }
+
+
+def file_record(path: Path, *, sha: str | None = None) -> dict[str, Any]:
+    data = path.read_bytes()
+    return {
+        "filename": path.name,
+        "size": len(data),
+        "sha256": sha or hashlib.sha256(data).hexdigest(),
+        "requires_python": None,
+        "requires_dist": [],
+        "metadata_sha256": None,
+        "apt_dependencies": ["libc6"],
+        "missing_libraries": [],
+        "import_ok": True,
+        "import_error": None,
+    }
+
+
+@dataclass
+class Rig:
+    env: MasterEnv
+    engine: Any
+    context: Context
+    dispatcher: BuildDispatcher
+    receiver: FileReceiver
+    writer: PageWriter
+    status: ScriptedPeer
+    actions: ScriptedPeer
+    output: Path
+    tmp: Path
+
+    @property
+    def tasks(self) -> tuple[Any, ...]:
+        # The file receiver runs in its own thread, as in the master: the
+        # dispatcher waits for its answers.
+        return (self.dispatcher, self.writer)
+
+    def builder(self, identity: bytes = b"builder-1") -> ScriptedPeer:
+        return ScriptedPeer(
+            self.context,
+            DEALER,
+            reversed(protocols.builder),
+            connect=self.env.addresses["builder"],
+            drive=self.tasks,
+            identity=identity,
+        )
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(query), params))
+
+    def add(self, package: str, version: str = "1.0") -> None:
+        with self.engine.begin() as conn:
+            packages.add_package(conn, package)
+            versions.add_version(
+                conn, package, version, released_at=datetime(2025, 1, 1, tzinfo=UTC)
+            )
+
+    def statuses(self) -> list[tuple[str, Any]]:
+        out = []
+        while self.status.socket.poll(0):
+            got = self.status.socket.recv_msg()
+            out.append((got.msg, got.data))
+        return out
+
+    def send_file(self, token: str, path: Path) -> None:
+        sender = FileSender(self.context, self.env.addresses["file"], path, token, give_up=10)
+        import threading
+
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(sender.run()))
+        thread.start()
+        wait_for(lambda: not thread.is_alive(), drive=self.tasks, timeout=20)
+        assert result and result[0].ok, result
+
+
+@pytest.fixture
+def rig(new_database: Any, tmp_short: Path, tmp_path: Path) -> Iterator[Rig]:
+    engine = fresh_engine(new_database)
+    output = tmp_path / "www"
+    tag = tmp_short.name
+    settings = (
+        Settings()
+        .replace(
+            "master",
+            output_path=output,
+            page_coalesce=timedelta(0),
+            builder_timeout=timedelta(seconds=2),
+        )
+        .replace("keys", curve=False)
+        .replace("upstream", build_index="http://127.0.0.1:9/simple/")
+    )
+    addresses = {
+        "builder": f"ipc://{tmp_short}/builder",
+        "file": f"ipc://{tmp_short}/file",
+        "pages": f"inproc://pages-{tag}",
+        "transfers": f"inproc://transfers-{tag}",
+        "status_feed": f"inproc://status-{tag}",
+        "builder_control": f"inproc://control-{tag}",
+    }
+    env = MasterEnv(settings=settings, addresses=addresses, output_path=output, engine=engine)
+    context = Context()
+    status = ScriptedPeer(context, PULL, protocols.status_feed, bind=addresses["status_feed"])
+    writer = PageWriter(context, env)
+    receiver = FileReceiver(context, env)
+    receiver.start()
+    dispatcher = BuildDispatcher(context, env)
+    actions = ScriptedPeer(
+        context, PUSH, reversed(protocols.builder_control), connect=addresses["builder_control"]
+    )
+    rig = Rig(env, engine, context, dispatcher, receiver, writer, status, actions, output, tmp_path)
+    yield rig
+    for peer in (status, actions):
+        peer.close()
+    receiver.quit()
+    receiver.join(10)
+    for task in (dispatcher, writer):
+        task.close()
+    context.close()
+    engine.dispose()
+
+
+def greet(rig: Rig, builder: ScriptedPeer, label: str = "pi-1") -> dict[str, Any]:
+    builder.send("HELLO", hello(label))
+    return builder.expect("ACK").data
+
+
+def test_hello_registers_builder_and_target(rig: Rig) -> None:
+    builder = rig.builder()
+    ack = greet(rig, builder)
+    assert ack["index_url"] == "http://127.0.0.1:9/simple/"
+    assert ack["build_timeout"] == timedelta(hours=1)
+    assert rig.sql("SELECT abi FROM abis") == [(TARGET,)]
+    assert rig.sql("SELECT label FROM builders") == [("pi-1",)]
+    kinds = [m for m, _ in rig.statuses()]
+    assert "BUILDER" in kinds
+    builder.close()
+
+
+def test_protocol_mismatch_is_refused(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    builder = rig.builder()
+    builder.send("HELLO", hello(protocol=protocols.PROTOCOL_VERSION + 1))
+    reply = builder.expect("REFUSED")
+    assert "upgrade the builder" in reply.data["reason"]
+    assert "refused builder pi-1" in caplog.text
+    builder.close()
+
+
+def test_no_work_sleeps(rig: Rig) -> None:
+    builder = rig.builder()
+    greet(rig, builder)
+    builder.send("IDLE", {"stats": stats()})
+    assert builder.expect("SLEEP").data["reason"] == "no work"
+    builder.close()
+
+
+def test_successful_build_end_to_end(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    with rig.engine.connect() as conn:
+        assert abis.get_abi(conn, TARGET) is not None
+    builder.send("IDLE", {"stats": stats()})
+    build = builder.expect("BUILD").data
+    assert (build["package"], build["version"]) == ("foo", "1.0")
+    builder.send("BUSY", {"build_id": build["build_id"], "stats": stats()})
+    builder.expect("CONT")
+    wheel = make_wheel(rig.tmp / "out", "foo", "1.0", "cp311-cp311-linux_armv7l")
+    builder.send(
+        "BUILT",
+        {
+            "build_id": build["build_id"],
+            "status": True,
+            "duration": timedelta(seconds=42),
+            "failure_class": None,
+            "log": "building foo\nok\n",
+            "files": [file_record(wheel)],
+            "environment": {"pip": "23.0.1"},
+        },
+    )
+    send = builder.expect("SEND").data
+    assert send["filename"] == wheel.name
+    rig.send_file(send["transfer"], wheel)
+    builder.send("SENT", {"build_id": build["build_id"], "filename": wheel.name})
+    builder.expect("DONE", {"build_id": build["build_id"]})
+    rows = rig.sql("SELECT status, duration FROM builds WHERE build_id = :b", b=build["build_id"])
+    assert rows == [("success", timedelta(seconds=42))]
+    published = rig.output / "simple" / "foo" / wheel.name
+    assert published.read_bytes() == wheel.read_bytes()
+    assert (rig.output / "simple" / "foo" / (wheel.name + ".metadata")).exists()
+    files = rig.sql("SELECT filename, sha256 FROM files")
+    assert files == [(wheel.name, hashlib.sha256(wheel.read_bytes()).hexdigest())]
+    deps = rig.sql("SELECT tool, requirement FROM dependencies")
+    assert ("apt", "libc6") in deps
+    wait_for(lambda: (rig.output / "simple" / "foo" / "index.html").exists(), drive=rig.tasks)
+    assert wheel.name in (rig.output / "simple" / "foo" / "index.html").read_text()
+    wait_for(lambda: list(rig.output.glob("logs/*/*/*.txt.gz")) != [], drive=rig.tasks)
+    summary = [d for m, d in rig.statuses() if m == "BUILD"]
+    assert summary and summary[0]["status"] == "success"
+    builder.close()
+
+
+def _start(rig: Rig, builder: ScriptedPeer) -> dict[str, Any]:
+    builder.send("IDLE", {"stats": stats()})
+    return builder.expect("BUILD").data
+
+
+def test_failed_build_is_recorded_with_its_log(rig: Rig) -> None:
+    rig.add("broken")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    builder.send(
+        "BUILT",
+        {
+            "build_id": build["build_id"],
+            "status": False,
+            "duration": timedelta(seconds=3),
+            "failure_class": "compile_error",
+            "log": "error: command 'gcc' failed\n",
+            "files": [],
+            "environment": {},
+        },
+    )
+    builder.expect("DONE")
+    assert rig.sql("SELECT status, failure_class FROM builds") == [("failed", "compile_error")]
+    wait_for(lambda: list(rig.output.glob("logs/*/*/*.txt.gz")) != [], drive=rig.tasks)
+    # A compile failure is not retried by itself.
+    builder.send("IDLE", {"stats": stats()})
+    assert builder.expect("SLEEP").data["reason"] == "no work"
+    builder.close()
+
+
+def test_wheel_of_another_package_is_refused(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    wheel = make_wheel(rig.tmp / "out", "evil", "1.0", "cp311-cp311-linux_armv7l")
+    builder.send(
+        "BUILT",
+        {
+            "build_id": build["build_id"],
+            "status": True,
+            "duration": timedelta(seconds=1),
+            "failure_class": None,
+            "log": "",
+            "files": [file_record(wheel)],
+            "environment": {},
+        },
+    )
+    builder.expect("DONE")
+    assert rig.sql("SELECT status, failure_class FROM builds") == [("failed", "invalid_wheel")]
+    assert not (rig.output / "simple" / "evil").exists()
+    builder.close()
+
+
+def test_lying_hash_publishes_nothing(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    wheel = make_wheel(rig.tmp / "out", "foo", "1.0", "cp311-cp311-linux_armv7l")
+    builder.send(
+        "BUILT",
+        {
+            "build_id": build["build_id"],
+            "status": True,
+            "duration": timedelta(seconds=1),
+            "failure_class": None,
+            "log": "",
+            "files": [file_record(wheel, sha="0" * 64)],
+            "environment": {},
+        },
+    )
+    send = builder.expect("SEND").data
+    rig.send_file(send["transfer"], wheel)
+    builder.send("SENT", {"build_id": build["build_id"], "filename": wheel.name})
+    builder.expect("DONE")
+    assert rig.sql("SELECT status, failure_class FROM builds") == [("failed", "invalid_wheel")]
+    assert not list((rig.output / "simple").glob("foo/*.whl"))
+    assert not list(rig.output.glob(".transfers/*/*"))
+    builder.close()
+
+
+def test_pause_and_resume(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    rig.dispatcher.pause()
+    wait_for(lambda: rig.dispatcher.paused, drive=rig.tasks)
+    builder.send("IDLE", {"stats": stats()})
+    assert builder.expect("SLEEP").data["reason"] == "paused"
+    rig.dispatcher.resume()
+    wait_for(lambda: not rig.dispatcher.paused, drive=rig.tasks)
+    builder.send("IDLE", {"stats": stats()})
+    builder.expect("BUILD")
+    builder.close()
+
+
+def test_sleep_wake_one_builder(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    builder_id = next(iter(rig.dispatcher.snapshot()))
+    rig.actions.send("SLEEP", {"builder_id": builder_id})
+    wait_for(lambda: rig.dispatcher.snapshot()[builder_id].asleep, drive=rig.tasks)
+    builder.send("IDLE", {"stats": stats()})
+    assert builder.expect("SLEEP").data["reason"] == "asleep"
+    rig.actions.send("WAKE", {"builder_id": None})
+    wait_for(lambda: not rig.dispatcher.snapshot()[builder_id].asleep, drive=rig.tasks)
+    builder.send("IDLE", {"stats": stats()})
+    builder.expect("BUILD")
+    builder.close()
+
+
+def test_skip_aborts_the_current_build(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    rig.actions.send("SKIP", {"builder_id": None})
+    wait_for(lambda: next(iter(rig.dispatcher.snapshot().values())).skip, drive=rig.tasks)
+    builder.send("BUSY", {"build_id": build["build_id"], "stats": stats()})
+    assert builder.expect("ABORT").data["build_id"] == build["build_id"]
+    assert rig.sql("SELECT status FROM builds") == [("failed",)]
+    builder.send("IDLE", {"stats": stats()})
+    assert builder.expect("SLEEP").data["reason"] == "no work"
+    builder.close()
+
+
+def test_kill_tells_the_builder_to_exit(rig: Rig) -> None:
+    builder = rig.builder()
+    greet(rig, builder)
+    rig.actions.send("KILL", {"builder_id": None})
+    wait_for(lambda: next(iter(rig.dispatcher.snapshot().values())).kill, drive=rig.tasks)
+    builder.send("IDLE", {"stats": stats()})
+    assert "killed" in builder.expect("DIE").data["reason"]
+    assert rig.dispatcher.snapshot() == {}
+    builder.close()
+
+
+def test_low_disk_builder_gets_no_work(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    builder.send("IDLE", {"stats": stats(disk_free=1 << 20)})
+    assert builder.expect("SLEEP").data["reason"] == "low disk"
+    builder.close()
+
+
+def test_silent_builder_is_dropped_and_its_build_requeued(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    _start(rig, builder)
+    wait_for(lambda: rig.dispatcher.snapshot() == {}, drive=rig.tasks, timeout=10)
+    assert rig.sql("SELECT status, failure_class FROM builds") == [("failed", "builder_lost")]
+    gone = [d for m, d in rig.statuses() if m == "GONE"]
+    assert gone and "silent" in gone[0]["reason"]
+    # builder_lost is transient: the release is queued again (after its backoff).
+    assert rig.sql("SELECT package FROM build_queue") == [("foo",)]
+    builder.close()
+
+
+def test_second_builder_never_gets_the_same_release(rig: Rig) -> None:
+    rig.add("foo")
+    one, two = rig.builder(b"b1"), rig.builder(b"b2")
+    greet(rig, one, "pi-1")
+    greet(rig, two, "pi-2")
+    _start(rig, one)
+    two.send("IDLE", {"stats": stats()})
+    assert two.expect("SLEEP").data["reason"] == "no work"
+    one.close()
+    two.close()
+
+
+def test_rogue_builder_is_refused_and_others_carry_on(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    good, rogue = rig.builder(b"good"), rig.builder(b"rogue")
+    greet(rig, good, "pi-good")
+    greet(rig, rogue, "pi-rogue")
+    for frame in (b"\x00garbage", encode("BUILT", {"build_id": "x"}), encode("ACK", None)):
+        rogue.socket.send_raw([frame])
+        assert rogue.expect("DIE").data["reason"].startswith("protocol error")
+    assert "(from rogue)" in caplog.text
+    good.send("IDLE", {"stats": stats()})
+    good.expect("SLEEP")
+    rogue.close()
+    good.close()
+
+
+def test_unknown_builder_must_say_hello(rig: Rig) -> None:
+    stranger = rig.builder(b"stranger")
+    stranger.send("IDLE", {"stats": stats()})
+    assert "HELLO" in stranger.expect("DIE").data["reason"]
+    stranger.close()
