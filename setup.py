@@ -30,6 +30,7 @@ TEST = [
     "pytest-xdist>=3",
     "pytest-asyncio>=0.23",
     "html5lib>=1.1",
+    "wheel>=0.40",
     "uv>=0.4",
     "ruff>=0.6",
     "mypy>=1.10",

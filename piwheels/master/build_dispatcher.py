@@ -109,11 +109,9 @@ class BuildDispatcher(Task):
     role = "build_dispatcher"
     # Keeps serving builders while paused: it answers SLEEP instead of BUILD.
     pausable = False
-    binds = (
-        Endpoint("builder", "ROUTER", "builder", "builders connect here"),
-        Endpoint("builder_control", "PULL", "builder_control", "builder actions from monitors"),
-    )
+    binds = (Endpoint("builder", "ROUTER", "builder", "builders connect here"),)
     connects = (
+        Endpoint("builder_control", "PULL", "builder_control", "builder actions from monitors"),
         Endpoint("transfers", "DEALER", "transfers", "asks the file receiver for files"),
         Endpoint("pages", "PUSH", "pages", "asks for pages and logs to be written"),
         Endpoint("status_feed", "PUSH", "status_feed", "reports builder states"),
@@ -146,7 +144,7 @@ class BuildDispatcher(Task):
         self.builder.bind(env.addresses["builder"])
         self.register(self.builder)
         self.actions = self.socket(PULL, protocols.builder_control, name="builder_control")
-        self.actions.bind(env.addresses["builder_control"])
+        self.actions.connect(env.addresses["builder_control"])
         self.register(self.actions, lambda: self.dispatch_action())
         self.pages = self.socket(PUSH, reversed(protocols.pages), name="pages")
         self.pages.connect(env.addresses["pages"])

@@ -27,9 +27,11 @@ from ..errors import ConfigError, PiwheelsError
 from ..settings import Settings
 from ..tasks import Task, start_order
 from ..transport import Context, load_keys
+from .admin_gateway import AdminGateway
 from .build_dispatcher import BuildDispatcher
 from .env import MasterEnv
 from .file_receiver import FileReceiver
+from .log_ingest import LogIngest
 from .page_writer import PageWriter
 from .stats_collector import StatsCollector
 from .status_hub import StatusHub
@@ -42,6 +44,8 @@ TASKS: tuple[type[Task], ...] = (
     PageWriter,
     FileReceiver,
     BuildDispatcher,
+    AdminGateway,
+    LogIngest,
     StatsCollector,
 )
 
@@ -141,6 +145,10 @@ class Master:
         kwargs: dict[str, Any] = {"on_fatal": self._on_fatal}
         if cls is StatusHub:
             kwargs["master_action"] = self.request
+        if cls is StatsCollector:
+            ingest = next((t for t in self.tasks if isinstance(t, LogIngest)), None)
+            if ingest is not None:
+                kwargs["ingest_rate"] = lambda: ingest.ingest_rate
         return cls(self.context, self.env, **kwargs)  # type: ignore[call-arg]
 
     def start(self) -> None:

@@ -29,9 +29,11 @@ class StatsCollector(Task):
         env: MasterEnv,
         *,
         on_fatal: Callable[[Task, BaseException], None] | None = None,
+        ingest_rate: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(context, on_fatal=on_fatal)
         self.env = env
+        self.ingest_rate = ingest_rate or (lambda: 0.0)
         self.status = self.socket(PUSH, reversed(protocols.status_feed), name="status_feed")
         self.status.connect(env.addresses["status_feed"])
         self.every(env.settings.master.stats_interval.total_seconds(), self.collect, pausable=False)
@@ -50,7 +52,7 @@ class StatsCollector(Task):
                 "host": host_stats(self.env.output_path),
                 "paused": self.paused,
                 "upstream_lag": None,
-                "ingest_rate": 0.0,
+                "ingest_rate": float(self.ingest_rate()),
                 **db,
             },
         )

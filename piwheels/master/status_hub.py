@@ -89,7 +89,7 @@ class StatusHub(Task):
         self.builder_control = self.socket(
             PUSH, reversed(protocols.builder_control), name="builder_control"
         )
-        self.builder_control.connect(env.addresses["builder_control"])
+        self.builder_control.bind(env.addresses["builder_control"])
         # Say who we are now and then, so a monitor that missed it catches up.
         self.every(30, self.announce, pausable=False)
 

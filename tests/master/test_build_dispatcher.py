@@ -170,7 +170,7 @@ def rig(new_database: Any, tmp_short: Path, tmp_path: Path) -> Iterator[Rig]:
     receiver.start()
     dispatcher = BuildDispatcher(context, env)
     actions = ScriptedPeer(
-        context, PUSH, reversed(protocols.builder_control), connect=addresses["builder_control"]
+        context, PUSH, reversed(protocols.builder_control), bind=addresses["builder_control"]
     )
     rig = Rig(env, engine, context, dispatcher, receiver, writer, status, actions, output, tmp_path)
     yield rig
