@@ -149,7 +149,7 @@ class Master:
             ingest = next((t for t in self.tasks if isinstance(t, LogIngest)), None)
             if ingest is not None:
                 kwargs["ingest_rate"] = lambda: ingest.ingest_rate
-        return cls(self.context, self.env, **kwargs)  # type: ignore[call-arg]
+        return cls(self.context, self.env, **kwargs)  # type: ignore[call-arg,arg-type]
 
     def start(self) -> None:
         """Create and start every task in order."""
