@@ -51,6 +51,7 @@ from .. import protocols
 from ..errors import BuildError, ConfigError, InvalidWheel, ProtocolError, TransportTimeout
 from ..filetransfer import FileSender
 from ..settings import KeysSettings, Settings
+from ..systemd import Notifier
 from ..transport import DEALER, Context, CurveKeys, Received, Socket, load_keys, now
 from .build import BuildResult, DiskSpaceLow, analyse_wheel, build_wheel
 from .importtest import import_test
@@ -417,6 +418,7 @@ class BuilderDaemon:
         self.context = context or Context()
         self._own_context = context is None
         self.reply_timeout = reply_timeout
+        self.systemd = Notifier()
         self.backoff_start = backoff_start
         self.builder_address = f"tcp://{_host(b.master_host)}:{b.builder_port}"
         self.file_address = f"tcp://{_host(b.master_host)}:{b.file_port}"
@@ -468,6 +470,7 @@ class BuilderDaemon:
     def run(self) -> int:
         """Serve the master until stopped, told to DIE, or refused (raises BuilderRefused)."""
         delay = self.backoff_start
+        self.systemd.ready()
         try:
             while not self.stopping:
                 self._connected = False
@@ -489,6 +492,7 @@ class BuilderDaemon:
             self._bye()
             return 0
         finally:
+            self.systemd.stopping()
             self._abandon_build()
             if self.held is not None:
                 self.held.cleanup()
@@ -671,6 +675,7 @@ class BuilderDaemon:
         while True:
             if self.stopping:
                 raise _Stop()
+            self.systemd.watchdog()
             left = deadline - time.monotonic()
             if left <= 0:
                 raise MasterLost(
@@ -687,6 +692,7 @@ class BuilderDaemon:
     def _wait_for(self, event: threading.Event, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while not event.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            self.systemd.watchdog()
             if self.stopping:
                 raise _Stop()
             if time.monotonic() >= deadline:

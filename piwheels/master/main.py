@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from ..cli import Command
 from ..errors import ConfigError, PiwheelsError
 from ..settings import Settings
+from ..systemd import Notifier
 from ..tasks import Task, start_order
 from ..transport import Context, load_keys
 from .admin_gateway import AdminGateway
@@ -133,6 +134,7 @@ class Master:
         self.requests: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.failed: Task | None = None
         self.started = threading.Event()
+        self.systemd = Notifier()
 
     def _on_fatal(self, task: Task, exc: BaseException) -> None:
         self.requests.put(("FATAL", task))
@@ -160,6 +162,7 @@ class Master:
             task.start()
             log.debug("started %s", cls.role)
         self.started.set()
+        self.systemd.ready()
         log.info("master started with %d tasks", len(self.tasks))
 
     def run(self, *, stop: threading.Event | None = None) -> int:
@@ -168,6 +171,9 @@ class Master:
             while True:
                 if stop is not None and stop.is_set():
                     break
+                # Ping only while every task is alive: a stuck master gets restarted.
+                if all(task.is_alive() for task in self.tasks):
+                    self.systemd.watchdog()
                 try:
                     action, arg = self.requests.get(timeout=0.2)
                 except queue.Empty:
@@ -189,6 +195,7 @@ class Master:
 
     def stop(self) -> None:
         """Stop every task (in reverse start order), then the context and the pool."""
+        self.systemd.stopping()
         for task in reversed(self.tasks):
             task.quit()
             task.join(10)
