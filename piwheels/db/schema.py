@@ -56,7 +56,7 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 #: Schema version this code expects (the newest alembic revision).
-SCHEMA_VERSION = "0002"
+SCHEMA_VERSION = "0003"
 
 #: Longest project name and version string stored (PyPI's own limits are lower).
 MAX_NAME = 200
@@ -145,9 +145,49 @@ upstream_state = Table(
         comment="Highest upstream event serial fully processed",
     ),
     Column("updated_at", DateTime(timezone=True), nullable=True, comment="When last_serial moved"),
+    Column(
+        "todo_serial",
+        BigInteger,
+        nullable=True,
+        comment="Serial the unfinished pass reaches once upstream_todo is empty; NULL if none",
+    ),
     CheckConstraint("id = 1", name="single_row"),
     CheckConstraint("last_serial >= 0", name="serial_positive"),
     comment="Where the upstream watcher is in the upstream event log",
+)
+
+upstream_todo = Table(
+    "upstream_todo",
+    metadata,
+    Column("package", Text, primary_key=True, comment="Canonical project name to look at"),
+    Column(
+        "serial",
+        BigInteger,
+        nullable=False,
+        comment="Serial the root listing promised for it; -1 when it left the root",
+    ),
+    comment="Projects the unfinished upstream pass still has to look at (resumed on restart)",
+)
+
+upstream_removals = Table(
+    "upstream_removals",
+    metadata,
+    Column("package", Text, nullable=False, comment="Canonical project name"),
+    Column(
+        "version",
+        Text,
+        nullable=False,
+        comment="Version upstream deleted; empty when the whole project was deleted",
+    ),
+    Column(
+        "requested_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=_now(),
+        comment="When upstream's deletion was seen",
+    ),
+    PrimaryKeyConstraint("package", "version"),
+    comment="Upstream deletions whose builds, pages and files are still to be removed",
 )
 
 # ---------------------------------------------------------------------------
@@ -334,6 +374,23 @@ versions = Table(
     Index(None, "package", "sort_key"),
     Index(None, "released_at"),
     comment="Releases of each project",
+)
+
+upstream_files = Table(
+    "upstream_files",
+    metadata,
+    Column("package", Text, nullable=False, comment="Canonical project name"),
+    Column("version", Text, nullable=False, comment="Version string"),
+    Column("filename", Text, nullable=False, comment="Distribution file name upstream"),
+    Column("sha256", Text, nullable=True, comment="SHA-256 upstream gives; NULL if none"),
+    Column("size", BigInteger, nullable=True, comment="Size in bytes upstream gives; NULL if none"),
+    PrimaryKeyConstraint("package", "version", "filename"),
+    ForeignKeyConstraint(
+        ["package", "version"],
+        ["versions.package", "versions.version"],
+        ondelete="CASCADE",
+    ),
+    comment="Files each release has upstream (what the upstream watcher diffs pages against)",
 )
 
 # ---------------------------------------------------------------------------
