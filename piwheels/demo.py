@@ -374,7 +374,9 @@ def fill_build_requirements(
     """
     folder = upstream / "build-requirements"
     folder.mkdir(parents=True, exist_ok=True)
-    requires = sorted({r for path in sdists.values() for r in build_requires(path)})
+    # "wheel" too: setuptools before 70.1 asks for it only while building
+    # (get_requires_for_build_wheel), which pyproject.toml does not show.
+    requires = sorted({"wheel", *(r for path in sdists.values() for r in build_requires(path))})
     stamp = folder / ".requirements.json"
     try:
         done = json.loads(stamp.read_text())
@@ -672,15 +674,15 @@ class Demo:
         self._later("logging", self._logging.restore)
 
         say(f"data folder: {data}")
+        # Sources first: bad input is found before anything is started.
+        build_index = self._upstream(logs / "pip.log")
+        if self.stop_event.is_set():
+            return
         admin_url, master_url = self._database()
         if self.stop_event.is_set():
             return
         self.engine = create_engine(admin_url, pool_size=2, max_overflow=2)
         self._later("database connections", self.engine.dispose)
-
-        build_index = self._upstream(logs / "pip.log")
-        if self.stop_event.is_set():
-            return
         keys = self._keys()
         output = data / "www"
         output.mkdir(exist_ok=True)
@@ -917,7 +919,9 @@ class Demo:
         say(f"builder started (log: {log_path})")
 
     def _announce(self, sockets: Path, master_conf: Path) -> None:
-        example = self.packages[0] if self.packages else "PACKAGE"
+        # The first package asked for (markupsafe by default: a C extension).
+        wanted = [canonical(p) for p in self.opts.packages if canonical(p) in self.packages]
+        example = (wanted or self.packages or ["PACKAGE"])[0]
         lines = [
             "",
             f"  index:   {self.index_url}",
@@ -937,6 +941,7 @@ class Demo:
     def _watch(self) -> int:
         assert self.engine is not None
         last = ""
+        announced = False
         tty = sys.stdout.isatty()
         output = self.data / "www"
         while not self.stop_event.is_set():
@@ -962,12 +967,16 @@ class Demo:
                 else:
                     print(line, flush=True)
                 last = line
-            if self.opts.exit_when_built and first_round_done(progress, self.engine, output):
+            if not announced and first_round_done(progress, self.engine, output):
+                announced = True
                 if tty:
                     print()
                 say(f"first round done: {line}")
-                self.request_stop("built")
-                return 0
+                if self.opts.exit_when_built:
+                    self.request_stop("built")
+                    return 0
+                say(f"the wheels are served at {self.index_url}; Ctrl-C stops the farm")
+                last = ""
             self.stop_event.wait(self.opts.interval)
         if tty:
             print()
