@@ -30,11 +30,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from piwheels import __version__
-from piwheels.errors import DatabaseError, SchemaVersionError, UsageError, report
+from piwheels.cli import Command
+from piwheels.errors import DatabaseError, SchemaVersionError, UsageError
+from piwheels.settings import Settings
 
 DEFAULT_USER = "piwheels"
-DSN_VAR = "PIWHEELS_DSN"
 PASSWORD_VAR = "PIWHEELS_DB_PASSWORD"
 
 #: What the master may do to each table beyond SELECT (everything else: SELECT only).
@@ -332,52 +332,44 @@ def _create_database(url: str) -> None:
         engine.dispose()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="piw-initdb",
-        description="Create or upgrade the piwheels database and the role the master uses.",
-    )
-    parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument(
-        "-d",
-        "--dsn",
-        default=os.environ.get(DSN_VAR),
-        help=f"database URL of a superuser connection (default: ${DSN_VAR})",
-    )
-    parser.add_argument(
-        "-u",
-        "--user",
-        default=DEFAULT_USER,
-        help="role the master connects as (default: %(default)s); "
-        f"its password, if any, is read from ${PASSWORD_VAR}",
-    )
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask before changing")
     parser.add_argument(
         "-n", "--dry-run", action="store_true", help="print the plan and SQL; change nothing"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="full tracebacks")
-    return parser
+
+
+def _initdb(args: argparse.Namespace, settings: Settings) -> int:
+    url = settings.database.dsn
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    steps = upgrade(
+        url,
+        yes=args.yes,
+        dry_run=args.dry_run,
+        user=settings.database.role,
+        password=os.environ.get(PASSWORD_VAR),
+    )
+    if not args.dry_run:
+        done = "; ".join(steps) if steps else "already current (grants re-applied)"
+        print(f"piw-initdb: {_display(url)}: {done}")
+    return 0
+
+
+COMMAND = Command(
+    _initdb,
+    prog="piw-initdb",
+    description=(
+        "Create or upgrade the piwheels database and the role the master uses. "
+        "Connect as a superuser: --dsn names the database to create or upgrade, "
+        "--role the least-privilege role the master will connect as "
+        f"(its password, if any, is read from ${PASSWORD_VAR})."
+    ),
+    sections=("database",),
+    add_arguments=_arguments,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of piw-initdb."""
-    args = _parser().parse_args(argv)
-    try:
-        if not args.dsn:
-            raise UsageError(f"no database given: use --dsn or set {DSN_VAR}")
-        url = args.dsn
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg2://" + url[len("postgresql://") :]
-        steps = upgrade(
-            url,
-            yes=args.yes,
-            dry_run=args.dry_run,
-            user=args.user,
-            password=os.environ.get(PASSWORD_VAR),
-        )
-        if not args.dry_run:
-            done = "; ".join(steps) if steps else "already current (grants re-applied)"
-            print(f"piw-initdb: {_display(url)}: {done}")
-    except Exception as exc:
-        return report(exc, prog="piw-initdb", debug=args.verbose)
-    return 0
+    """Entry point of piw-initdb; returns the exit code."""
+    return COMMAND.run(argv)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from piwheels.db import initdb
 from piwheels.db.schema import metadata
-from piwheels.errors import SchemaVersionError, UsageError
+from piwheels.errors import DatabaseError, SchemaVersionError, UsageError
 
 
 def test_migrated_schema_equals_declared(db_engine):
@@ -134,10 +134,13 @@ def test_refuses_database_newer_than_code(fresh):
     assert initdb.main(["--dsn", fresh, "--yes"]) == SchemaVersionError.exit_code
 
 
-def test_main_without_dsn(monkeypatch, capsys):
-    monkeypatch.delenv(initdb.DSN_VAR, raising=False)
-    assert initdb.main([]) == UsageError.exit_code
-    assert "no database given" in capsys.readouterr().err
+def test_main_unreachable_database_is_one_line(capsys):
+    # No server listens on this socket folder: one line naming the database, no traceback.
+    url = "postgresql:///piwheels?host=/nonexistent-piwheels-socket"
+    assert initdb.main(["--dsn", url, "--yes"]) == DatabaseError.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("piw-initdb: error:") and "piwheels" in err
+    assert "Traceback" not in err
 
 
 # --- the master's role -------------------------------------------------------
