@@ -141,7 +141,12 @@ class DbUpstreamStore:
         self.engine = engine
         self.batch_size = batch_size
         self._pending: list[_Item] = []
+        self._pending_names: set[str] = set()
         self._requests: list[PageRequest] = []
+        # The todo's projects that are not known here (no live row), read once
+        # per pass: get_known answers None for them without a query, which is
+        # most of the work when a pass meets many new projects.
+        self._absent: set[str] = set()
         self.applied = 0  # projects committed by this store
 
     # ---- UpstreamStore ---------------------------------------------------------
@@ -169,8 +174,10 @@ class DbUpstreamStore:
             return {name: int(serial) for name, serial in rows}
 
     def get_known(self, name: str) -> KnownProject | None:
-        if any(item.name == name for item in self._pending):
+        if name in self._pending_names:
             self.flush()
+        if name in self._absent:
+            return None
         with self.engine.connect() as conn:
             return self._known(conn, name)
 
@@ -221,6 +228,7 @@ class DbUpstreamStore:
         item = _Item(name, list(events), serial)
         _check(item)
         self._pending.append(item)
+        self._pending_names.add(name)
         if len(self._pending) >= self.batch_size:
             self.flush()
 
@@ -239,6 +247,17 @@ class DbUpstreamStore:
             finally:
                 cursor.close()
             conn.execute(text("UPDATE upstream_state SET todo_serial = :s"), {"s": target_serial})
+            self._absent = self._absent_in_todo(conn)
+
+    @staticmethod
+    def _absent_in_todo(conn: Connection) -> set[str]:
+        rows = conn.execute(
+            text(
+                "SELECT t.package FROM upstream_todo t LEFT JOIN packages p "
+                "ON p.name = t.package AND p.removed_at IS NULL WHERE p.name IS NULL"
+            )
+        )
+        return {name for (name,) in rows}
 
     def load_todo(self) -> tuple[int, dict[str, int]] | None:
         self.flush()
@@ -247,7 +266,9 @@ class DbUpstreamStore:
             if target is None:
                 return None
             rows = conn.execute(text("SELECT package, serial FROM upstream_todo"))
-            return int(target), {name: int(serial) for name, serial in rows}
+            todo = {name: int(serial) for name, serial in rows}
+            self._absent = self._absent_in_todo(conn)
+            return int(target), todo
 
     def set_last_serial(self, serial: int) -> None:
         self.flush()
@@ -255,6 +276,7 @@ class DbUpstreamStore:
             upstream_mod.set_serial(conn, serial)
             conn.execute(text("UPDATE upstream_state SET todo_serial = NULL"))
             conn.execute(text("DELETE FROM upstream_todo"))
+        self._absent = set()
 
     # ---- batching --------------------------------------------------------------
 
@@ -268,6 +290,7 @@ class DbUpstreamStore:
         if not self._pending:
             return
         items, self._pending = self._pending, []
+        self._pending_names = set()
         try:
             self._commit(items)
             return
@@ -302,6 +325,7 @@ class DbUpstreamStore:
         with self.engine.begin() as conn:
             self._write(conn, plan)
         self.applied += len(items)
+        self._absent.difference_update(plan.projects)
         self._requests.extend(PageRequest("PROJECT", name) for name in sorted(plan.pages))
         if plan.root:
             self._requests.append(PageRequest("ROOT"))
