@@ -36,6 +36,7 @@ from .log_ingest import LogIngest
 from .page_writer import PageWriter
 from .stats_collector import StatsCollector
 from .status_hub import StatusHub
+from .upstream_watcher import UpstreamWatcher
 
 log = logging.getLogger("piwheels.master")
 
@@ -47,6 +48,7 @@ TASKS: tuple[type[Task], ...] = (
     BuildDispatcher,
     AdminGateway,
     LogIngest,
+    UpstreamWatcher,
     StatsCollector,
 )
 
@@ -151,6 +153,9 @@ class Master:
             ingest = next((t for t in self.tasks if isinstance(t, LogIngest)), None)
             if ingest is not None:
                 kwargs["ingest_rate"] = lambda: ingest.ingest_rate
+            watcher = next((t for t in self.tasks if isinstance(t, UpstreamWatcher)), None)
+            if watcher is not None:
+                kwargs["upstream_lag"] = lambda: watcher.upstream_lag
         return cls(self.context, self.env, **kwargs)  # type: ignore[call-arg,arg-type]
 
     def start(self) -> None:

@@ -30,10 +30,12 @@ class StatsCollector(Task):
         *,
         on_fatal: Callable[[Task, BaseException], None] | None = None,
         ingest_rate: Callable[[], float] | None = None,
+        upstream_lag: Callable[[], int | None] | None = None,
     ) -> None:
         super().__init__(context, on_fatal=on_fatal)
         self.env = env
         self.ingest_rate = ingest_rate or (lambda: 0.0)
+        self.upstream_lag = upstream_lag or (lambda: None)
         self.status = self.socket(PUSH, reversed(protocols.status_feed), name="status_feed")
         self.status.connect(env.addresses["status_feed"])
         self.every(env.settings.master.stats_interval.total_seconds(), self.collect, pausable=False)
@@ -51,7 +53,7 @@ class StatsCollector(Task):
                 "timestamp": datetime.now(UTC),
                 "host": host_stats(self.env.output_path),
                 "paused": self.paused,
-                "upstream_lag": None,
+                "upstream_lag": self.upstream_lag(),
                 "ingest_rate": float(self.ingest_rate()),
                 **db,
             },
