@@ -343,11 +343,16 @@ class Farm:
         return wait_until(finished, timeout=timeout, what=f"{count} finished build(s) of {package}")
 
     def wait_success(self, package: str, version: str = "1.0", timeout: float = 180.0) -> Any:
-        return wait_until(
-            lambda: next((r for r in self.builds(package, version) if r.status == "success"), None),
-            timeout=timeout,
-            what=f"a successful build of {package}",
-        )
+        try:
+            return wait_until(
+                lambda: next(
+                    (r for r in self.builds(package, version) if r.status == "success"), None
+                ),
+                timeout=timeout,
+                what=f"a successful build of {package}",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; builds: {self.builds(package, version)}") from None
 
     def files(self, package: str) -> list[Any]:
         return self.sql(
