@@ -533,6 +533,9 @@ class BuilderDaemon:
     def _converse(self, reply: Received) -> None:
         while True:
             msg, data = reply.msg, reply.data
+            if msg == "DIE" and data["reason"].startswith("unknown builder"):
+                # A restarted master does not know this connection: greet it again.
+                raise MasterLost(f"the master does not know this builder: {data['reason']}")
             if msg == "DIE":
                 log.warning("the master says die: %s", data["reason"])
                 self.stop_reason = "told to die"
