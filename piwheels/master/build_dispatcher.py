@@ -208,6 +208,9 @@ class BuildDispatcher(Task):
                 builder_id = db_builds.register_builder(
                     conn, label, abi=target, platform_tag=data["platform"]
                 )
+                if not data.get("resume_build_id"):
+                    # Builds it held before a master restart are not coming back.
+                    db_builds.abandon_builds(conn, builder_id)
         except InvalidName as exc:
             self.log.warning("refused builder %s: %s", label, exc)
             self._reply(peer, "REFUSED", {"reason": str(exc)})
