@@ -756,6 +756,8 @@ class Demo:
             # The socket path would be too long: reach the same folder through a
             # short symlink (the cluster keeps the path it is given).
             short = _short_dir()
+            # The target must exist: a dangling link would stop the cluster's mkdir.
+            root.mkdir(parents=True, exist_ok=True)
             (short / "pg").symlink_to(root)
             root = short / "pg"
             self._later("socket link", lambda: shutil.rmtree(short, ignore_errors=True))
