@@ -155,7 +155,12 @@ def run_master(settings: Settings, ready: Any, stop: Any) -> None:
     master.start()
     ready.set()
     stopping = threading.Event()
-    threading.Thread(target=lambda: (stop.wait(), stopping.set()), daemon=True).start()
+
+    def relay() -> None:
+        stop.wait()
+        stopping.set()
+
+    threading.Thread(target=relay, daemon=True).start()
     master.run(stop=stopping)
 
 
