@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import sysconfig
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 from piwheels import protocols
 from piwheels.db import abis as db_abis
 from piwheels.master import build_dispatcher
+from piwheels.master.file_receiver import FileReceiver
 from piwheels.transport import encode
 from tests import sdists
 from tests.sdists import make_sdist
@@ -323,6 +325,69 @@ def test_builder_process_killed_mid_build(farm: Farm) -> None:
         assert len(list((farm.output / "simple" / package).glob("*.whl"))) == 1
     finally:
         flag.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def big_sdist(dest: Path, name: str, size: int) -> Path:
+    """A package whose wheel carries *size* random (incompressible) bytes, made at build time."""
+    mod = name.replace("-", "_")
+    body = f"""\
+    import os
+    os.makedirs({mod!r}, exist_ok=True)
+    open(os.path.join({mod!r}, "__init__.py"), "w").close()
+    if not os.path.exists(os.path.join({mod!r}, "blob.bin")):
+        with open(os.path.join({mod!r}, "blob.bin"), "wb") as fh:
+            fh.write(os.urandom({size}))
+    """
+    return make_sdist(
+        dest,
+        name,
+        "1.0",
+        sdists._setup(
+            name, "1.0", body, packages=f"[{mod!r}]", package_data=f"{{{mod!r}: ['blob.bin']}}"
+        ),
+    )
+
+
+def test_builder_process_killed_mid_transfer(farm: Farm) -> None:
+    """A real piw-builder frozen then killed while its wheel is on the way: nothing partial
+    is left anywhere, and the build comes back and is delivered whole by another builder."""
+    package = "piwtest-killed-sending"
+    farm.publish_sdist(big_sdist, package, MAX_FILE_SIZE - (256 << 10))
+    farm.add_release(package, skip_abis=(ROGUE_TARGET,))
+    proc = farm.spawn_builder()
+    staging = farm.output / ".transfers"
+    try:
+        # The receiver creates the staging file when it is told to expect the wheel,
+        # before the first chunk: freeze the builder the moment it appears.
+        deadline = time.monotonic() + 300
+        while not (staging.exists() and any(p.is_file() for p in staging.rglob("*"))):
+            assert time.monotonic() < deadline and proc.poll() is None, farm.process_log(proc)
+            time.sleep(0.0005)
+        os.killpg(proc.pid, signal.SIGSTOP)
+        assert farm.master is not None
+        receiver = next(t for t in farm.master.tasks if isinstance(t, FileReceiver))
+        transfers = list(receiver.table.transfers.values())
+        assert transfers and all(t.received < t.size for t in transfers), "not mid-transfer"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        (lost,) = farm.wait_finished(package, timeout=REQUEUE_WAIT)
+        assert (lost.status, lost.failure_class) == ("failed", "builder_lost")
+        wait_until(lambda: farm.staged() == [], timeout=60, what="the partial file removed")
+        assert not (farm.output / "simple" / package).exists() or not list(
+            (farm.output / "simple" / package).glob("*.whl")
+        )
+        running = start_real(farm)
+        try:
+            farm.wait_success(package)
+        finally:
+            running.stop()
+        (f,) = farm.files(package)
+        published = farm.output / "simple" / package / f.filename
+        assert hashlib.sha256(published.read_bytes()).hexdigest() == f.sha256
+        assert farm.staged() == []
+    finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
