@@ -17,8 +17,22 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from piwheels.errors import ProtocolError
-from piwheels.wheels import abi_key
+from piwheels.errors import InvalidName, ProtocolError
+from piwheels.wheels import abi_key as _abi_key
+
+
+def abi_key(name: str) -> tuple[Any, ...]:
+    """Order ABIs (``cp311``) and build targets (``cp311-linux_armv7l``) by Python version.
+
+    The master reports queues per build target; builders report their ABI tag.
+    Anything else a master might send sorts last, by name, rather than failing.
+    """
+    abi, _, platform = name.partition("-")
+    try:
+        return (0, _abi_key(abi), platform)
+    except InvalidName:
+        return (1, (), name)
+
 
 __all__ = [
     "BUILDER_SORT_KEYS",

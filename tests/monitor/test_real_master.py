@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, TabbedContent
 
-from piwheels.errors import InvalidName
 from piwheels.monitor import state as state_module
 from piwheels.monitor.app import ConfirmScreen, LogScreen, MonitorApp
 from piwheels.monitor.client import fetch_state
@@ -131,12 +130,6 @@ async def wait(condition: Any, timeout: float = 60, what: str = "condition") -> 
     return await asyncio.to_thread(wait_until, condition, timeout=timeout, what=what)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=InvalidName,
-    reason="bug: FarmState.abis() sorts the master's build targets (cp311-linux_x86_64) "
-    "with wheels.abi_key, which refuses a '-': the app dies drawing the Master tab",
-)
 async def test_master_tab_with_targets(farm: Farm, zmq_context: Context) -> None:
     async with monitor(None, zmq_context, endpoints=endpoints(farm)) as (app, pilot):
         await until(pilot, lambda: len(app.client.state.stats) > 0, timeout=20)
