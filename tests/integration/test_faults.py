@@ -475,6 +475,39 @@ def test_master_restart_resumes_finished_build(farm: Farm, monkeypatch: pytest.M
         running.stop()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: after a master restart, a build whose builder never comes back stays "
+    "'building' in the database forever (BuildDispatcher never sweeps builds it does not "
+    "know), so the release is never queued again",
+)
+def test_master_restart_builder_never_returns(farm: Farm) -> None:
+    package = "piwtest-restart-orphan"
+    flag = gated_release(farm, package)
+    proc = farm.spawn_builder()
+    try:
+        first = building(farm, package)
+        assert farm.stop_master() == 0
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        farm.start_master()
+        # Give the new master more than its builder timeout to notice nobody holds it.
+        (row,) = farm.wait_finished(package, timeout=BUILDER_TIMEOUT.total_seconds() * 3)
+        assert row.build_id == first.build_id
+        assert (row.status, row.failure_class) == ("failed", "builder_lost")
+    finally:
+        flag.touch()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        # Leave nothing in flight for the next test.
+        farm.execute(
+            "UPDATE builds SET status = 'failed', failure_class = 'builder_lost', "
+            "duration = interval '0' WHERE package = :p AND status = 'building'",
+            p=package,
+        )
+
+
 def test_no_build_left_in_flight(farm: Farm) -> None:
     wait_until(
         lambda: farm.sql("SELECT count(*) FROM builds WHERE status = 'building'")[0][0] == 0,
