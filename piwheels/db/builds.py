@@ -392,3 +392,30 @@ def abandon_builds(conn: Connection, builder: int) -> list[int]:
     ]
     finish_builds(conn, [BuildResult(b, "failed", timedelta(0), "builder_lost") for b in ids])
     return ids
+
+
+def unfinished_builds(conn: Connection) -> list[int]:
+    """Ids of builds still pending or building (after a master restart: held by whom?)."""
+    return [
+        b
+        for (b,) in conn.execute(
+            select(builds.c.build_id).where(builds.c.status.in_(("pending", "building")))
+        )
+    ]
+
+
+def abandon_build_ids(conn: Connection, build_ids: Iterable[int]) -> list[int]:
+    """Fail the given unfinished builds as builder_lost (they are retried later)."""
+    ids = sorted(set(build_ids))
+    if not ids:
+        return []
+    still = [
+        b
+        for (b,) in conn.execute(
+            select(builds.c.build_id).where(
+                builds.c.build_id.in_(ids), builds.c.status.in_(("pending", "building"))
+            )
+        )
+    ]
+    finish_builds(conn, [BuildResult(b, "failed", timedelta(0), "builder_lost") for b in still])
+    return still

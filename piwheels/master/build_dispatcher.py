@@ -152,6 +152,21 @@ class BuildDispatcher(Task):
         self.status.connect(env.addresses["status_feed"])
         self.transfers = TransferClient(self, env.addresses["transfers"])
         self.every(1.0, self.expire, pausable=False)
+        # Builds left unfinished by a previous master: their builders get one
+        # builder timeout to come back and resume them; the rest are given back.
+        self.started_at = self.clock()
+        self.orphans: set[int] = set()
+
+    def setup(self) -> None:
+        with self._db() as conn:
+            self.orphans = set(db_builds.unfinished_builds(conn))
+        if self.orphans:
+            self.log.info(
+                "%d builds were in flight when the master last stopped; waiting %ds for "
+                "their builders",
+                len(self.orphans),
+                int(self.builder_timeout.total_seconds()),
+            )
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -597,8 +612,17 @@ class BuildDispatcher(Task):
         self.status.send_msg("GONE", {"builder_id": state.builder_id, "reason": reason[:400]})
 
     def expire(self) -> None:
-        """Drop builders silent for longer than the builder timeout."""
+        """Drop builders silent for longer than the builder timeout; give back orphans."""
         limit = self.clock() - self.builder_timeout
+        if self.orphans and self.started_at < limit:
+            held = {s.build.build_id for s in self.builders.values() if s.build is not None}
+            lost = self.orphans - held
+            self.orphans = set()
+            if lost:
+                with self._db() as conn:
+                    gone = db_builds.abandon_build_ids(conn, lost)
+                for build_id in gone:
+                    self.log.info("build %d abandoned: its builder never came back", build_id)
         for state in list(self.builders.values()):
             if state.last_seen < limit:
                 self.drop(state, f"silent for over {int(self.builder_timeout.total_seconds())}s")

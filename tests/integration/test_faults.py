@@ -475,13 +475,6 @@ def test_master_restart_resumes_finished_build(farm: Farm, monkeypatch: pytest.M
         running.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: after a master restart, a build whose builder never comes back stays "
-    "'building' in the database forever (BuildDispatcher never sweeps builds it does not "
-    "know), so the release is never queued again",
-)
 def test_master_restart_builder_never_returns(farm: Farm) -> None:
     package = "piwtest-restart-orphan"
     flag = gated_release(farm, package)
