@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable, TabbedContent
 
-from piwheels.monitor import state as state_module
 from piwheels.monitor.app import ConfirmScreen, LogScreen, MonitorApp
 from piwheels.monitor.client import fetch_state
 from piwheels.transport import Context
@@ -64,15 +63,6 @@ def farm(new_database: Any, local_index: Any) -> Iterator[Farm]:  # noqa: F811
             yield f
         finally:
             f.close()
-
-
-@pytest.fixture(autouse=True)
-def target_names(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until FarmState.abis() understands target names (see test_master_tab_with_targets),
-    sort them with a key that does, so the other screens and actions can be tested."""
-    if request.node.name != "test_master_tab_with_targets":
-        original = state_module.abi_key
-        monkeypatch.setattr(state_module, "abi_key", lambda t: (original(t.partition("-")[0]), t))
 
 
 def endpoints(farm: Farm) -> tuple[str, str]:
@@ -131,6 +121,7 @@ async def wait(condition: Any, timeout: float = 60, what: str = "condition") -> 
 
 
 async def test_master_tab_with_targets(farm: Farm, zmq_context: Context) -> None:
+    """The master reports queues per build target (cp311-linux_x86_64): the tab draws them."""
     async with monitor(None, zmq_context, endpoints=endpoints(farm)) as (app, pilot):
         await until(pilot, lambda: len(app.client.state.stats) > 0, timeout=20)
         await pilot.pause(0.5)
