@@ -29,13 +29,15 @@ from piwheels.transport import encode
 from tests import sdists
 from tests.sdists import make_sdist
 
-from .conftest import BUILDER_TIMEOUT, MAX_FILE_SIZE, Farm, RunningBuilder, wait_until
+from .conftest import BUILDER_TIMEOUT, Farm, RunningBuilder, wait_until
 from .rogue import ROGUE_ABI, ROGUE_PLATFORM, ROGUE_TARGET, Rogue, file_record, wheel_bytes
 
 pytestmark = pytest.mark.slow
 
 ABI = "cp{}{}".format(*sys.version_info[:2])
 PLATFORM = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+#: Large enough for a wheel whose transfer takes long enough to be caught mid-way.
+FAULTS_MAX_FILE_SIZE = 64 << 20
 #: Long enough for the master to drop a silent builder and give its build back.
 REQUEUE_WAIT = BUILDER_TIMEOUT.total_seconds() * 3 + 60
 
@@ -55,7 +57,7 @@ def gated_sdist(dest: Path, name: str, flag: Path) -> Path:
 @pytest.fixture(scope="module")
 def farm(farm_factory: Any) -> Farm:
     """A farm that knows both targets from the start, so releases can skip either."""
-    f = farm_factory()
+    f = farm_factory(max_file_size=FAULTS_MAX_FILE_SIZE)
     with f.engine.begin() as conn:
         db_abis.add_abi(conn, ABI, PLATFORM)
         db_abis.add_abi(conn, ROGUE_ABI, ROGUE_PLATFORM)
@@ -131,7 +133,7 @@ def _bad(kind: str, name: str) -> tuple[str, bytes, dict[str, Any], str]:
         other, data = wheel_bytes(name, "2.0")
         return other, data, {}, "version"
     if kind == "over-size":
-        return good_name, good, {"size": MAX_FILE_SIZE + 1}, "limit"
+        return good_name, good, {"size": FAULTS_MAX_FILE_SIZE + 1}, "limit"
     if kind == "not-a-zip":
         return good_name, os.urandom(4096), {}, "zip"
     if kind == "bad-record":
@@ -354,10 +356,12 @@ def test_builder_process_killed_mid_transfer(farm: Farm) -> None:
     """A real piw-builder frozen then killed while its wheel is on the way: nothing partial
     is left anywhere, and the build comes back and is delivered whole by another builder."""
     package = "piwtest-killed-sending"
-    farm.publish_sdist(big_sdist, package, MAX_FILE_SIZE - (256 << 10))
+    # Big enough (40 MiB) that the transfer lasts well beyond the moment it is caught.
+    farm.publish_sdist(big_sdist, package, 40 << 20)
     farm.add_release(package, skip_abis=(ROGUE_TARGET,))
-    proc = farm.spawn_builder()
     staging = farm.output / ".transfers"
+    assert farm.staged() == [], "a transfer is already in progress"
+    proc = farm.spawn_builder()
     try:
         # The receiver creates the staging file when it is told to expect the wheel,
         # before the first chunk: freeze the builder the moment it appears.
@@ -368,8 +372,13 @@ def test_builder_process_killed_mid_transfer(farm: Farm) -> None:
         os.killpg(proc.pid, signal.SIGSTOP)
         assert farm.master is not None
         receiver = next(t for t in farm.master.tasks if isinstance(t, FileReceiver))
-        transfers = list(receiver.table.transfers.values())
-        assert transfers and all(t.received < t.size for t in transfers), "not mid-transfer"
+        # The file appears a moment before the receiver's table lists it.
+        transfers = wait_until(
+            lambda: list(receiver.table.transfers.values()), timeout=10, what="the transfer"
+        )
+        assert transfers and all(t.received < t.size for t in transfers), (
+            f"not mid-transfer: staged {farm.staged()}, table {transfers}"
+        )
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
         (lost,) = farm.wait_finished(package, timeout=REQUEUE_WAIT)
