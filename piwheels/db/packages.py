@@ -147,6 +147,10 @@ def delete_package(conn: Connection, name: str) -> bool:
 def skip_package_abi(conn: Connection, name: str, abi: str, reason: str) -> None:
     """Do not build a project for one target (empty *reason* lifts the skip)."""
     canon = canonical(name)
+    from .abis import get_abi
+
+    if reason and get_abi(conn, abi) is None:
+        raise InvalidName(f"no such build target: {abi!r:.60}")
     with atomic(conn):
         conn.execute(
             delete(package_abi_skips).where(

@@ -408,6 +408,7 @@ class BuildDispatcher(Task):
             return
         problem = self._check_files(build, data["files"])
         if problem:
+            self.log.warning("build %d refused: %s", build.build_id, problem)
             self._finish(
                 state,
                 "failed",
