@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.metadata
 import shutil
 import threading
 from collections.abc import Iterator
@@ -44,11 +45,12 @@ def local_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalIndex
     files = root / "files"
     made = build_requirement_wheels(files)
     names = {p.name.split("-")[0] for p in made}
-    import setuptools
-
-    if int(setuptools.__version__.split(".")[0]) < 70 and "wheel" not in names:
+    # Read the version without importing setuptools: importing it after something
+    # else loaded the standard library's distutils fails in this process.
+    setuptools_version = importlib.metadata.version("setuptools")
+    if int(setuptools_version.split(".")[0]) < 70 and "wheel" not in names:
         pytest.fail(
-            f"setuptools {setuptools.__version__} needs the 'wheel' package installed to build "
+            f"setuptools {setuptools_version} needs the 'wheel' package installed to build "
             "wheels offline (pip install wheel, or setuptools>=70.1)"
         )
     write_simple_index(root)
