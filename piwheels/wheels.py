@@ -137,16 +137,17 @@ def is_prerelease(version: str) -> bool:
     return bool(parsed is not None and parsed.is_prerelease)
 
 
-def _int_bytes(value: int) -> bytes:
-    # Length-prefixed big-endian: a longer number is a bigger number, so bytes
-    # compare like the integers do.
-    raw = value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big")
-    if len(raw) > 255:
-        raise OverflowError("version component too large")
-    return bytes([len(raw)]) + raw
+_BIG = (1 << 64) - 1
 
 
-_PRE_ORDER = {"a": 0, "b": 1, "rc": 2}
+def _num(n: int) -> bytes:
+    # Eight bytes big-endian; absurdly large components are clamped (still ordered).
+    # This encoding is stored in the database (versions.sort_key): never change it
+    # without a migration that recomputes every key.
+    return min(n, _BIG).to_bytes(8, "big")
+
+
+_PRE_ORDER = {"a": 1, "b": 2, "rc": 3}
 
 
 def version_key(version: str) -> bytes:
@@ -158,38 +159,35 @@ def version_key(version: str) -> bytes:
     be stored (PostgreSQL ``bytea`` compares the same way) as well as sorted.
     """
     parsed = _parse_version(version)
-    if parsed is not None:
-        try:
-            return b"\x01" + _encode_version(parsed)
-        except OverflowError:
-            pass
-    return b"\x00" + version.encode("utf-8", "surrogatepass")
+    if parsed is None:
+        return b"\x00" + version.encode("utf-8", "surrogatepass")
+    return b"\x01" + _encode_version(parsed)
 
 
 def _encode_version(v: Version) -> bytes:
-    out = bytearray(_int_bytes(v.epoch))
+    out = bytearray(_num(v.epoch))
     release = list(v.release)
-    while release and release[-1] == 0:
+    while len(release) > 1 and release[-1] == 0:
         release.pop()  # 1.0 == 1.0.0
     for part in release:
-        out += b"\x01" + _int_bytes(part)
+        out += b"\x01" + _num(part)
     out += b"\x00"
     # Pre-release: a dev-only release sorts before any pre-release of it.
     if v.pre is None and v.post is None and v.dev is not None:
         out += b"\x00"
     elif v.pre is None:
-        out += b"\x02"
+        out += b"\x03"
     else:
-        out += b"\x01" + bytes([_PRE_ORDER[v.pre[0]]]) + _int_bytes(v.pre[1])
-    out += b"\x00" if v.post is None else b"\x01" + _int_bytes(v.post)
-    out += b"\x02" if v.dev is None else b"\x01" + _int_bytes(v.dev)
+        out += b"\x01" + bytes([_PRE_ORDER[v.pre[0]]]) + _num(v.pre[1])
+    out += b"\x00" if v.post is None else b"\x01" + _num(v.post)
+    out += b"\x02" if v.dev is None else b"\x01" + _num(v.dev)
     if v.local is None:
         out += b"\x00"
     else:
         out += b"\x01"
         for seg in v.local.split("."):
             if seg.isdigit():
-                out += b"\x02" + _int_bytes(int(seg))
+                out += b"\x02" + _num(int(seg))
             else:
                 out += b"\x01" + seg.lower().encode("ascii") + b"\x00"
         out += b"\x00"

@@ -12,65 +12,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from piwheels.errors import InvalidName
+from piwheels.wheels import version_key as sort_key
 
 from . import abis as abis_mod
 from . import queue
 from ._common import atomic, canonical, check_version
 from .schema import version_exclusions, versions
-
-_BIG = (1 << 64) - 1
-
-
-def _num(n: int) -> bytes:
-    # Eight bytes big-endian; absurdly large components are clamped (still ordered).
-    return min(n, _BIG).to_bytes(8, "big")
-
-
-def sort_key(version: str) -> bytes:
-    """A byte string whose bytewise order is PEP 440 order.
-
-    Legacy (invalid) versions start with ``0x00`` and sort below every valid
-    version (then by their text); valid ones start with ``0x01``.
-    """
-    try:
-        v = Version(version)
-    except InvalidVersion:
-        return b"\x00" + version.encode("utf-8")
-    out = bytearray(b"\x01")
-    out += _num(v.epoch)
-    release = list(v.release)
-    while len(release) > 1 and release[-1] == 0:
-        release.pop()  # 1.0 == 1.0.0
-    for part in release:
-        out += b"\x01" + _num(part)
-    out += b"\x00"
-    # Pre-release: a dev release with no pre/post sorts before any pre-release.
-    if v.pre is None and v.post is None and v.dev is not None:
-        out += b"\x00"
-    elif v.pre is None:
-        out += b"\x03"
-    else:
-        out += b"\x01" + bytes([{"a": 1, "b": 2, "rc": 3}[v.pre[0]]]) + _num(v.pre[1])
-    out += b"\x00" if v.post is None else b"\x01" + _num(v.post)
-    out += b"\x02" if v.dev is None else b"\x01" + _num(v.dev)
-    if v.local is None:
-        out += b"\x00"
-    else:
-        out += b"\x01"
-        for seg in v.local.split("."):
-            if seg.isdigit():
-                out += b"\x02" + _num(int(seg))
-            else:
-                out += b"\x01" + seg.lower().encode("ascii") + b"\x00"
-        out += b"\x00"
-    return bytes(out)
-
-
-def is_prerelease(version: str) -> bool:
-    try:
-        return Version(version).is_prerelease
-    except InvalidVersion:
-        return False
 
 
 def is_valid(version: str) -> bool:
