@@ -1,4 +1,8 @@
-"""Downloads and other hits: batched appends (COPY) and the daily rollups statistics read."""
+"""Downloads and other hits: batched appends (COPY) and per-project counts from the rollups.
+
+The rollups themselves are computed by :mod:`piwheels.db.stats` (one definition: bots
+are never counted as downloads, searches or hits).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from operator import attrgetter
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from piwheels.errors import ProtocolError
@@ -175,90 +179,6 @@ def add_json_hits(conn: Connection, hits: Iterable[Hit]) -> int:
 
 def add_web_hits(conn: Connection, hits: Iterable[Hit]) -> int:
     return _add(conn, "web_hits", (*_BASE, "page"), hits, False)
-
-
-_DIMS = ", ".join(f"coalesce({f}, '')" for f in _CLIENT_FIELDS)
-_DIM_COLS = ", ".join(_CLIENT_FIELDS)
-_RANGE = "accessed_at >= CAST(:day AS date) AND accessed_at < CAST(:day AS date) + 1"
-
-
-def rollup(conn: Connection, day: date) -> None:
-    """(Re)compute every rollup for one UTC *day* from the raw hits (idempotent).
-
-    Run it for today periodically and once more for yesterday after midnight.
-    """
-    p = {"day": day}
-    stmts = [
-        "DELETE FROM daily_package_stats WHERE day = :day",
-        "DELETE FROM daily_client_stats WHERE day = :day",
-        "DELETE FROM daily_web_stats WHERE day = :day",
-        "DELETE FROM hourly_totals WHERE hour >= CAST(:day AS date) "
-        "AND hour < CAST(:day AS date) + 1",
-        f"""
-        INSERT INTO daily_package_stats
-            (day, package, downloads, bytes_sent, seconds_saved, searches, project_hits, json_hits)
-        SELECT :day, package, sum(dl), sum(bytes), sum(saved), sum(se), sum(ph), sum(jh)
-        FROM (
-            SELECT d.package, count(*) AS dl, sum(d.bytes_sent) AS bytes,
-                   coalesce(sum(extract(epoch FROM b.duration)), 0) AS saved,
-                   0 AS se, 0 AS ph, 0 AS jh
-            FROM downloads d
-            LEFT JOIN files f ON f.filename = d.filename
-            LEFT JOIN builds b ON b.build_id = f.build_id
-            WHERE d.{_RANGE} GROUP BY d.package
-            UNION ALL
-            SELECT package, 0, 0, 0, count(*), 0, 0 FROM searches WHERE {_RANGE}
-            GROUP BY package
-            UNION ALL
-            SELECT package, 0, 0, 0, 0, count(*), 0 FROM project_hits WHERE {_RANGE}
-            GROUP BY package
-            UNION ALL
-            SELECT package, 0, 0, 0, 0, 0, count(*) FROM json_hits WHERE {_RANGE}
-            GROUP BY package
-        ) s
-        GROUP BY package
-        """,
-    ]
-    for source, table in (("download", "downloads"), ("search", "searches")):
-        stmts.append(
-            f"""
-            INSERT INTO daily_client_stats (day, source, kind, {_DIM_COLS}, hits, bytes_sent)
-            SELECT :day, '{source}', kind, {_DIMS}, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE}
-            GROUP BY kind, {_DIMS}
-            """
-        )
-    for source, table, col in (
-        ("project", "project_hits", "package"),
-        ("json", "json_hits", "package"),
-        ("web", "web_hits", "page"),
-    ):
-        stmts.append(
-            f"""
-            INSERT INTO daily_web_stats (day, source, page, kind, hits, bytes_sent)
-            SELECT :day, '{source}', {col}, kind, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE} GROUP BY {col}, kind
-            """
-        )
-    for source, table in (
-        ("download", "downloads"),
-        ("search", "searches"),
-        ("project", "project_hits"),
-        ("json", "json_hits"),
-        ("web", "web_hits"),
-    ):
-        stmts.append(
-            f"""
-            INSERT INTO hourly_totals (hour, source, kind, hits, bytes_sent)
-            SELECT date_trunc('hour', accessed_at), '{source}', kind, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE} GROUP BY 1, kind
-            """
-        )
-    with atomic(conn):
-        # Rollups use UTC days whatever the session's time zone.
-        conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
-        for stmt in stmts:
-            conn.execute(text(stmt), p)
 
 
 def download_counts(conn: Connection, package: str, days: int = 30) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Farm-wide figures for the home page, the search index and the monitors.
 
 Totals come from the daily rollups plus the raw hits of days not rolled up
-yet, so they are current without scanning the whole history.
+yet, so they are current without scanning the whole history.  Bots are never
+counted: the rollups leave them out and the raw parts skip ``kind = 'bot'``.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ fresh AS (
     FROM downloads d
     LEFT JOIN files f ON f.filename = d.filename
     LEFT JOIN builds b ON b.build_id = f.build_id
-    WHERE d.accessed_at >= (SELECT day FROM last) + 1
+    WHERE d.accessed_at >= (SELECT day FROM last) + 1 AND d.kind <> 'bot'
 )
 SELECT rolled.all_time + fresh.n AS all_time,
        rolled.recent + fresh.n AS recent,
        rolled.saved + fresh.saved AS saved,
-       (SELECT count(*) FROM downloads WHERE accessed_at > now() - interval '1 hour') AS hour
+       (SELECT count(*) FROM downloads
+        WHERE accessed_at > now() - interval '1 hour' AND kind <> 'bot') AS hour
 FROM rolled, fresh
 """
 

@@ -261,7 +261,11 @@ def queue_sizes(conn: Connection) -> dict[str, int]:
 def refresh_demand(conn: Connection) -> int:
     """Recompute each project's demand from the rollups and copy it into the queue.
 
-    Only projects whose demand changed are written.  Returns how many changed.
+    Demand is downloads plus index hits by people's installers: it reads only
+    ``daily_package_stats``, which never counts bots (see
+    :func:`piwheels.db.stats.rollup_day`), so a crawler fetching every wheel
+    cannot reorder the queue.  Only projects whose demand changed are
+    written.  Returns how many changed.
     """
     with atomic(conn):
         changed = conn.execute(

@@ -296,8 +296,8 @@ _ROLLUP = _rollup_statements()
 def rollup_day(conn: Connection, day: date) -> None:
     """(Re)compute the rollups of one UTC *day* from the raw hits (idempotent).
 
-    Like :func:`piwheels.db.downloads.rollup` but bots are kept out of
-    ``daily_package_stats`` and the :data:`EXTRA_SOURCES` rows are kept.
+    Bots are kept out of ``daily_package_stats``; the :data:`EXTRA_SOURCES` rows of
+    ``daily_web_stats`` (kept only at ingest) are left as they are.
     """
     with atomic(conn):
         # Rollups use UTC days whatever the session's time zone.

@@ -96,3 +96,37 @@ def test_one_bad_hit_refuses_the_batch(db_conn, bad):
     with pytest.raises(ProtocolError):
         downloads.add_downloads(db_conn, hits)
     assert db_conn.execute(text("SELECT count(*) FROM downloads")).scalar_one() == 0
+
+
+def test_bots_change_neither_demand_nor_figures(db_conn):
+    """A crawler's downloads count nowhere: not in the queue's demand, not in the figures."""
+    from piwheels.db import figures, queue, stats
+
+    from . import factories as f
+
+    target = f.abi(db_conn)
+    f.version(db_conn, "foo", "1.0")
+    f.build(db_conn, "foo", "1.0", target, tags="py3-none-any")
+    wheel = "foo-1.0-py3-none-any.whl"
+    now = db_conn.execute(text("SELECT now()")).scalar_one()
+    yesterday = now - timedelta(days=1)
+
+    def state() -> tuple[object, ...]:
+        queue.refresh_demand(db_conn)
+        demand = db_conn.execute(text("SELECT demand FROM packages WHERE name = 'foo'"))
+        return (demand.scalar_one(), figures.download_totals(db_conn))
+
+    downloads.add_downloads(db_conn, [Hit(yesterday, wheel, "ab" * 8, "pip", 10)])
+    stats.rollup_day(db_conn, yesterday.date())
+    before = state()
+    assert before[0] == 1 and before[1][0] == 1
+    # Bots: one on the rolled-up day (rolled up again), one now (read raw, and the last hour).
+    downloads.add_downloads(db_conn, [Hit(yesterday, wheel, "cd" * 8, "bot", 10)])
+    stats.rollup_day(db_conn, yesterday.date())
+    downloads.add_downloads(db_conn, [Hit(now - timedelta(minutes=1), wheel, "cd" * 8, "bot", 10)])
+    assert state() == before
+    # The same download by pip does count, in the last hour and in the totals.
+    downloads.add_downloads(db_conn, [Hit(now - timedelta(minutes=1), wheel, "ef" * 8, "pip", 10)])
+    after = state()[1]
+    assert (after[0], after[1], after[3]) == (2, 2, 1)
+    assert after[2] == 2 * before[1][2]
