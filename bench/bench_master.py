@@ -145,12 +145,14 @@ def master_settings(url: str, root: Path, keys: Path, builder: str, file: str) -
     )
 
 
-def run_master(settings: Settings, ready: Any, stop: Any) -> None:
+def run_master(settings: Settings, ready: Any, stop: Any, profile: str = "") -> None:
     import logging
 
     from piwheels.master.main import Master
 
     logging.basicConfig(level=logging.WARNING)
+    if profile:
+        _profile_tasks(Path(profile))
     master = Master(settings)
     master.start()
     ready.set()
@@ -162,6 +164,39 @@ def run_master(settings: Settings, ready: Any, stop: Any) -> None:
 
     threading.Thread(target=relay, daemon=True).start()
     master.run(stop=stopping)
+
+
+def _profile_tasks(folder: Path) -> None:
+    """Run every master task under cProfile; each writes ``<role>.prof`` into *folder*."""
+    import cProfile
+
+    from piwheels.tasks import Task
+
+    plain = Task.run
+
+    def run(self: Task) -> None:
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            plain(self)
+        finally:
+            prof.disable()
+            prof.dump_stats(str(folder / f"{self.role}.prof"))
+
+    Task.run = run  # type: ignore[method-assign]
+
+
+def print_profiles(folder: Path, top: int = 25) -> None:
+    """The busiest functions of each profiled task, by own time."""
+    import pstats
+
+    for path in sorted(folder.glob("*.prof")):
+        stats = pstats.Stats(str(path))
+        total = stats.total_tt  # type: ignore[attr-defined]
+        if total < 0.05:
+            continue
+        print(f"--- profile of {path.stem}: {total:.2f} s")
+        stats.sort_stats("cumulative").print_stats(top)
 
 
 def proc_cpu(pid: int) -> float:
@@ -319,7 +354,7 @@ def spread(items: list[str], parts: int) -> list[list[str]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
 
-def throughput(admin: str, builds: int, builders: int, procs: int) -> None:
+def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool = False) -> None:
     spawn = mp.get_context("spawn")
     root = Path(tempfile.mkdtemp(prefix="piwbench-master-"))
     url = make_url(admin).set(database=f"piwbench_master_{os.getpid()}")
@@ -349,7 +384,11 @@ def throughput(admin: str, builds: int, builders: int, procs: int) -> None:
     file = f"tcp://127.0.0.1:{free_port()}"
     settings = master_settings(url_s, root, keys, builder, file)
     ready, stop = spawn.Event(), spawn.Event()
-    master = spawn.Process(target=run_master, args=(settings, ready, stop))
+    prof_dir = root / "profiles"
+    prof_dir.mkdir()
+    master = spawn.Process(
+        target=run_master, args=(settings, ready, stop, str(prof_dir) if profile else "")
+    )
     master.start()
     if not ready.wait(60):
         raise SystemExit("the master did not start")
@@ -418,6 +457,8 @@ def throughput(admin: str, builds: int, builders: int, procs: int) -> None:
           f"at {ROUND_TRIPS_PER_BUILD} round trips per build "
           "(no curve, no checks, no disk)")  # fmt: skip
     print(f"  ratio master/raw: {rate / raw_builds:.1%}")
+    if profile:
+        print_profiles(prof_dir)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -541,6 +582,9 @@ def main() -> None:
     parser.add_argument("--dsn", help="a superuser URL of a server to use instead of a private one")
     parser.add_argument("--sandbox", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the master's tasks (cProfile) and print"
+    )
     args = parser.parse_args()
     cluster = None
     if args.dsn:
@@ -552,7 +596,7 @@ def main() -> None:
         cluster.start()
         admin = cluster.url()
     try:
-        throughput(admin, max(100, int(5000 * args.scale)), args.builders, args.procs)
+        throughput(admin, max(100, int(5000 * args.scale)), args.builders, args.procs, args.profile)
         if not args.skip_overhead:
             overhead(admin, max(1, round(5 * args.scale)), args.sandbox)
     finally:

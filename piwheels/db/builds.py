@@ -156,6 +156,104 @@ def start_build(
     return int(build_id)
 
 
+_LOCK_VERSIONS = text(
+    """
+    SELECT v.package, v.version FROM versions v
+    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[])) AS w(package, version)
+      ON v.package = w.package AND v.version = w.version
+    ORDER BY v.package, v.version
+    FOR UPDATE OF v
+    """
+)
+
+_BUSY_VERSIONS = text(
+    """
+    SELECT DISTINCT b.package, b.version FROM builds b
+    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[])) AS w(package, version)
+      ON b.package = w.package AND b.version = w.version
+    WHERE b.status IN ('pending', 'building')
+    """
+)
+
+_FAILURES = text(
+    """
+    SELECT b.package, b.version, b.abi, count(*) FROM builds b
+    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[]), CAST(:a AS text[]))
+           AS w(package, version, abi)
+      ON b.package = w.package AND b.version = w.version AND b.abi = w.abi
+    WHERE b.status = 'failed' AND NOT b.cleared
+    GROUP BY b.package, b.version, b.abi
+    """
+)
+
+
+def start_builds(
+    conn: Connection, wanted: Iterable[tuple[str, str, str, int | None]]
+) -> list[int | None]:
+    """Start many builds at once, each (package, version, abi, builder id).
+
+    The same rules as :func:`start_build` in a few statements: a release that
+    does not exist, a target that does not exist, a release already being
+    built (or asked for twice in *wanted*) is refused.  Returns the new build
+    ids in input order, None for each refused one.
+    """
+    items = [(canonical(p), check_version(v), a, b) for p, v, a, b in wanted]
+    if not items:
+        return []
+    pairs = sorted({(p, v) for p, v, _, _ in items})
+    args = {"p": [p for p, _ in pairs], "v": [v for _, v in pairs]}
+    with atomic(conn):
+        # Lock the releases (in a fixed order) so concurrent starts are serialised.
+        exists = {(p, v) for p, v in conn.execute(_LOCK_VERSIONS, args)}
+        busy = {(p, v) for p, v in conn.execute(_BUSY_VERSIONS, args)}
+        envs = dict(
+            conn.execute(
+                select(abis.c.abi, abis.c.env_version).where(
+                    abis.c.abi.in_(sorted({a for _, _, a, _ in items}))
+                )
+            ).all()
+        )
+        triples = sorted({(p, v, a) for p, v, a, _ in items})
+        failures = {
+            (p, v, a): int(n)
+            for p, v, a, n in conn.execute(
+                _FAILURES,
+                {
+                    "p": [t[0] for t in triples],
+                    "v": [t[1] for t in triples],
+                    "a": [t[2] for t in triples],
+                },
+            )
+        }
+        rows = []
+        chosen: list[int] = []
+        for i, (p, v, a, b) in enumerate(items):
+            if (p, v) not in exists or (p, v) in busy or a not in envs:
+                continue
+            busy.add((p, v))  # one build of a release at a time, within the batch too
+            chosen.append(i)
+            rows.append(
+                {
+                    "package": p,
+                    "version": v,
+                    "abi": a,
+                    "builder_id": b,
+                    "status": "building",
+                    "attempt": failures.get((p, v, a), 0) + 1,
+                    "env_version": envs[a],
+                }
+            )
+        out: list[int | None] = [None] * len(items)
+        if rows:
+            ids = conn.execute(
+                builds.insert().returning(builds.c.build_id, sort_by_parameter_order=True), rows
+            ).scalars()
+            for i, build_id in zip(chosen, ids, strict=True):
+                out[i] = int(build_id)
+            queue.update_versions(conn, {(r["package"], r["version"]) for r in rows})
+    return out
+
+
 @dataclass(frozen=True)
 class BuildResult:
     """The outcome of one build, for :func:`finish_builds`."""
