@@ -160,20 +160,22 @@ class SiteWriter:
             _unlink_quietly(tmp)
             raise
 
-    def _symlink(self, link: Path, target: str) -> None:
-        # Atomic too: make the link under a temporary name and rename it over the old one.
-        if link.is_symlink() and os.readlink(link) == target:
-            return
-        if link.exists() and not link.is_symlink():
-            return  # a real directory (another project's): never clobber it
-        tmp = self._temp_name(link)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
+    @staticmethod
+    def _unlink_alias(link: str) -> None:
+        # Only a symbolic link is removed: a real directory is another project's.
+        try:
+            if os.path.islink(link):
+                os.unlink(link)
+        except FileNotFoundError:
+            pass
 
     # --- projects -------------------------------------------------------------------------
 
     def write_project(self, project: ProjectData) -> None:
-        """Write the project's simple pages, project page and JSON API, and alias links."""
+        """Write the project's simple pages, project page and JSON API.
+
+        Other spellings of the name need no files: nginx redirects them to these pages.
+        """
         name = project.name
         # layout checks the name, so these paths cannot leave the output folder.
         simple = f"{self._root}/{layout.simple_dir(name)}"
@@ -185,9 +187,10 @@ class SiteWriter:
         write(f"{proj}/json/index.json", render.render_project_json(project, self.config), True)
         for alias in project.aliases:
             if alias != name:
-                # pip and uv ask for canonical names; these keep old links working.
-                self._symlink(self.root / "simple" / alias, name)
-                self._symlink(self.root / "project" / alias, name)
+                # nginx redirects other spellings (see piwheels.web.nginx); alias links left
+                # by older versions would only shadow nothing, so they go.
+                self._unlink_alias(f"{simple[: -len(name)]}{alias}")
+                self._unlink_alias(f"{proj[: -len(name)]}{alias}")
 
     def write_metadata(self, name: str, filename: str, data: bytes) -> Path:
         """Write a wheel's core metadata (PEP 658) next to it; returns the path."""

@@ -100,7 +100,7 @@ def readable_tempdir(prefix: str) -> Path:
 
 
 def write_demo_site(root: Path, *, with_metadata: bool = True) -> dict[str, ProjectData]:
-    """A small tree: alpha (2.0 needs beta; 3.0 yanked), beta, gamma (quarantined)."""
+    """A small tree: alpha (2.0 needs beta; 3.0 yanked), beta, gamma (quarantined), foo-bar."""
     site = SiteWriter(root, SiteConfig(base_url="http://piwheels.test"), gzip_threshold=1024)
     site.write_static()
     beta1 = publish(site, make_wheel("beta", "1.0"), with_metadata=with_metadata)
@@ -112,6 +112,7 @@ def write_demo_site(root: Path, *, with_metadata: bool = True) -> dict[str, Proj
     )
     alpha3 = publish(site, make_wheel("alpha", "3.0", ("beta>=1.0",)), with_metadata=with_metadata)
     gamma1 = publish(site, make_wheel("gamma", "1.0"), with_metadata=with_metadata)
+    foo_bar1 = publish(site, make_wheel("foo-bar", "1.0"), with_metadata=with_metadata)
     when = datetime(2026, 1, 1, tzinfo=UTC)
     projects = {
         "alpha": ProjectData(
@@ -132,6 +133,13 @@ def write_demo_site(root: Path, *, with_metadata: bool = True) -> dict[str, Proj
             status="quarantined",
             status_reason="malware report",
             versions=(VersionData("1.0", when, files=(gamma1,)),),
+        ),
+        # Upstream spells it Foo_Bar: other spellings are redirected here by nginx.
+        "foo-bar": ProjectData(
+            "foo-bar",
+            "Foo_Bar",
+            aliases=("Foo_Bar",),
+            versions=(VersionData("1.0", when, files=(foo_bar1,)),),
         ),
     }
     for project in projects.values():

@@ -115,11 +115,103 @@ def test_range_404_cors_redirects(demo_nginx: PrivateNginx, demo_site: Any) -> N
     )
     slashless = get(demo_nginx, "/simple/alpha")
     assert slashless.status == 301 and slashless.getheader("Location") == "/simple/alpha/"
-    alias = get(demo_nginx, "/simple/Alpha/", Accept=JSON)  # alias link serves the same page
-    assert alias.status == 200 and json.loads(alias.body)["name"] == "alpha"
+    alias = get(demo_nginx, "/simple/Alpha/", Accept=JSON)  # another spelling: redirected
+    assert alias.status == 301 and alias.getheader("Location") == "/simple/alpha/"
     assert get(demo_nginx, "/p/alpha/").getheader("Location") == "/project/alpha/"
     page = get(demo_nginx, "/project/alpha/")
     assert page.status == 200 and b"Alpha" in page.body
+
+
+@pytest.mark.parametrize(
+    "path, location",
+    [
+        ("/simple/Foo_Bar/", "/simple/foo-bar/"),
+        ("/simple/foo.bar/", "/simple/foo-bar/"),
+        ("/project/FOO-bar/", "/project/foo-bar/"),
+        ("/simple/Foo_Bar", "/simple/foo-bar/"),
+        ("/simple/foo-_.BAR/", "/simple/foo-bar/"),
+        ("/simple/foo--bar/", "/simple/foo-bar/"),
+        ("/project/Foo.Bar/json/", "/project/foo-bar/json/"),
+        ("/simple/ALPHA/", "/simple/alpha/"),
+        ("/simple/Foo_Bar/?format=text/html", "/simple/foo-bar/?format=text/html"),
+        (
+            "/simple/FOO_BAR/foo_bar-1.0-py3-none-any.whl",
+            "/simple/foo-bar/foo_bar-1.0-py3-none-any.whl",
+        ),
+        # Past nginx's nesting limit of 100 variables: the chain's checkpoints carry it.
+        ("/simple/" + "X" * 180 + "/", "/simple/" + "x" * 180 + "/"),
+        ("/simple/" + "Ab._" * 45 + "c/", "/simple/" + "ab-" * 45 + "c/"),
+    ],
+)
+def test_other_spellings_redirect(demo_nginx: PrivateNginx, path: str, location: str) -> None:
+    for method in ("GET", "HEAD"):
+        resp = get(demo_nginx, path, method, Accept=JSON)
+        assert resp.status == 301, (method, path)
+        assert resp.getheader("Location") == location
+        assert resp.getheader("Access-Control-Allow-Origin") == "*"
+
+
+def test_redirect_then_negotiation(demo_nginx: PrivateNginx) -> None:
+    # A client following the redirect with its Accept header gets the negotiated page.
+    for path in ("/simple/Foo_Bar/", "/simple/foo.bar/"):
+        first = get(demo_nginx, path, Accept=PIP_ACCEPT)
+        page = get(demo_nginx, first.getheader("Location"), Accept=PIP_ACCEPT)
+        assert page.status == 200 and page.getheader("Content-Type") == JSON
+        assert json.loads(page.body)["name"] == "foo-bar"
+        html = get(demo_nginx, first.getheader("Location"), Accept="text/html")
+        assert html.getheader("Content-Type").startswith("text/html")
+        assert b"foo_bar-1.0-py3-none-any.whl" in html.body
+    api = get(demo_nginx, get(demo_nginx, "/project/FOO-bar/json/").getheader("Location"))
+    assert api.status == 200 and json.loads(api.body)["display_name"] == "Foo_Bar"
+
+
+def test_redirects_agree_with_pep_503(demo_nginx: PrivateNginx) -> None:
+    import random
+
+    from piwheels.web.model import canonicalize
+
+    rng = random.Random(503)
+    alnum = "abcXYZ019"
+    conn = http.client.HTTPConnection(demo_nginx.host, demo_nginx.port, timeout=10)
+    try:
+        for _ in range(200):
+            name = rng.choice(alnum) + "".join(
+                rng.choice(alnum + "-_.") for _ in range(rng.randrange(0, 30))
+            )
+            name += rng.choice(alnum)
+            conn.request("GET", f"/simple/{name}/")
+            resp = conn.getresponse()
+            resp.read()
+            canon = canonicalize(name)
+            if canon == name:
+                assert resp.status == 404, name  # canonical, and no such project
+            else:
+                assert resp.status == 301, name
+                assert resp.getheader("Location") == f"/simple/{canon}/", name
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/simple/-foo/",  # no canonical form: not a project name
+        "/simple/foo@bar/",
+        "/simple/Foo_Bar/a%0d%0aSet-Cookie:%20x=1",  # never copied into the Location header
+        "/project/b%C3%A9ta/",
+    ],
+)
+def test_unusable_spellings_are_not_found(demo_nginx: PrivateNginx, path: str) -> None:
+    resp = get(demo_nginx, path)
+    assert resp.status == 404 and resp.getheader("Location") is None
+    assert resp.getheader("Set-Cookie") is None
+
+
+def test_root_index_files_are_not_names(demo_nginx: PrivateNginx) -> None:
+    for path in ("/simple/index.html", "/simple/index.json"):
+        resp = get(demo_nginx, path)
+        assert resp.status == 200, path
+    assert b"foo-bar" in get(demo_nginx, "/simple/index.html").body
 
 
 def test_logs_served_gzipped(demo_nginx: PrivateNginx, demo_site: Any) -> None:
@@ -264,6 +356,27 @@ def test_pip_download_and_install(
     )
     assert (tmp_path / "t/alpha/__init__.py").read_text() == "VERSION = '2.0'\n"
     assert (tmp_path / "t/beta/__init__.py").exists()
+    # A page under another spelling: pip follows the redirect and resolves the wheel's
+    # relative link against the canonical page.
+    start_alias = len(demo_nginx.records())
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--target",
+            str(tmp_path / "fb"),
+            "--no-index",
+            "--find-links",
+            f"{demo_nginx.url}/simple/Foo_Bar/",
+            "Foo.Bar",
+        ],
+        env,
+    )
+    assert (tmp_path / "fb/foo_bar/__init__.py").read_text() == "VERSION = '1.0'\n"
+    hits = [(r["uri"], r["status"]) for r in requests_since(demo_nginx, start_alias, "pip/")]
+    assert ("/simple/Foo_Bar/", 301) in hits and ("/simple/foo-bar/", 200) in hits
     main_hits = requests_since(empty_nginx, start_extra, "pip/")
     assert any(r["uri"] == "/simple/alpha/" and r["status"] == 404 for r in main_hits)
     # A quarantined project offers nothing to install.
