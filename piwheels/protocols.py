@@ -708,43 +708,100 @@ admin = _protocol(
     },
 )
 
-#: Columns of a batch of access-log records (see piwheels.logger).
-LOG_COLUMNS: dict[str, Callable[[Any], Any]] = {
-    "time": timestamp,
-    "kind": text(20, empty=False),
-    "target": text(20, empty=False),
-    "package": nullable(text(NAME_LIMIT)),
-    "filename": nullable(text(FILENAME_LIMIT)),
-    "page": nullable(text(NAME_LIMIT)),
-    "status": integer(100, 599),
-    "bytes_sent": integer(),
-    "client": nullable(text(100)),
-    "distro_name": nullable(text(100)),
-    "distro_version": nullable(text(100)),
-    "os_name": nullable(text(100)),
-    "os_version": nullable(text(100)),
-    "arch": nullable(text(100)),
-    "py_impl": nullable(text(100)),
-    "py_version": nullable(text(100)),
-    "installer_name": nullable(text(100)),
-    "installer_version": nullable(text(100)),
-    "setuptools_version": nullable(text(100)),
-    "ci": nullable(boolean),
+#: Hit tables a log batch carries rows for, with the columns of each row (COPY order).
+_HIT_BASE = ("accessed_at", "client", "kind", "bytes_sent")
+_CLIENT_COLUMNS = (
+    "distro_name", "distro_version", "os_name", "os_version", "arch", "py_name",
+    "py_version", "installer_name", "installer_version", "setuptools_version",
+)  # fmt: skip
+LOG_TABLES: dict[str, tuple[str, ...]] = {
+    "downloads": (*_HIT_BASE, "package", "filename", *_CLIENT_COLUMNS),
+    "searches": (*_HIT_BASE, "package", *_CLIENT_COLUMNS),
+    "project_hits": (*_HIT_BASE, "package"),
+    "json_hits": (*_HIT_BASE, "package"),
+    "web_hits": (*_HIT_BASE, "page"),
 }
+#: Client kinds a hit row may carry.
+LOG_CLIENT_KINDS = ("pip", "uv", "direct", "bot", "other")
+#: Sources of the bandwidth-only totals of a batch (requests no hit table keeps).
+LOG_EXTRA_SOURCES = ("metadata", "index_root", "other")
+#: Largest table payload of one batch, in bytes.
+LOG_TABLE_LIMIT = 64 * 1024 * 1024
+
+# One row of PostgreSQL's COPY text format, per table.  A whole payload is
+# checked by one regular expression match (C speed, once per batch) instead
+# of value by value: UTC times, a client that is a salted hash or a network
+# prefix (never a raw address), a known kind, a byte count, then escaped text
+# (no raw tab, newline, CR or NUL; backslash only in escapes), NULL (\N)
+# only where the column allows it.
+_TS = (
+    rb"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    rb"(?:\.\d{1,6})?\+00(?::00)?"
+)
+_CLIENT = rb"(?:[0-9a-f]{16,128}|[0-9A-Fa-f.:]{2,39}/\d{1,3})?"
+_KIND = b"(?:" + b"|".join(k.encode() for k in LOG_CLIENT_KINDS) + b")"
+_CHARS = rb"[^\t\n\r\\\x00]"
+_TEXT = _CHARS + rb"*(?:\\[\\tnr]" + _CHARS + rb"*)*"
+_REQUIRED = rb"(?:" + _CHARS + rb"|\\[\\tnr])" + _TEXT
+_OPTIONAL = rb"(?:\\N|" + _TEXT + rb")"
 
 
-def _log_batch(value: Any) -> dict[str, list[Any]]:
-    """Columns of equal length, one per field of an access record."""
+def _row_pattern(columns: tuple[str, ...]) -> re.Pattern[bytes]:
+    parts = [_TS, _CLIENT, _KIND, rb"\d{1,15}"]
+    for name in columns[4:]:
+        parts.append(_REQUIRED if name in ("package", "filename", "page") else _OPTIONAL)
+    return re.compile(b"(?:" + b"\t".join(parts) + b"\n)*")
+
+
+_ROW_PATTERNS = {table: _row_pattern(cols) for table, cols in LOG_TABLES.items()}
+
+
+def _copy_rows(table: str) -> Callable[[Any], bytes]:
+    pattern = _ROW_PATTERNS[table]
+
+    def check(value: Any) -> bytes:
+        if not isinstance(value, bytes):
+            raise Invalid(f"expected bytes, got {type(value).__name__}")
+        if len(value) > LOG_TABLE_LIMIT:
+            raise Invalid(f"more than {LOG_TABLE_LIMIT} bytes")
+        m = pattern.match(value)
+        assert m is not None  # the pattern matches the empty string
+        if m.end() != len(value):
+            line = value.count(b"\n", 0, m.end()) + 1
+            raise Invalid(f"row {line} is not a valid {table} row")
+        return value
+
+    check.__doc__ = f"{table} rows in COPY text format ({', '.join(LOG_TABLES[table])})"
+    return check
+
+
+_DAY = re.compile(r"\d{4}-\d\d-\d\d\Z")
+
+
+def _extra_row(value: Any) -> list[Any]:
+    """[UTC day (YYYY-MM-DD), source, client kind, requests, bytes sent]."""
+    if not isinstance(value, list) or len(value) != 5:
+        raise Invalid("expected [day, source, kind, requests, bytes]")
+    day, source, kind, hits, nbytes = value
+    if not isinstance(day, str) or not _DAY.match(day):
+        raise Invalid("expected a day as YYYY-MM-DD")
+    if source not in LOG_EXTRA_SOURCES:
+        raise Invalid(f"unknown bandwidth source {str(source)[:20]!r}")
+    if kind not in LOG_CLIENT_KINDS:
+        raise Invalid(f"unknown client kind {str(kind)[:20]!r}")
+    integer(1)(hits)
+    integer()(nbytes)
+    return value
+
+
+def _log_tables(value: Any) -> dict[str, bytes]:
+    """Rows per hit table, each table's rows as one COPY text payload."""
     if not isinstance(value, Mapping):
-        raise Invalid("expected a mapping of columns")
-    if set(value) != set(LOG_COLUMNS):
-        missing = sorted(set(LOG_COLUMNS) - set(value))
-        extra = sorted(set(value) - set(LOG_COLUMNS))
-        raise Invalid(f"wrong columns (missing {missing}, extra {extra})")
-    lengths = {len(v) if isinstance(v, list) else -1 for v in value.values()}
-    if len(lengths) != 1:
-        raise Invalid("columns differ in length")
-    return {name: column(check)(value[name]) for name, check in LOG_COLUMNS.items()}
+        raise Invalid("expected a mapping of hit tables")
+    unknown = sorted(str(k)[:30] for k in set(value) - set(LOG_TABLES))
+    if unknown:
+        raise Invalid(f"unknown hit tables {unknown}")
+    return {table: _copy_rows(table)(rows) for table, rows in value.items()}
 
 
 #: piw-logger (DEALER) sends batches to the master's log ingest (ROUTER).
@@ -754,8 +811,16 @@ logger = _protocol(
     "logger keeps and resends what is not acknowledged.",
     recv={
         "BATCH": (
-            record({"batch_id": integer(1), "records": _log_batch}),
-            "records, as columns",
+            record(
+                {
+                    "batch_id": integer(1),
+                    "records": integer(),
+                    "tables": _log_tables,
+                    "extra": column(_extra_row, 10_000),
+                }
+            ),
+            "records (how many lines it holds), hit rows per table as COPY text, and "
+            "bandwidth-only totals per day, source and client kind",
         ),
     },
     send={

@@ -92,28 +92,16 @@ MASTER_STATS = {
     "upstream_lag": 0,
     "ingest_rate": 1.5,
 }
-LOG_BATCH = {name: [] for name in protocols.LOG_COLUMNS}
+LOG_ROW = b"2021-10-01T12:00:00+00\t0123456789abcdef\tpip\t1000\tfoo\n"
 LOG_BATCH_ONE = {
-    "time": [NOW],
-    "kind": ["download"],
-    "target": ["download"],
-    "package": ["foo"],
-    "filename": ["foo-1.0-py3-none-any.whl"],
-    "page": [None],
-    "status": [200],
-    "bytes_sent": [1000],
-    "client": ["abc"],
-    "distro_name": ["Debian GNU/Linux"],
-    "distro_version": ["12"],
-    "os_name": ["Linux"],
-    "os_version": ["6.1"],
-    "arch": ["armv7l"],
-    "py_impl": ["CPython"],
-    "py_version": ["3.11.2"],
-    "installer_name": ["pip"],
-    "installer_version": ["23.0.1"],
-    "setuptools_version": ["66.1.1"],
-    "ci": [None],
+    "records": 3,
+    "tables": {
+        "downloads": b"2021-10-01T12:00:00.5+00\t10.1.2.0/24\tuv\t1000\tfoo\t"
+        b"foo-1.0-py3-none-any.whl\tDebian GNU/Linux\t12\tLinux\t\\N\tarmv7l\tCPython\t"
+        b"3.11.2\tuv\t0.4.1\t\\N\n",
+        "json_hits": LOG_ROW,
+    },
+    "extra": [["2021-10-01", "metadata", "pip", 1, 500]],
 }
 
 WHEEL_FACTS = {
@@ -236,7 +224,7 @@ VALID: dict[tuple[str, str], Any] = {
     ("admin", "SEND"): {"filename": FILE["filename"], "transfer": "t2"},
     ("admin", "OK"): {"code": "NEWPKG", "message": "added foo"},
     ("admin", "ERROR"): {"code": "NOPKG", "message": "no package foo"},
-    ("logger", "BATCH"): {"batch_id": 1, "records": LOG_BATCH_ONE},
+    ("logger", "BATCH"): {"batch_id": 1, **LOG_BATCH_ONE},
     ("logger", "ACK"): {"batch_id": 1, "stored": 1},
     ("logger", "NACK"): {"batch_id": 1, "reason": "database down", "retry_after": 5.0},
     ("pages", "PROJECT"): {"package": "foo"},
@@ -423,23 +411,51 @@ def test_duration_tag_must_be_well_formed() -> None:
         decode(raw)
 
 
-def test_log_batch_columns_must_match() -> None:
-    batch = dict(LOG_BATCH_ONE)
-    batch["kind"] = ["download", "download"]
-    with pytest.raises(ProtocolError, match="differ in length"):
-        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
-    del batch["kind"]
-    with pytest.raises(ProtocolError, match="wrong columns"):
-        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
-    batch = {**LOG_BATCH_ONE, "status": ["200"]}
-    with pytest.raises(ProtocolError, match="expected an integer"):
-        _check(protocols.logger, "BATCH", {"batch_id": 1, "records": batch}, sending=False)
-    assert (
-        _check(protocols.logger, "BATCH", {"batch_id": 2, "records": LOG_BATCH}, sending=False)[
-            "batch_id"
-        ]
-        == 2
-    )
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ({"nope": LOG_ROW}, "unknown hit tables"),
+        ({"json_hits": "text, not bytes"}, "expected bytes"),
+        ({"json_hits": LOG_ROW.replace(b"0123456789abcdef", b"192.0.2.1")}, "row 1 is not"),
+        ({"json_hits": LOG_ROW + LOG_ROW.replace(b"pip", b"robot")}, "row 2 is not"),
+        ({"json_hits": LOG_ROW.replace(b"12:00", b"25:00")}, "not a valid json_hits row"),
+        ({"json_hits": LOG_ROW.replace(b"+00", b"")}, "not a valid"),  # no time zone
+        ({"json_hits": LOG_ROW.replace(b"\tfoo", b"\t\\N")}, "not a valid"),  # NULL package
+        ({"json_hits": LOG_ROW.replace(b"foo", b"f\\x")}, "not a valid"),  # bad escape
+        ({"json_hits": LOG_ROW.replace(b"foo", b"f\roo")}, "not a valid"),  # raw CR
+        ({"json_hits": LOG_ROW.replace(b"1000", b"-1")}, "not a valid"),
+        ({"json_hits": LOG_ROW[:-1]}, "not a valid"),  # unterminated row
+        ({"web_hits": LOG_ROW.replace(b"\tfoo", b"\tfoo\textra")}, "not a valid"),
+    ],
+)
+def test_log_batch_rows_are_checked(tables: dict[str, Any], message: str) -> None:
+    payload = {"batch_id": 1, "records": 1, "tables": tables, "extra": []}
+    with pytest.raises(ProtocolError, match=message):
+        _check(protocols.logger, "BATCH", payload, sending=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["2021-10-01", "metadata", "pip", 1], "expected \\[day"),
+        (["01/10/2021", "metadata", "pip", 1, 5], "YYYY-MM-DD"),
+        (["2021-10-01", "downloads", "pip", 1, 5], "unknown bandwidth source"),
+        (["2021-10-01", "other", "crawler", 1, 5], "unknown client kind"),
+        (["2021-10-01", "other", "bot", 0, 5], "integer below 1"),
+    ],
+)
+def test_log_batch_extra_is_checked(extra: list[Any], message: str) -> None:
+    payload = {"batch_id": 1, "records": 1, "tables": {}, "extra": [extra]}
+    with pytest.raises(ProtocolError, match=message):
+        _check(protocols.logger, "BATCH", payload, sending=False)
+
+
+def test_log_batch_rows_escapes_and_nulls() -> None:
+    row = LOG_ROW.replace(b"foo", b"f\\\\o\\to\\no")  # escaped backslash, tab, newline
+    payload = {"batch_id": 2, "records": 1, "tables": {"json_hits": row * 2}, "extra": []}
+    assert _check(protocols.logger, "BATCH", payload, sending=False)["tables"] == {
+        "json_hits": row * 2
+    }
 
 
 def test_describe_lists_every_message() -> None:

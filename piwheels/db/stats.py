@@ -1,15 +1,17 @@
-"""Access-log batches into the hit tables, the statistics rollups, and time saved.
+"""Access-log batches into the hit tables and the statistics rollups; time saved.
 
-:func:`store_batch` stores one batch from piw-logger (columns named as in
-``protocols.LOG_COLUMNS``) in one transaction: a COPY per hit table, plus the
-bandwidth of requests no hit table holds (``.metadata`` fetches, the root
-index, everything else) added to :data:`EXTRA_SOURCES` rows of
+:func:`store_batch` stores one packed batch from piw-logger (rows per hit
+table in COPY text, see ``protocols.logger``) in one transaction: the rows
+are COPYed as they came, and one statement moves them into the hit tables
+and adds them to every rollup, so the figures are current at each commit.
+The bandwidth of requests no hit table holds (``.metadata`` fetches, the
+root index, everything else) is added to :data:`EXTRA_SOURCES` rows of
 ``daily_web_stats`` (``page = ''``).  Those rows only ever grow at ingest,
-so :func:`rollup_day` recomputes every other rollup from the raw hits and
-leaves them alone.
+so :func:`rollup_day` (which recomputes one day from the raw hits, to repair
+or re-check it) leaves them alone.
 
 Bots are stored in the hit table of what they fetched with client kind
-``bot``; :func:`rollup_day` leaves them out of ``daily_package_stats`` (so
+``bot``; the rollups leave them out of ``daily_package_stats`` (so
 downloads, searches, page hits and time saved never count them) while
 ``hourly_totals``, ``daily_client_stats`` and ``daily_web_stats`` keep them
 apart by kind.
@@ -26,59 +28,28 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from typing import Any
 
+import psycopg2
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
+from ..protocols import LOG_EXTRA_SOURCES, LOG_TABLES
 from ._common import atomic
 
 __all__ = [
     "EXTRA_SOURCES",
-    "KIND_OF_AGENT",
     "StoreResult",
+    "batch_days",
     "rollup_day",
     "store_batch",
 ]
 
 #: daily_web_stats sources holding the bandwidth of requests no hit table keeps.
-EXTRA_SOURCES = ("metadata", "index_root", "other")
-#: Record kinds stored in a hit table (bots go by what they fetched: ``target``).
-_TABLE_OF_KIND = {
-    "download": "downloads",
-    "index": "searches",
-    "project": "project_hits",
-    "json": "json_hits",
-    "page": "web_hits",
-}
-#: Client kind (hit tables' ``kind``) of each installer name the logger reports.
-KIND_OF_AGENT = {"pip": "pip", "uv": "uv"}
-_CLIENT_FIELDS = (
-    "distro_name",
-    "distro_version",
-    "os_name",
-    "os_version",
-    "arch",
-    "py_impl",
-    "py_version",
-    "installer_name",
-    "installer_version",
-    "setuptools_version",
-)
-_DB_CLIENT_FIELDS = tuple("py_name" if f == "py_impl" else f for f in _CLIENT_FIELDS)
-_BASE = ("accessed_at", "client", "kind", "bytes_sent")
-_COLUMNS = {
-    "downloads": (*_BASE, "package", "filename", *_DB_CLIENT_FIELDS),
-    "searches": (*_BASE, "package", *_DB_CLIENT_FIELDS),
-    "project_hits": (*_BASE, "package"),
-    "json_hits": (*_BASE, "package"),
-    "web_hits": (*_BASE, "page"),
-}
-# Stored clients are salted hashes or network prefixes; anything else is not stored.
-_CLIENT_RE = re.compile(r"(?:[0-9a-f]{16,128}|[0-9A-Fa-f.:]+/\d{1,3})?")
-_ZERO = timedelta(0)
-_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+EXTRA_SOURCES = LOG_EXTRA_SOURCES
+_DB_CLIENT_FIELDS = LOG_TABLES["downloads"][6:]
 
 
 @dataclass
@@ -88,131 +59,180 @@ class StoreResult:
     stored: int = 0
     by_table: Counter[str] = field(default_factory=Counter)
     extra: int = 0
-    skipped: int = 0
-    days: set[date] = field(default_factory=set)
-    problems: list[str] = field(default_factory=list)
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_ESCAPE)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+def _stage(table: str) -> str:
+    return f"stage_{table}"
 
 
-def _client_kind(kind: str, installer: str | None) -> str:
-    if kind == "bot":
-        return "bot"
-    if installer is None:
-        return "direct"
-    return KIND_OF_AGENT.get(installer, "other")
+# Per-connection staging tables: a batch is COPYed into them, then one
+# statement moves the rows to the hit tables and adds them to the rollups.
+# ON COMMIT DELETE ROWS empties them at commit; the statement also deletes
+# what it read, for callers that store several batches in one transaction.
+_STAGE_DDL = ";".join(
+    f"CREATE TEMP TABLE IF NOT EXISTS {_stage(t)} (LIKE {t} INCLUDING DEFAULTS) "
+    "ON COMMIT DELETE ROWS"
+    for t in LOG_TABLES
+)
+_DAY = "(accessed_at AT TIME ZONE 'UTC')::date"
+_ADD = "{c} = {t}.{c} + excluded.{c}"
 
 
-def store_batch(conn: Connection, columns: Mapping[str, Sequence[Any]]) -> StoreResult:
-    """Store one batch of records (columns) in one transaction; see the module docs.
+def _add_all(table: str, cols: Sequence[str]) -> str:
+    return ", ".join(_ADD.format(c=c, t=table) for c in cols)
 
-    A row that cannot be stored (unknown kind, a hit without its package) is
-    skipped and counted, never stored half; a client value that is neither a
-    hash nor a prefix is stored empty, so no raw address is ever kept.
+
+def _store_statement() -> str:
+    """The one statement that stores a staged batch and adds it to every rollup."""
+    ins = [
+        f"ins_{t} AS (INSERT INTO {t} ({', '.join(cols)}) "
+        f"SELECT {', '.join(cols)} FROM {_stage(t)})"
+        for t, cols in LOG_TABLES.items()
+    ]
+    dels = [f"del_{t} AS (DELETE FROM {_stage(t)})" for t in LOG_TABLES]
+    sd, ss, sp, sj, sw = (_stage(t) for t in LOG_TABLES)
+    pkg_cols = ("downloads", "bytes_sent", "seconds_saved", "searches", "project_hits", "json_hits")
+    pkg = f"""
+    pkg AS (
+        INSERT INTO daily_package_stats (day, package, {", ".join(pkg_cols)})
+        SELECT day, package, sum(dl), sum(bytes), sum(saved), sum(se), sum(ph), sum(jh)
+        FROM (
+            SELECT (d.accessed_at AT TIME ZONE 'UTC')::date AS day, d.package,
+                   count(*) AS dl, sum(d.bytes_sent) AS bytes,
+                   coalesce(sum(extract(epoch FROM b.duration)), 0) AS saved,
+                   0 AS se, 0 AS ph, 0 AS jh
+            FROM {sd} d
+            LEFT JOIN files f ON f.filename = d.filename
+            LEFT JOIN builds b ON b.build_id = f.build_id
+            WHERE d.{_NOBOT} GROUP BY 1, 2
+            UNION ALL
+            SELECT {_DAY}, package, 0, 0, 0, count(*), 0, 0 FROM {ss}
+            WHERE {_NOBOT} GROUP BY 1, 2
+            UNION ALL
+            SELECT {_DAY}, package, 0, 0, 0, 0, count(*), 0 FROM {sp}
+            WHERE {_NOBOT} GROUP BY 1, 2
+            UNION ALL
+            SELECT {_DAY}, package, 0, 0, 0, 0, 0, count(*) FROM {sj}
+            WHERE {_NOBOT} GROUP BY 1, 2
+        ) s
+        GROUP BY day, package
+        ON CONFLICT (day, package) DO UPDATE SET {_add_all("daily_package_stats", pkg_cols)}
+    )"""
+    client = f"""
+    client AS (
+        INSERT INTO daily_client_stats (day, source, kind, {_DIM_COLS}, hits, bytes_sent)
+        SELECT {_DAY}, 'download', kind, {_DIMS}, count(*), sum(bytes_sent)
+        FROM {sd} GROUP BY 1, kind, {_DIMS}
+        UNION ALL
+        SELECT {_DAY}, 'search', kind, {_DIMS}, count(*), sum(bytes_sent)
+        FROM {ss} GROUP BY 1, kind, {_DIMS}
+        ON CONFLICT ON CONSTRAINT pk_daily_client_stats
+        DO UPDATE SET {_add_all("daily_client_stats", ("hits", "bytes_sent"))}
+    )"""
+    web = f"""
+    web AS (
+        INSERT INTO daily_web_stats (day, source, page, kind, hits, bytes_sent)
+        SELECT {_DAY}, 'project', package, kind, count(*), sum(bytes_sent)
+        FROM {sp} GROUP BY 1, package, kind
+        UNION ALL
+        SELECT {_DAY}, 'json', package, kind, count(*), sum(bytes_sent)
+        FROM {sj} GROUP BY 1, package, kind
+        UNION ALL
+        SELECT {_DAY}, 'web', page, kind, count(*), sum(bytes_sent)
+        FROM {sw} GROUP BY 1, page, kind
+        UNION ALL
+        SELECT day, source, '', kind, hits, bytes_sent
+        FROM unnest(CAST(:x_day AS date[]), CAST(:x_source AS text[]), CAST(:x_kind AS text[]),
+                    CAST(:x_hits AS bigint[]), CAST(:x_bytes AS bigint[]))
+             AS x(day, source, kind, hits, bytes_sent)
+        ON CONFLICT (day, source, page, kind)
+        DO UPDATE SET {_add_all("daily_web_stats", ("hits", "bytes_sent"))}
+    )"""
+    hour_parts = " UNION ALL ".join(
+        f"SELECT accessed_at, '{src}' AS source, kind, bytes_sent FROM {_stage(t)}"
+        for src, t in zip(("download", "search", "project", "json", "web"), LOG_TABLES, strict=True)
+    )
+    hour = f"""
+    hour AS (
+        INSERT INTO hourly_totals (hour, source, kind, hits, bytes_sent)
+        SELECT date_trunc('hour', accessed_at), source, kind, count(*), sum(bytes_sent)
+        FROM ({hour_parts}) h GROUP BY 1, source, kind
+        ON CONFLICT (hour, source, kind)
+        DO UPDATE SET {_add_all("hourly_totals", ("hits", "bytes_sent"))}
+    )"""
+    ctes = ",\n".join([*ins, pkg, client, web, hour, *dels])
+    return f"WITH {ctes}\nSELECT 1"
+
+
+#: Read size for COPY: large, so psycopg2 makes few calls back into Python.
+_COPY_CHUNK = 1 << 20
+
+
+def store_batch(
+    conn: Connection,
+    tables: Mapping[str, bytes],
+    extra: Sequence[Sequence[Any]] = (),
+) -> StoreResult:
+    """Store one packed batch and add it to the rollups, in one transaction.
+
+    *tables* maps hit tables to their rows in COPY text format (checked by
+    ``protocols.logger``), *extra* holds ``[day, source, kind, requests,
+    bytes]`` bandwidth totals.  The rows are COPYed into staging tables as
+    they are, then one statement inserts them into the hit tables and adds
+    them to ``daily_package_stats`` (bots left out), ``daily_client_stats``,
+    ``daily_web_stats`` and ``hourly_totals``, so the rollups are current as
+    soon as the batch is committed.  A row PostgreSQL refuses (a date such as
+    February 30) fails the whole batch with :class:`sqlalchemy.exc.DataError`
+    or :class:`~sqlalchemy.exc.IntegrityError` and stores nothing.
     """
     res = StoreResult()
-    lines: dict[str, list[str]] = {t: [] for t in _COLUMNS}
-    extra: Counter[tuple[date, str, str]] = Counter()
-    extra_bytes: Counter[tuple[date, str, str]] = Counter()
-    names = ("time", "kind", "target", "package", "filename", "page", "bytes_sent", "client")
-    cols = [columns[n] for n in names]
-    client_cols = [columns[f] for f in _CLIENT_FIELDS]
-    n = len(cols[0])
-    days = res.days
-    bad_clients = 0
-    for i in range(n):
-        when, kind, target, package, filename, page, nbytes, client = (c[i] for c in cols)
-        installer = client_cols[7][i]
-        ckind = _client_kind(kind, installer)
-        where = target if kind == "bot" else kind
-        table = _TABLE_OF_KIND.get(where)
-        day = when.date() if when.utcoffset() == _ZERO else None
-        if client is None:
-            client = ""
-        elif not _CLIENT_RE.fullmatch(client):
-            client = ""
-            bad_clients += 1
-        if table is None:
-            if where not in EXTRA_SOURCES:
-                res.skipped += 1
-                continue
-            key = (_utc_day(when, day), where, ckind)
-            extra[key] += 1
-            extra_bytes[key] += nbytes
-            res.extra += 1
-            days.add(key[0])
-            continue
-        head = [when.isoformat(), client, ckind, str(nbytes)]
-        if table == "downloads":
-            if not package or not filename:
-                res.skipped += 1
-                continue
-            row = [*head, package, filename, *(c[i] for c in client_cols)]
-        elif table == "searches":
-            if not package:
-                res.skipped += 1
-                continue
-            row = [*head, package, *(c[i] for c in client_cols)]
-        elif table == "web_hits":
-            if not page:
-                res.skipped += 1
-                continue
-            row = [*head, page]
-        else:
-            if not package:
-                res.skipped += 1
-                continue
-            row = [*head, package]
-        lines[table].append("\t".join(map(_cell, row)) + "\n")
-        res.by_table[table] += 1
-        days.add(_utc_day(when, day))
-    if bad_clients:
-        res.problems.append(f"{bad_clients} client values were not hashes or prefixes")
-    if res.skipped:
-        res.problems.append(f"{res.skipped} records had no table or lacked their package")
+    for table, rows in tables.items():
+        if rows:
+            res.by_table[table] = rows.count(b"\n")
+    x = list(zip(*extra, strict=True)) if extra else [(), (), (), (), ()]
+    res.extra = sum(x[3])
     with atomic(conn):
+        conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cur = raw.cursor()
+        sql = _STAGE_DDL
         try:
-            for table, rows in lines.items():
+            cur.execute(sql)
+            for table, rows in tables.items():
                 if rows:
-                    cur.copy_expert(
-                        f"COPY {table} ({', '.join(_COLUMNS[table])}) FROM STDIN",
-                        io.StringIO("".join(rows)),
-                    )
+                    sql = f"COPY {_stage(table)} ({', '.join(LOG_TABLES[table])}) FROM STDIN"
+                    cur.copy_expert(sql, io.BytesIO(rows), _COPY_CHUNK)
+        except psycopg2.Error as exc:
+            # As SQLAlchemy would wrap it: DataError, IntegrityError, OperationalError...
+            raise DBAPIError.instance(sql, None, exc, psycopg2.Error) from exc
         finally:
             cur.close()
-        if extra:
-            conn.execute(
-                text(
-                    """
-                    INSERT INTO daily_web_stats (day, source, page, kind, hits, bytes_sent)
-                    VALUES (:day, :source, '', :kind, :hits, :bytes)
-                    ON CONFLICT (day, source, page, kind) DO UPDATE
-                    SET hits = daily_web_stats.hits + excluded.hits,
-                        bytes_sent = daily_web_stats.bytes_sent + excluded.bytes_sent
-                    """
-                ),
-                [
-                    {"day": d, "source": s, "kind": k, "hits": h, "bytes": extra_bytes[(d, s, k)]}
-                    for (d, s, k), h in extra.items()
-                ],
-            )
+        conn.execute(
+            _STORE,
+            {
+                "x_day": [date.fromisoformat(d) for d in x[0]],
+                "x_source": list(x[1]),
+                "x_kind": list(x[2]),
+                "x_hits": list(x[3]),
+                "x_bytes": list(x[4]),
+            },
+        )
     res.stored = sum(res.by_table.values()) + res.extra
     return res
 
 
-def _utc_day(when: datetime, day: date | None) -> date:
-    return day if day is not None else when.astimezone(UTC).date()
+def batch_days(tables: Mapping[str, bytes], extra: Sequence[Sequence[Any]] = ()) -> set[date]:
+    """The UTC days a packed batch touches (each row starts with its UTC time)."""
+    found: set[bytes] = set()
+    for rows in tables.values():
+        found.update(_ROW_DAY.findall(rows))
+    return {date.fromisoformat(d.decode()) for d in found} | {
+        date.fromisoformat(e[0]) for e in extra
+    }
+
+
+_ROW_DAY = re.compile(rb"^(\d{4}-\d\d-\d\d)", re.M)
 
 
 _DIMS = ", ".join(f"coalesce({f}, '')" for f in _DB_CLIENT_FIELDS)
@@ -291,6 +311,7 @@ def _rollup_statements() -> list[str]:
 
 
 _ROLLUP = _rollup_statements()
+_STORE = text(_store_statement())
 
 
 def rollup_day(conn: Connection, day: date) -> None:

@@ -4,8 +4,10 @@ Sources: standard input (a pipe from the web server, e.g. Apache's
 ``CustomLog "|piw-logger --drop" combined``), files given as arguments
 (plain or gzipped, read in order), or ``--follow FILE`` (across rotation).
 
-Records go to the master's log endpoint in batches (columns, see
-``protocols.logger``) over a DEALER socket.  Every batch is kept until the
+Lines are parsed and classified by a pool of ``--workers`` processes, each
+turning a chunk of lines into one packed batch (rows per hit table in COPY
+text, see :mod:`piwheels.logger.batch`); batches go to the master's log
+endpoint over a DEALER socket in the order they are ready.  Every batch is kept until the
 master acknowledges it: a NACK schedules a resend after its ``retry_after``,
 and a batch with no answer within ``--ack-timeout`` is sent again (the
 master recognises a resend by logger identity and batch id, so nothing is
@@ -41,16 +43,15 @@ from ..errors import ProtocolError, TransportError, TransportTimeout, UsageError
 from ..settings import Settings
 from ..transport import DEALER, Context, Socket
 from .anonymise import Anonymiser, load_secret
+from .batch import BatchEncoder
 from .classify import AccessRecord
 from .parse import MAX_LINE
-from .reader import LogReader
+from .pool import ParserPool
+from .reader import LogReader, follow_lines, iter_lines, open_log
 
 __all__ = ["COMMAND", "BatchSender", "main", "stdin_lines"]
 
 log = logging.getLogger("piwheels.logger")
-
-COLUMNS = tuple(protocols.LOG_COLUMNS)
-_INDEX = [AccessRecord._fields.index(c) for c in COLUMNS]
 
 
 @dataclass
@@ -92,7 +93,7 @@ class BatchSender:
         self.max_pending = max_pending
         self.ack_timeout = ack_timeout
         self.drop = drop
-        self.buffer: list[AccessRecord] = []
+        self.encoder = BatchEncoder()
         self.pending: dict[int, _Pending] = {}
         self.next_id = 1
         self.last_flush = time.monotonic()
@@ -107,9 +108,9 @@ class BatchSender:
 
     def add(self, record: AccessRecord) -> None:
         """Queue one record; sends a batch when one is full."""
-        buf = self.buffer
-        buf.append(record)
-        n = len(buf)
+        enc = self.encoder
+        enc.add(record)
+        n = enc.records
         # The clock is read every 256 records only: this runs for every line.
         if n >= self.batch_size or (
             n & 255 == 0 and time.monotonic() - self.last_flush >= self.flush_interval
@@ -118,26 +119,27 @@ class BatchSender:
 
     def idle(self) -> None:
         """Called while the input is quiet: send a partial batch when it is old, handle replies."""
-        if self.buffer and time.monotonic() - self.last_flush >= self.flush_interval:
+        if self.encoder.records and time.monotonic() - self.last_flush >= self.flush_interval:
             self.flush()
         self.poll(0)
 
     def flush(self) -> None:
         """Send what is buffered as one batch (waiting, or dropping, if too much is unacked)."""
         self.last_flush = time.monotonic()
-        if not self.buffer:
+        if not self.encoder.records:
             self.poll(0)
             return
-        records, self.buffer = self.buffer, []
+        self.send_payload(self.encoder.take())
+
+    def send_payload(self, payload: dict[str, Any]) -> None:
+        """Send one packed batch (``batch.BatchEncoder.take``); keep it until acknowledged."""
         self.poll(0)
         while len(self.pending) >= self.max_pending:
             if self.drop:
-                self.dropped += len(records)
+                self.dropped += payload["records"]
                 return
             self.poll(0.1)
-        columns = list(zip(*records, strict=True))
-        payload = {name: list(columns[i]) for name, i in zip(COLUMNS, _INDEX, strict=True)}
-        batch = _Pending(self.next_id, payload, len(records), 0.0)
+        batch = _Pending(self.next_id, payload, payload["records"], 0.0)
         self.next_id += 1
         self.pending[batch.batch_id] = batch
         self._send(batch)
@@ -146,9 +148,7 @@ class BatchSender:
     def _send(self, batch: _Pending) -> None:
         now = time.monotonic()
         try:
-            self.sock.send_msg(
-                "BATCH", {"batch_id": batch.batch_id, "records": batch.payload}, timeout=0
-            )
+            self.sock.send_msg("BATCH", {"batch_id": batch.batch_id, **batch.payload}, timeout=0)
         except (TransportTimeout, TransportError) as exc:
             # Not connected (yet): try again shortly; the batch stays pending.
             log.debug("batch %d not sent: %s", batch.batch_id, exc)
@@ -196,7 +196,7 @@ class BatchSender:
     @property
     def unacked(self) -> int:
         """Records sent or buffered and not yet acknowledged."""
-        return sum(b.records for b in self.pending.values()) + len(self.buffer)
+        return sum(b.records for b in self.pending.values()) + self.encoder.records
 
     def drain(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
         """Send what is buffered and wait for every ACK; False if *timeout* passed first."""
@@ -294,6 +294,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         anonymiser = Anonymiser("prefix")
     reader = LogReader(anonymiser)
+    # The worker processes are started before the ZeroMQ context exists.
+    pool = ParserPool(args.workers, anonymiser, reader.stats) if args.workers > 1 else None
     endpoint = settings.master.log_endpoint
     from ..monitor.client import client_keys
 
@@ -320,24 +322,34 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     progress = _Progress(reader, sender)
     try:
-        source: Iterator[AccessRecord | None]
-        if args.files:
-            source = reader.read_files(args.files)
-        elif args.follow:
-            source = reader.follow(args.follow, stop, from_end=args.from_end)
-        else:
-            source = _records(reader, stdin_lines(0, stop))
-        add = sender.add
-        for i, record in enumerate(source):
-            if record is None:
-                sender.idle()
-                progress.maybe()
+        if pool is not None:
+            lines: Iterator[bytes | None]
+            if args.files:
+                lines = _file_lines(args.files)
+            elif args.follow:
+                lines = follow_lines(args.follow, stop, from_end=args.from_end)
             else:
-                add(record)
-                if i & 4095 == 0:
+                lines = stdin_lines(0, stop)
+            _pump(pool, sender, lines, stop, progress)
+        else:
+            source: Iterator[AccessRecord | None]
+            if args.files:
+                source = reader.read_files(args.files)
+            elif args.follow:
+                source = reader.follow(args.follow, stop, from_end=args.from_end)
+            else:
+                source = _records(reader, stdin_lines(0, stop))
+            add = sender.add
+            for i, record in enumerate(source):
+                if record is None:
+                    sender.idle()
                     progress.maybe()
-            if stop.is_set():
-                break
+                else:
+                    add(record)
+                    if i & 4095 == 0:
+                        progress.maybe()
+                if stop.is_set():
+                    break
         timeout = args.drain_timeout or None
         if stop.is_set():
             timeout = min(timeout or 10.0, 10.0)
@@ -357,10 +369,68 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         return 0
     finally:
+        if pool is not None:
+            pool.close()
         sender.close()
         context.close()
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _file_lines(paths: list[str]) -> Iterator[bytes]:
+    for path in paths:
+        with open_log(path) as f:
+            yield from iter_lines(f)
+
+
+def _pump(
+    pool: ParserPool,
+    sender: BatchSender,
+    lines: Iterator[bytes | None],
+    stop: threading.Event,
+    progress: _Progress,
+) -> None:
+    """Feed chunks of one batch of lines to the pool; send each batch when it is ready."""
+    size, interval = sender.batch_size, sender.flush_interval
+    chunk: list[bytes] = []
+    started = time.monotonic()
+
+    def send_ready() -> None:
+        for payload in pool.ready():
+            sender.send_payload(payload)
+
+    for line in lines:
+        if line is not None:
+            if not chunk:
+                started = time.monotonic()
+            chunk.append(line)
+            if len(chunk) < size:
+                continue
+        elif not chunk or time.monotonic() - started < interval:
+            # The input is quiet: send what is ready, handle replies.
+            send_ready()
+            sender.poll(0)
+            progress.maybe()
+            if stop.is_set():
+                break
+            continue
+        while pool.full():
+            send_ready()
+            pool.wait(0.05)
+            sender.poll(0)
+        pool.submit(chunk)
+        chunk = []
+        send_ready()
+        progress.maybe()
+        if stop.is_set():
+            break
+    if chunk:
+        pool.submit(chunk)
+    while pool.in_flight:
+        pool.wait(0.1)
+        send_ready()
+        sender.poll(0)
+    send_ready()
 
 
 def _records(reader: LogReader, lines: Iterator[bytes | None]) -> Iterator[AccessRecord | None]:
@@ -385,6 +455,13 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="secret for hashing client addresses (created if missing; "
         "default $XDG_STATE_HOME/piwheels/logger-secret)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="parser processes (default: the CPUs, at most 4; 1 parses in this process)",
     )
     parser.add_argument(
         "--max-pending",

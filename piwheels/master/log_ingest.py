@@ -1,15 +1,21 @@
 """The log ingest: batches of access-log records from piw-logger into PostgreSQL.
 
-Each BATCH is stored in one transaction (a COPY per hit table, see
+Each BATCH carries its rows as COPY text per hit table, checked once per
+batch by the protocol; it is stored in one transaction (COPY, then one
+statement into the hit tables and the rollups, see
 :func:`piwheels.db.stats.store_batch`) and acknowledged only after the
 commit.  A batch seen before (same logger identity and batch id: a resend
 whose ACK was lost) is acknowledged again without being stored twice.  When
 PostgreSQL cannot be reached the answer is NACK with a ``retry_after``: the
-logger keeps the batch and sends it again, so nothing is lost.
+logger keeps the batch and sends it again, so nothing is lost.  A batch
+PostgreSQL refuses (a row the protocol's pattern lets through but the
+database does not, such as February 30) is acknowledged with ``stored`` 0
+and logged as an error: sending it again would never succeed.
 
-The days a batch touched are rolled up every ``rollup_interval`` seconds;
-after midnight (UTC) the previous day is rolled up once more and checked
-for a download spike (a warning names the packages behind it).
+The rollups are current at every commit.  After midnight (UTC) the previous
+day is rolled up once more from the raw hits and checked for a download
+spike (a warning names the packages behind it); ``rollup_dirty`` does the
+same for days given to it (``dirty``), every ``rollup_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from .. import protocols
-from ..db.stats import rollup_day, store_batch
+from ..db.stats import batch_days, rollup_day, store_batch
 from ..tasks import Endpoint, Task
 from ..transport import ROUTER, Context
 from .env import MasterEnv
@@ -62,12 +68,14 @@ class LogIngest(Task):
         self.address = self.logger.bind(address)
         self.register(self.logger)
         self._seen: OrderedDict[tuple[bytes, int], int] = OrderedDict()
-        self.dirty: set[date] = set()
+        self.dirty: set[date] = set()  # days to roll up again from the raw hits
+        self.touched: set[date] = set()  # days batches brought rows for (current already)
         self.today = self.clock().date()
         self.stored = 0  # records stored since start
         self.batches = 0
         self.duplicates = 0
         self.refused = 0
+        self.rejected = 0  # batches PostgreSQL refused
         self._retry = RETRY_AFTER
         self._db_down = False
         self._rate = 0.0
@@ -107,7 +115,18 @@ class LogIngest(Task):
             return
         try:
             with self.env.engine.begin() as conn:
-                res = store_batch(conn, data["records"])
+                res = store_batch(conn, data["tables"], data["extra"])
+        except (DataError, IntegrityError) as exc:
+            self.rejected += 1
+            self.log.error(
+                "batch %d from %r refused by the database, not stored: %s",
+                batch_id,
+                peer[0],
+                str(exc.orig).splitlines()[0] if exc.orig else exc,
+            )
+            self._seen[key] = 0
+            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": 0})
+            return
         except (OperationalError, DBAPIError) as exc:
             self.refused += 1
             if not self._db_down:
@@ -125,12 +144,10 @@ class LogIngest(Task):
             self.log.warning("storing log batches again")
             self._db_down = False
             self._retry = RETRY_AFTER
-        for problem in res.problems:
-            self.log.warning("batch %d from %r: %s", batch_id, peer[0], problem)
         self._seen[key] = res.stored
         if len(self._seen) > DEDUP_LIMIT:
             self._seen.popitem(last=False)
-        self.dirty |= res.days
+        self.touched |= batch_days(data["tables"], data["extra"])
         self.stored += res.stored
         self.batches += 1
         self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
@@ -178,7 +195,7 @@ class LogIngest(Task):
         return report
 
     def teardown(self) -> None:
-        # Leave the rollups current for what was stored before stopping.
+        # Days someone asked to recompute are recomputed before stopping.
         if self.dirty:
             self.rollup_dirty()
 

@@ -16,9 +16,11 @@ from sqlalchemy.engine import Engine
 
 from piwheels import protocols
 from piwheels.db import initdb
+from piwheels.logger.batch import encode as encode_batch
+from piwheels.logger.classify import AccessRecord
 from piwheels.master.log_ingest import LogIngest
 from piwheels.pgcluster import Cluster
-from piwheels.transport import DEALER, Context
+from piwheels.transport import DEALER, Context, encode
 from tests.peer import ScriptedPeer, wait_for
 from tests.stats.pipeline import log_records, make_env, run_logger, running_ingest
 from tests.synthetic_logs import generate
@@ -26,8 +28,8 @@ from tests.synthetic_logs import generate
 CLIENT = "0123456789abcdef"
 
 
-def batch(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Columns of a batch from partial rows (defaults: a pip download of foo)."""
+def batch(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A packed batch (without batch_id) from partial records (defaults: a pip download of foo)."""
     base = {
         "time": datetime(2021, 10, 1, 12, tzinfo=UTC),
         "kind": "download",
@@ -48,10 +50,10 @@ def batch(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
         "installer_name": "pip",
         "installer_version": "23.0.1",
         "setuptools_version": "66.1.1",
-        "ci": None,
+        "ci": False,
     }
     full = [{**base, **r} for r in rows]
-    return {name: [r[name] for r in full] for name in protocols.LOG_COLUMNS}
+    return encode_batch(AccessRecord(**r) for r in full)
 
 
 @pytest.fixture
@@ -81,9 +83,9 @@ def test_resent_batch_is_stored_once(engine: Engine, context: Context, tmp_short
     )  # fmt: skip
     try:
         records = batch([{}, {"kind": "index", "target": "index", "filename": None}])
-        peer.send("BATCH", {"batch_id": 1, "records": records})
+        peer.send("BATCH", {"batch_id": 1, **records})
         peer.expect("ACK", {"batch_id": 1, "stored": 2})
-        peer.send("BATCH", {"batch_id": 1, "records": records})
+        peer.send("BATCH", {"batch_id": 1, **records})
         peer.expect("ACK", {"batch_id": 1, "stored": 2})
         assert count(engine, "downloads") == 1
         assert count(engine, "searches") == 1
@@ -93,7 +95,7 @@ def test_resent_batch_is_stored_once(engine: Engine, context: Context, tmp_short
             context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,),
             identity=b"logger-b",
         )  # fmt: skip
-        other.send("BATCH", {"batch_id": 1, "records": records})
+        other.send("BATCH", {"batch_id": 1, **records})
         other.expect("ACK", {"batch_id": 1, "stored": 2})
         other.close()
         assert count(engine, "downloads") == 2
@@ -120,26 +122,74 @@ def test_bad_input(engine: Engine, context: Context, tmp_short: Path) -> None:
                 {"kind": "bot", "target": "other", "bytes_sent": 5},
             ]
         )
-        peer.send("BATCH", {"batch_id": 9, "records": rows})
+        peer.send("BATCH", {"batch_id": 9, **rows})
         peer.expect("ACK", {"batch_id": 9, "stored": 4})
         with engine.connect() as conn:
             assert conn.execute(text("SELECT client FROM downloads")).scalars().all() == [""]
             assert conn.execute(text("SELECT kind FROM project_hits")).scalars().all() == ["bot"]
             extra = conn.execute(
-                text("SELECT source, kind, hits, bytes_sent FROM daily_web_stats ORDER BY 1")
+                text(
+                    "SELECT source, kind, hits, bytes_sent FROM daily_web_stats "
+                    "WHERE page = '' ORDER BY 1"
+                )
             ).all()
         assert [tuple(r) for r in extra] == [("metadata", "pip", 1, 77), ("other", "bot", 1, 5)]
-        # Rolling up keeps the bandwidth rows no raw table holds; bots stay out of downloads.
+
+        def rolled() -> tuple[int, int, int]:
+            with engine.connect() as conn:
+                n = conn.execute(
+                    text(
+                        "SELECT count(*) FROM daily_web_stats WHERE source IN ('metadata', 'other')"
+                    )
+                ).scalar_one()
+                dl = conn.execute(text("SELECT sum(downloads) FROM daily_package_stats"))
+                ph = conn.execute(
+                    text("SELECT coalesce(sum(project_hits), 0) FROM daily_package_stats")
+                )
+                return (n, dl.scalar_one(), ph.scalar_one())
+
+        # The rollups are current at the ACK; bots stay out of downloads and hits.
+        assert rolled() == (2, 1, 0)
+        # Rolling up again from the raw hits gives the same, keeping the bandwidth rows.
+        task.dirty.add(date(2021, 10, 1))
         task.rollup_dirty()
-        with engine.connect() as conn:
-            n = conn.execute(
-                text("SELECT count(*) FROM daily_web_stats WHERE source IN ('metadata', 'other')")
-            ).scalar_one()
-            dl = conn.execute(text("SELECT sum(downloads) FROM daily_package_stats")).scalar_one()
-            ph = conn.execute(
-                text("SELECT coalesce(sum(project_hits), 0) FROM daily_package_stats")
-            ).scalar_one()
-        assert (n, dl, ph) == (2, 1, 0)
+        assert rolled() == (2, 1, 0)
+    finally:
+        peer.close()
+        task.close()
+
+
+def test_packed_rows_checked_once_per_batch(
+    engine: Engine, context: Context, tmp_short: Path
+) -> None:
+    """Hand-made payloads: a raw address or a bad kind is refused by the protocol (no
+    answer: the batch is malformed); a row only PostgreSQL can refuse is not stored."""
+    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
+    )
+    good = b"2021-10-01T12:00:00+00\t" + CLIENT.encode() + b"\tpip\t10\tfoo\n"
+    try:
+        for bad in (
+            good.replace(CLIENT.encode(), b"192.0.2.1"),
+            good.replace(b"\tpip\t", b"\tcrawler\t"),
+            good.replace(b"\tfoo\n", b"\t\\N\n"),  # a hit without its package
+            good[:-1],  # no end of row
+        ):
+            payload = {"batch_id": 3, "records": 2, "tables": {"json_hits": good + bad}}
+            peer.socket.send_raw([encode("BATCH", {**payload, "extra": []})])
+        payload = {
+            "batch_id": 4,
+            "records": 2,
+            "tables": {"json_hits": good + good.replace(b"10-01", b"02-30")},
+            "extra": [],
+        }
+        peer.send("BATCH", payload)
+        peer.expect("ACK", {"batch_id": 4, "stored": 0})
+        assert task.rejected == 1 and count(engine, "json_hits") == 0
+        peer.send("BATCH", {**payload, "batch_id": 5, "tables": {"json_hits": good * 3}})
+        peer.expect("ACK", {"batch_id": 5, "stored": 3})
+        assert count(engine, "json_hits") == 3
     finally:
         peer.close()
         task.close()
@@ -165,7 +215,7 @@ def test_midnight_rollup_flags_a_spike(
             rows += [{"time": day, "package": f"steady{i}"} for i in range(10)]
         spike_day = datetime(2021, 10, 20, 15, tzinfo=UTC)
         rows += [{"time": spike_day, "package": "surprise", "py_version": "2.7.16"}] * 60
-        peer.send("BATCH", {"batch_id": 1, "records": batch(rows)})
+        peer.send("BATCH", {"batch_id": 1, **batch(rows)})
         peer.expect("ACK")
         caplog.set_level(logging.WARNING, logger="piwheels.log_ingest")
         task._tick()

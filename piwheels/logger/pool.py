@@ -1,0 +1,121 @@
+"""Parser processes: chunks of lines in, packed batches out (order does not matter).
+
+Parsing and classifying a line costs ~10-20 us of Python, far more than
+sending it, so piw-logger hands chunks of raw lines (one batch each) to a
+pool of processes, each with its own :class:`LogReader` and
+:class:`BatchEncoder`.  Records are order-independent (each carries its
+time), so batches are sent in whatever order they are ready.  Workers are
+started by a fork server, before piw-logger opens its ZeroMQ context.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from .anonymise import Anonymiser
+from .batch import BatchEncoder
+from .reader import LogReader, ReadStats
+
+__all__ = ["ChunkResult", "ParserPool", "parse_chunk"]
+
+#: (BATCH payload without batch_id, lines, parsed, malformed by reason, new samples)
+ChunkResult = tuple[dict[str, Any], int, int, dict[str, int], list[tuple[str, str]]]
+
+_state: dict[str, Any] = {}
+
+
+def _init(mode: str, secret: bytes | None, max_samples: int) -> None:
+    # Samples are returned and logged once by the parent, not by each worker.
+    logging.getLogger("piwheels.logger.reader").disabled = True
+    _state["reader"] = LogReader(Anonymiser(mode, secret), max_samples=max_samples)
+    _state["encoder"] = BatchEncoder()
+
+
+def parse_chunk(lines: list[bytes]) -> ChunkResult:
+    """Parse, classify and encode one chunk in a worker; returns the batch and counts."""
+    reader: LogReader = _state["reader"]
+    encoder: BatchEncoder = _state["encoder"]
+    st = reader.stats
+    lines0, parsed0, mal0, samples0 = st.lines, st.parsed, Counter(st.malformed), len(st.samples)
+    encoder.extend(reader.records(lines))
+    malformed = {k: v - mal0.get(k, 0) for k, v in st.malformed.items() if v != mal0.get(k, 0)}
+    return (
+        encoder.take(),
+        st.lines - lines0,
+        st.parsed - parsed0,
+        malformed,
+        st.samples[samples0:],
+    )
+
+
+class ParserPool:
+    """At most ``2 * workers`` chunks in flight; :meth:`ready` yields finished batches."""
+
+    def __init__(self, workers: int, anonymiser: Anonymiser, stats: ReadStats) -> None:
+        self.stats = stats
+        self.limit = 2 * workers
+        self._done: list[ChunkResult] = []
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.in_flight = 0
+        self._pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_init,
+            initargs=(anonymiser.mode, anonymiser._secret or None, stats.max_samples),
+        )
+
+    def _finished(self, fut: Future[ChunkResult]) -> None:
+        with self._cond:
+            self.in_flight -= 1
+            if not fut.cancelled():
+                exc = fut.exception()
+                if exc is not None:
+                    # A worker died (killed, out of memory): that is fatal for the logger.
+                    self._done.append(exc)  # type: ignore[arg-type]
+                else:
+                    self._done.append(fut.result())
+            self._cond.notify_all()
+
+    def full(self) -> bool:
+        return self.in_flight >= self.limit
+
+    def submit(self, lines: list[bytes]) -> None:
+        with self._cond:
+            self.in_flight += 1
+        self._pool.submit(parse_chunk, lines).add_done_callback(self._finished)
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to *timeout* for a chunk to finish (if any is in flight and none is ready)."""
+        with self._cond:
+            if not self._done and self.in_flight:
+                self._cond.wait(timeout)
+
+    def ready(self) -> Iterator[dict[str, Any]]:
+        """Finished batches (their counts merged into ``stats``)."""
+        with self._cond:
+            done, self._done = self._done, []
+        st = self.stats
+        for item in done:
+            if isinstance(item, BaseException):
+                raise item
+            payload, lines, parsed, malformed, samples = item
+            st.lines += lines
+            st.parsed += parsed
+            st.malformed.update(malformed)
+            for reason, sample in samples:
+                if len(st.samples) < st.max_samples:
+                    st.samples.append((reason, sample))
+                    logging.getLogger("piwheels.logger.reader").warning(
+                        "skipped malformed log line (%s): %r", reason, sample
+                    )
+            yield payload
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
