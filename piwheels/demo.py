@@ -924,14 +924,19 @@ class Demo:
         # The first package asked for (markupsafe by default: a C extension).
         wanted = [canonical(p) for p in self.opts.packages if canonical(p) in self.packages]
         example = (wanted or self.packages or ["PACKAGE"])[0]
+        # The executables are in the demo's venv, which is seldom on PATH.
+        beside = Path(sys.executable).parent / "piw-monitor"
+        monitor = str(beside) if beside.exists() else "piw-monitor"
         lines = [
             "",
             f"  index:   {self.index_url}",
             f"  site:    {self.index_url[: -len('simple/')]}",
             "  install from it (once a package is built):",
-            f"    pip install --extra-index-url {self.index_url} {example}",
-            f"    uv pip install --extra-index-url {self.index_url} {example}",
-            f"  watch it: piw-monitor -c {master_conf}",
+            f"    pip install --index-url {self.index_url} {example}",
+            f"    uv pip install --index-url {self.index_url} {example}",
+            "  (--index-url: only this index, so the wheel built here is the one installed;",
+            "  a farm's users add it with --extra-index-url beside PyPI instead)",
+            f"  watch it: {monitor} -c {master_conf}",
             f"  logs:    {self.data / 'logs'}",
             "  Ctrl-C stops everything; run again to resume.",
             "",
