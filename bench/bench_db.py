@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, make_url
 from piwheels.db import builds, downloads, initdb, queue, versions
 from piwheels.db.downloads import ClientInfo, Hit
 from piwheels.db.files import FileRecord
+from piwheels.db.stats import rollup_day
 
 TARGETS = [("cp39", 9), ("cp311", 11), ("cp312", 12), ("cp313", 13)]
 T0 = datetime(2015, 1, 1, tzinfo=UTC)
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = time.process_time() - start_cpu
         print(f"  of which formatting (CPU) {cpu:.3f} s, {n / cpu:,.0f} rows/s")
         with engine.begin() as conn:
-            timed("rollup of one day", lambda: downloads.rollup(conn, now.date()))
+            timed("rollup of one day", lambda: rollup_day(conn, now.date()))
         print(f"peak RSS {rss_mb():.0f} MiB; {load()}")
         engine.dispose()
         vac.dispose()
