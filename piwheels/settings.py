@@ -620,11 +620,42 @@ class BuilderSettings:
         converter=BOOL,
         help="Install each wheel in a fresh virtual environment and import its modules.",
     )
+    master_timeout: dt.timedelta = setting(
+        dt.timedelta(seconds=60),
+        converter=POSITIVE_DURATION,
+        help="Reconnect when the master has not answered a message for this long.",
+    )
+    heartbeat: dt.timedelta = setting(
+        dt.timedelta(seconds=5),
+        converter=POSITIVE_DURATION,
+        help="Longest time between BUSY messages while a build runs "
+        "(more often when the master asks for it).",
+    )
+    sleep_max: dt.timedelta = setting(
+        dt.timedelta(seconds=60),
+        converter=POSITIVE_DURATION,
+        help="Longest wait before asking for work again when the master says SLEEP.",
+    )
+    reconnect_min: dt.timedelta = setting(
+        dt.timedelta(seconds=1),
+        converter=POSITIVE_DURATION,
+        help="First wait before trying to reach the master again; it doubles each try.",
+    )
     reconnect_max: dt.timedelta = setting(
         dt.timedelta(seconds=60),
         converter=POSITIVE_DURATION,
         help="Longest wait between attempts to reach the master.",
     )
+
+    def check(self) -> list[str]:
+        """Problems that involve more than one key of this section."""
+        problems = []
+        if self.reconnect_min > self.reconnect_max:
+            problems.append(
+                f"[builder] reconnect_min ({_format_duration(self.reconnect_min)}) is longer "
+                f"than reconnect_max ({_format_duration(self.reconnect_max)})"
+            )
+        return problems
 
 
 @dataclass(frozen=True)

@@ -266,6 +266,43 @@ def test_bad_value_in_a_lower_layer_is_reported_even_if_overridden(tmp_path: Pat
     ]
 
 
+def test_builder_intervals_defaults_and_values(tmp_path: Path) -> None:
+    b = Settings().builder
+    assert (b.master_timeout, b.heartbeat, b.sleep_max) == (
+        td(seconds=60),
+        td(seconds=5),
+        td(seconds=60),
+    )
+    assert (b.reconnect_min, b.reconnect_max) == (td(seconds=1), td(seconds=60))
+    conf = write(
+        tmp_path / "b.conf",
+        "[builder]\nmaster_timeout = 2m\nheartbeat = 1.5\nsleep_max = 30s\n"
+        "reconnect_min = 0.5s\nreconnect_max = 5m\n",
+    )
+    b = load(files=(conf,)).builder
+    assert b.master_timeout == td(minutes=2) and b.heartbeat == td(seconds=1.5)
+    assert b.sleep_max == td(seconds=30)
+    assert (b.reconnect_min, b.reconnect_max) == (td(seconds=0.5), td(minutes=5))
+
+
+@pytest.mark.parametrize("key", ["master_timeout", "heartbeat", "sleep_max", "reconnect_min"])
+def test_builder_intervals_must_be_positive_durations(key: str) -> None:
+    var = f"PIWHEELS_BUILDER_{key.upper()}"
+    assert problems(environ={var: "0"}) == [f"{var}: '0' must be longer than zero"]
+    (found,) = problems(environ={var: "often"})
+    assert found.startswith(f"{var}: 'often' is not a duration")
+
+
+def test_builder_intervals_that_contradict_each_other() -> None:
+    found = problems(
+        environ={
+            "PIWHEELS_BUILDER_RECONNECT_MIN": "2m",
+            "PIWHEELS_BUILDER_RECONNECT_MAX": "1m",
+        }
+    )
+    assert found == ["[builder] reconnect_min (2m) is longer than reconnect_max (1m)"]
+
+
 def test_upstream_url_and_local_path_exclusive() -> None:
     found = problems(
         environ={"PIWHEELS_UPSTREAM_URL": "http://h/simple/", "PIWHEELS_UPSTREAM_LOCAL_PATH": "/x"}

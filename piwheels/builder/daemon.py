@@ -15,13 +15,16 @@ obey ABORT by killing the build's whole process tree.  Files go over a
 separate DEALER to the master's ``file`` endpoint (see
 :class:`~piwheels.filetransfer.FileSender`).
 
-When the master does not answer within *reply_timeout* the daemon closes the
-socket and tries again with a new one after an exponential backoff (capped at
-``[builder] reconnect_max``).  A build still running is abandoned (the master
-requeues it); a finished build is kept, with its files, until the master says
-DONE: the next HELLO carries ``resume_build_id`` and, after ACK, the daemon
-sends the same BUILT again, so the master can collect it (SEND...) or drop it
-(DONE).  After ABORT the daemon answers with IDLE.
+When the master does not answer within ``[builder] master_timeout`` the
+daemon closes the socket and tries again with a new one after an exponential
+backoff (from ``reconnect_min`` up to ``reconnect_max``).  A build is never
+dropped for that: the next HELLO carries ``resume_build_id`` and, after ACK,
+the daemon goes on with BUSY while the build still runs, or sends the same
+BUILT again once it has ended, so the master can collect it (SEND...), let
+it go on (CONT), or drop it (ABORT, DONE).  A finished build, its result and
+wheels, is saved in the build folder (:mod:`piwheels.builder.held`) until the
+master says DONE, so it also survives a restart of the builder process.
+After ABORT the daemon answers with IDLE.
 
 A build that cannot start because the build folder is low on disk is
 reported as a failed build with failure class ``disk_full`` and the IDLE
@@ -54,6 +57,7 @@ from ..settings import KeysSettings, Settings
 from ..systemd import Notifier
 from ..transport import DEALER, Context, CurveKeys, Received, Socket, load_keys, now
 from .build import BuildResult, DiskSpaceLow, analyse_wheel, build_wheel
+from .held import HeldStateError, discard_held, held_folder, load_held, save_held
 from .importtest import import_test
 from .sandbox import sandbox_status
 
@@ -261,11 +265,27 @@ class HeldBuild:
     build_id: int
     built: dict[str, Any]  # the BUILT payload
     files: dict[str, Path]  # filename -> wheel on disk
-    result: BuildResult | None = None
+    result: BuildResult | None = None  # its build folder, until saved or discarded
+    folder: Path | None = None  # where it is saved (see piwheels.builder.held)
 
-    def cleanup(self) -> None:
+    def save(self, folder: Path) -> None:
+        """Keep the build on disk in *folder* (survives a restart of the builder)."""
+        self.files = save_held(folder, self.built, self.files)
+        self.folder = folder
+        self.release()
+
+    def release(self) -> None:
+        """Free the build folder; a saved build stays saved."""
         if self.result is not None:
             self.result.cleanup()
+            self.result = None
+
+    def discard(self) -> None:
+        """Forget the build entirely (the master has it, or gave up on it)."""
+        self.release()
+        if self.folder is not None:
+            discard_held(self.folder)
+            self.folder = None
 
 
 @dataclass
@@ -280,6 +300,7 @@ class BuildJob:
     index_url: str
     extra_index_urls: list[str]
     environment: dict[str, str]
+    held_folder: Path | None = None
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     held: HeldBuild | None = None
     aborted: threading.Event = field(default_factory=threading.Event)
@@ -301,7 +322,7 @@ class BuildJob:
                 log.error("build %d did not stop within %g s", self.build_id, wait)
                 break
         if self.held is not None:
-            self.held.cleanup()
+            self.held.discard()
 
     def _run(self) -> None:
         b = self.settings.builder
@@ -356,7 +377,14 @@ class BuildJob:
             "files": records if failure is None else [],
             "environment": self.environment,
         }
-        self.held = HeldBuild(self.build_id, built, files if failure is None else {}, result)
+        held = HeldBuild(self.build_id, built, files if failure is None else {}, result)
+        if self.held_folder is not None and not self.aborted.is_set():
+            try:
+                held.save(self.held_folder)
+            except (OSError, TypeError, ValueError) as exc:
+                # Still held in memory: lost only if the builder restarts before DONE.
+                log.error("cannot save build %d in %s: %s", self.build_id, self.held_folder, exc)
+        self.held = held
         self.done.set()
 
     def _analyse(self, wheel: Path, work: Path) -> tuple[dict[str, Any] | None, str]:
@@ -409,17 +437,22 @@ class BuilderDaemon:
         settings: Settings,
         *,
         context: Context | None = None,
-        reply_timeout: float = 60.0,
-        backoff_start: float = 1.0,
+        reply_timeout: float | None = None,
+        backoff_start: float | None = None,
     ) -> None:
         self.settings = settings
         b = settings.builder
         self.keys, self.server_public = curve_config(settings.keys)
         self.context = context or Context()
         self._own_context = context is None
-        self.reply_timeout = reply_timeout
+        # The arguments override the settings (tests and embedders use them).
+        self.reply_timeout = (
+            b.master_timeout.total_seconds() if reply_timeout is None else reply_timeout
+        )
         self.systemd = Notifier()
-        self.backoff_start = backoff_start
+        self.backoff_start = (
+            b.reconnect_min.total_seconds() if backoff_start is None else backoff_start
+        )
         self.builder_address = f"tcp://{_host(b.master_host)}:{b.builder_port}"
         self.file_address = f"tcp://{_host(b.master_host)}:{b.file_port}"
         b.build_dir.mkdir(parents=True, exist_ok=True)
@@ -440,9 +473,10 @@ class BuilderDaemon:
         self.stop_reason = "stopped"
         self.sock: Socket | None = None
         self.job: BuildJob | None = None
-        self.held: HeldBuild | None = None
+        self.held_folder = held_folder(b.build_dir, b.label)
+        self.held: HeldBuild | None = self._reload_held()
         self.builder_id: int | None = None
-        self.heartbeat = 5.0
+        self.heartbeat = b.heartbeat.total_seconds()
         self.index_url = ""
         self.extra_index_urls: list[str] = []
         self.build_timeout = b.build_timeout.total_seconds()
@@ -455,6 +489,20 @@ class BuilderDaemon:
         log.info("%s", self.sandbox)
         if "NOT" in self.sandbox:
             log.warning("%s", self.sandbox)
+
+    def _reload_held(self) -> HeldBuild | None:
+        """The build this builder held when it last stopped, if any (and if sound)."""
+        try:
+            loaded = load_held(self.held_folder)
+        except HeldStateError as exc:
+            log.error("%s; discarding it", exc)
+            discard_held(self.held_folder)
+            return None
+        if loaded is None:
+            return None
+        built, files = loaded
+        log.info("holding build %d from before the restart for the master", built["build_id"])
+        return HeldBuild(built["build_id"], built, files, folder=self.held_folder)
 
     # -- control -----------------------------------------------------------------------
 
@@ -481,7 +529,8 @@ class BuilderDaemon:
                     if self._connected:
                         delay = self.backoff_start
                     log.warning("%s; reconnecting in %g s", exc, delay)
-                    self._abandon_build()
+                    # A build, running or finished, is kept: the next HELLO offers it.
+                    self._collect()
                     self._close()
                     self.backoffs.append(delay)
                     if self._stop.wait(delay):
@@ -493,9 +542,11 @@ class BuilderDaemon:
             return 0
         finally:
             self.systemd.stopping()
+            self._collect()  # a finished build stays saved for the next start
             self._abandon_build()
             if self.held is not None:
-                self.held.cleanup()
+                # Saved on disk, it is offered to the master after a restart.
+                self.held.release()
                 self.held = None
             self._close()
             if self._own_context:
@@ -504,6 +555,7 @@ class BuilderDaemon:
     # -- the conversation ------------------------------------------------------------------
 
     def _session(self) -> None:
+        self._collect()
         self.sock = self.context.socket(DEALER, reversed(protocols.builder))
         if self.keys is not None and self.server_public is not None:
             self.sock.curve_client(self.keys, self.server_public)
@@ -519,16 +571,24 @@ class BuilderDaemon:
         self.builder_id = ack["builder_id"]
         self.index_url = ack["index_url"]
         self.extra_index_urls = list(ack["extra_index_urls"])
-        self.heartbeat = max(0.05, ack["heartbeat"].total_seconds())
+        # At least as often as the master asks, and as this builder's setting says.
+        self.heartbeat = max(
+            0.05,
+            min(ack["heartbeat"].total_seconds(), self.settings.builder.heartbeat.total_seconds()),
+        )
         self.build_timeout = min(
             ack["build_timeout"].total_seconds(),
             self.settings.builder.build_timeout.total_seconds(),
         )
         log.info("connected to %s as builder %d", self.builder_address, self.builder_id)
         self._connected = True
-        # A build held across a reconnect is reported again first.
-        held = self.held
-        self._converse(self._request("BUILT", held.built) if held is not None else self._idle())
+        # A build kept across a reconnect (or a restart) is reported first.
+        if self.job is not None:
+            self._converse(self._watch(self.job))
+        elif self.held is not None:
+            self._converse(self._request("BUILT", self.held.built))
+        else:
+            self._converse(self._idle())
 
     def _converse(self, reply: Received) -> None:
         while True:
@@ -541,8 +601,9 @@ class BuilderDaemon:
                 self.stop_reason = "told to die"
                 return
             if msg == "SLEEP":
-                log.info("sleeping %g s (%s)", data["seconds"], data["reason"])
-                if self._stop.wait(data["seconds"]):
+                seconds = min(data["seconds"], self.settings.builder.sleep_max.total_seconds())
+                log.info("sleeping %g s (%s)", seconds, data["reason"])
+                if self._stop.wait(seconds):
                     raise _Stop()
                 reply = self._idle()
             elif msg == "BUILD":
@@ -551,7 +612,7 @@ class BuilderDaemon:
                 reply = self._send(data)
             elif msg == "DONE":
                 if self.held is not None and self.held.build_id == data["build_id"]:
-                    self.held.cleanup()
+                    self.held.discard()
                     self.held = None
                 reply = self._idle()
             elif msg == "REFUSED":
@@ -575,7 +636,7 @@ class BuilderDaemon:
         build_id = data["build_id"]
         if self.held is not None:
             # A new build means the master has given up on the old one.
-            self.held.cleanup()
+            self.held.discard()
             self.held = None
         timeout = min(data["timeout"].total_seconds(), self.build_timeout) or self.build_timeout
         log.info("building %s %s (build %d)", data["package"], data["version"], build_id)
@@ -588,9 +649,15 @@ class BuilderDaemon:
             index_url=self.index_url,
             extra_index_urls=self.extra_index_urls,
             environment=self.environment,
+            held_folder=self.held_folder,
         )
         self.job = job
         job.start()
+        return self._watch(job)
+
+    def _watch(self, job: BuildJob) -> Received:
+        """Say BUSY every heartbeat until *job* ends, then BUILT."""
+        build_id = job.build_id
         while True:
             if self._wait_for(job.done, self.heartbeat):
                 self.job = None
@@ -661,7 +728,9 @@ class BuilderDaemon:
             "sandbox": self.sandbox,
             "stats": host_stats(b.build_dir),
         }
-        if self.held is not None:
+        if self.job is not None:
+            hello["resume_build_id"] = self.job.build_id
+        elif self.held is not None:
             hello["resume_build_id"] = self.held.build_id
         return hello
 
@@ -701,6 +770,14 @@ class BuilderDaemon:
             if time.monotonic() >= deadline:
                 return False
         return True
+
+    def _collect(self) -> None:
+        """Move a finished build from its job to the held slot."""
+        job = self.job
+        if job is not None and job.done.is_set():
+            self.job = None
+            if job.held is not None and not job.aborted.is_set():
+                self.held = job.held
 
     def _abandon_build(self) -> None:
         job, self.job = self.job, None

@@ -14,7 +14,7 @@ from .daemon import BuilderDaemon
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     """Build until SIGTERM/SIGINT (BYE, exit 0), DIE (exit 0) or REFUSED (an error)."""
-    daemon = BuilderDaemon(settings, reply_timeout=args.master_timeout)
+    daemon = BuilderDaemon(settings)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Only set a flag here: the main loop aborts the build and says BYE.
@@ -25,23 +25,12 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     return daemon.run()
 
 
-def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--master-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=60.0,
-        help="reconnect when the master has not answered for this long [default: 60]",
-    )
-
-
 COMMAND = Command(
     serve,
     prog="piw-builder",
     description="Build wheels for a piwheels master: ask for work, build, report, send files.",
     sections=("builder", "keys"),
     tasks={"builder": "piwheels.builder", "transfer": "piwheels.filetransfer"},
-    add_arguments=_arguments,
 )
 
 

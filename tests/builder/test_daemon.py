@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -25,7 +27,7 @@ from piwheels.builder.daemon import (
     host_stats,
     interpreter_facts,
 )
-from piwheels.errors import ConfigError
+from piwheels.errors import ConfigError, TransportError
 from piwheels.filetransfer import new_token
 from piwheels.keygen import COMMAND as KEYGEN
 from piwheels.master.env import MasterEnv
@@ -33,8 +35,8 @@ from piwheels.master.file_receiver import FileReceiver
 from piwheels.settings import Settings
 from piwheels.transport import DEALER, ROUTER, Context, CurveKeys, Received, load_keys
 from tests.builder.conftest import LocalIndex
-from tests.peer import ScriptedPeer
-from tests.sdists import pure_sdist, sleeper_sdist
+from tests.peer import ScriptedPeer, wait_for
+from tests.sdists import _setup, make_sdist, pure_sdist, sleeper_sdist
 
 BIN = Path(sys.executable).parent
 
@@ -247,6 +249,45 @@ def test_hello_idle_sleep_die(tmp_path: Path, keys: Keys, master_context: Contex
         master.close()
 
 
+def test_intervals_come_from_the_builder_settings(
+    tmp_path: Path, keys: Keys, master_context: Context
+) -> None:
+    master = master_peer(master_context, keys)
+    assert master.address is not None
+    settings = builder_settings(
+        tmp_path,
+        keys,
+        port_of(master.address),
+        master_timeout=timedelta(seconds=1),
+        reconnect_min=timedelta(seconds=0.15),
+        reconnect_max=timedelta(seconds=0.25),
+        heartbeat=timedelta(seconds=0.3),
+        sleep_max=timedelta(seconds=0.1),
+    )
+    daemon = BuilderDaemon(settings)
+    assert (daemon.reply_timeout, daemon.backoff_start) == (1.0, 0.15)
+    running = Running(daemon)
+    try:
+        # Silent twice: the waits start at reconnect_min and stop growing at reconnect_max.
+        master.expect("HELLO")
+        master.expect("HELLO", timeout=30)
+        master.expect("HELLO", timeout=30)
+        assert daemon.backoffs[:2] == [0.15, 0.25]
+        # The master asks for a heartbeat of a minute; the builder's own setting is shorter.
+        master.send("ACK", ack(heartbeat=60))
+        master.expect("IDLE")
+        assert daemon.heartbeat == 0.3
+        # An hour's SLEEP is cut to sleep_max: the builder asks again at once.
+        master.send("SLEEP", {"seconds": 3600.0, "reason": "no work"})
+        master.expect("IDLE", timeout=30)
+        master.send("DIE", {"reason": "test over"})
+        assert running.finish() == 0
+    finally:
+        if running.thread.is_alive():
+            running.stop()
+        master.close()
+
+
 def test_refused_hello_raises_with_the_reason(
     tmp_path: Path, keys: Keys, master_context: Context
 ) -> None:
@@ -353,10 +394,12 @@ def test_full_build_transfer_and_done(
         assert wheel.is_file() and Path(f"{wheel}.metadata").is_file()
 
         builds = tmp_path / "build"
-        assert list(builds.glob("build-*")) != []  # held until DONE
+        held = builds / "held-testpi"
+        assert (held / "state.json").is_file() and (held / record["filename"]).is_file()
+        assert list(builds.glob("build-*")) == []  # the build folder went once saved
         master.send("DONE", {"build_id": 7})
         master.expect("IDLE")
-        assert list(builds.glob("build-*")) == []
+        assert not held.exists()
         master.send("DIE", {"reason": "test over"})
         assert running.finish() == 0
     finally:
@@ -433,6 +476,281 @@ def test_silent_master_reconnect_with_backoff_and_resume(
         if running.thread.is_alive():
             running.stop()
         master.close()
+
+
+# -- held builds: kept until the master has them ------------------------------------------------
+
+
+def gated_sdist(dest: Path, name: str, flag: Path) -> Path:
+    """A package whose setup.py waits until *flag* exists (at most five minutes)."""
+    body = f"""\
+    import os, time
+    deadline = time.time() + 300
+    while not os.path.exists({str(flag)!r}) and time.time() < deadline:
+        time.sleep(0.05)
+    """
+    return make_sdist(dest, name, "1.0", _setup(name, "1.0", body, py_modules="[]"))
+
+
+def test_master_lost_during_busy_then_back_delivers_once(
+    tmp_path: Path, keys: Keys, master_context: Context, local_index: LocalIndex
+) -> None:
+    """The master stops answering BUSY; the build ends while it is away; it is still
+    delivered, once, when the master answers again."""
+    flag = tmp_path / "flag"
+    local_index.add(gated_sdist(tmp_path / "sdists", "piwtest-lostbusy", flag))
+    master = master_peer(master_context, keys)
+    assert master.address is not None
+    settings = builder_settings(tmp_path, keys, port_of(master.address), sandbox="off")
+    daemon = BuilderDaemon(settings, reply_timeout=1.0, backoff_start=0.1)
+    running = Running(daemon)
+    seen: list[str] = []
+    try:
+        master.expect("HELLO")
+        master.send("ACK", ack(local_index.url, heartbeat=0.2))
+        master.expect("IDLE")
+        master.send("BUILD", build(21, "piwtest-lostbusy"))
+        master.expect("BUSY", timeout=60)
+        # The master goes silent: the builder gives up on it and keeps saying HELLO,
+        # offering the build it still runs.
+        hello = master.expect("HELLO", timeout=30)
+        assert hello.data["resume_build_id"] == 21
+        flag.touch()
+        wait_for(lambda: daemon.held is not None, timeout=120)
+        held = tmp_path / "build" / "held-testpi"
+        assert (held / "state.json").is_file()
+        # The master is back: answer the next HELLO (stale ones may be queued).
+        while True:
+            msg = master.recv(timeout=30)
+            seen.append(msg.msg)
+            if msg.msg == "HELLO":
+                assert msg.data["resume_build_id"] == 21
+                try:
+                    master.send("ACK", ack(local_index.url, heartbeat=0.2))
+                except TransportError:
+                    pass  # a HELLO from a connection the builder has given up already
+            elif msg.msg == "BUSY":
+                master.send("CONT")
+            else:
+                break
+        assert msg.msg == "BUILT", msg
+        assert msg.data["build_id"] == 21 and msg.data["status"] is True, msg.data["log"][-3000:]
+        (record,) = msg.data["files"]
+        assert (held / record["filename"]).is_file()
+        master.send("DONE", {"build_id": 21})
+        master.expect("IDLE")
+        seen.append("IDLE")
+        assert not held.exists()
+        master.send("DIE", {"reason": "test over"})
+        assert running.finish() == 0
+        assert seen.count("BUILT") == 1
+        master.check()
+    finally:
+        flag.touch()
+        if running.thread.is_alive():
+            running.stop()
+        master.close()
+
+
+def test_restarted_builder_delivers_its_held_build(
+    tmp_path: Path, keys: Keys, master_context: Context, local_index: LocalIndex
+) -> None:
+    """A finished build whose builder stops before the master has it is delivered, files and
+    all, by the builder's next process."""
+    local_index.add(pure_sdist(tmp_path / "sdists", name="piwtest-restarted", version="1.0"))
+    output = tmp_path / "www"
+    env = MasterEnv(
+        settings=Settings(),
+        addresses={"file": "tcp://127.0.0.1:0", "transfers": f"inproc://t-{new_token()}"},
+        output_path=output,
+        server_keys=keys.server,
+    )
+    receiver = FileReceiver(master_context, env)
+    dispatcher = ScriptedPeer(
+        master_context,
+        DEALER,
+        reversed(protocols.transfers),
+        connect=receiver.transfers_address,
+        drive=(receiver,),
+    )
+    master = master_peer(master_context, keys, drive=(receiver,))
+    assert master.address is not None
+    settings = builder_settings(
+        tmp_path, keys, port_of(master.address), port_of(receiver.file_address)
+    )
+    first = Running(BuilderDaemon(settings, reply_timeout=5.0))
+    second: Running | None = None
+    try:
+        master.expect("HELLO")
+        master.send("ACK", ack(local_index.url, heartbeat=0.5))
+        master.expect("IDLE")
+        master.send("BUILD", build(31, "piwtest-restarted"))
+        built, _ = until_built(master)
+        assert built.data["status"] is True, built.data["log"][-3000:]
+        # No answer: the builder process stops (SIGTERM) while it holds the build.
+        first.daemon.stop("SIGTERM")
+        assert first.finish() == 0
+        master.expect("BYE")
+        held = tmp_path / "build" / "held-testpi"
+        (record,) = built.data["files"]
+        assert (held / "state.json").is_file() and (held / record["filename"]).is_file()
+
+        second = Running(BuilderDaemon(settings, reply_timeout=5.0))
+        hello = master.expect("HELLO")
+        assert hello.data["resume_build_id"] == 31
+        master.send("ACK", ack(local_index.url, heartbeat=0.5))
+        again = master.expect("BUILT")
+        assert again.data == built.data
+        token = new_token()
+        dispatcher.send(
+            "EXPECT",
+            {
+                "transfer": token,
+                "filename": record["filename"],
+                "package": "piwtest-restarted",
+                "version": "1.0",
+                "abi": built.data["environment"]["abi"],
+                "platform": None,
+                "size": record["size"],
+                "sha256": record["sha256"],
+            },
+        )
+        dispatcher.expect("EXPECTING")
+        master.send("SEND", {"build_id": 31, "filename": record["filename"], "transfer": token})
+        master.expect("SENT", {"build_id": 31, "filename": record["filename"]})
+        dispatcher.send("PUBLISH", {"transfer": token})
+        published = dispatcher.expect("PUBLISHED")
+        assert published.data["file"]["sha256"] == record["sha256"]
+        master.send("DONE", {"build_id": 31})
+        master.expect("IDLE")
+        assert not held.exists()
+        master.send("DIE", {"reason": "test over"})
+        assert second.finish() == 0
+    finally:
+        for run in (first, second):
+            if run is not None and run.thread.is_alive():
+                run.stop()
+        master.close()
+        dispatcher.close()
+        receiver.close()
+
+
+def _save_a_held_build(tmp_path: Path, keys: Keys) -> tuple[Settings, Path, bytes]:
+    """A held build saved as a builder would have (a failed build plus one small file)."""
+    from piwheels.builder.held import save_held
+
+    settings = builder_settings(tmp_path, keys, 9)
+    wheel = tmp_path / "piwtest_held-1.0-py3-none-any.whl"
+    data = b"not really a wheel, but what the record says"
+    wheel.write_bytes(data)
+    built = {
+        "build_id": 41,
+        "status": True,
+        "duration": timedelta(seconds=2.5),
+        "failure_class": None,
+        "log": "built\n",
+        "files": [
+            {
+                "filename": wheel.name,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "requires_python": None,
+                "requires_dist": [],
+                "metadata_sha256": hashlib.sha256(b"m").hexdigest(),
+                "apt_dependencies": [],
+                "missing_libraries": [],
+                "import_ok": None,
+                "import_error": None,
+            }
+        ],
+        "environment": {"abi": "cp311"},
+    }
+    folder = tmp_path / "build" / "held-testpi"
+    save_held(folder, built, {wheel.name: wheel})
+    return settings, folder, data
+
+
+def test_saved_held_build_reloads_as_it_was(tmp_path: Path, keys: Keys) -> None:
+    settings, folder, data = _save_a_held_build(tmp_path, keys)
+    daemon = BuilderDaemon(settings)
+    assert daemon.held is not None and daemon.held.build_id == 41
+    assert daemon.held.built["duration"] == timedelta(seconds=2.5)
+    assert daemon._hello()["resume_build_id"] == 41
+    (path,) = daemon.held.files.values()
+    assert path.read_bytes() == data and path.parent == folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "state.json").write_text("{not json"), "is not readable JSON"),
+        (lambda f: (f / "state.json").write_bytes(b"\xff\xfe"), "is not readable JSON"),
+        (lambda f: (f / "state.json").write_text('{"format": 99}'), "is not format 1"),
+        (
+            lambda f: (f / "state.json").write_text(
+                (f / "state.json").read_text().replace('"build_id": 41', '"build_id": "x"')
+            ),
+            "is not a valid BUILT record",
+        ),
+        (
+            lambda f: (f / "state.json").write_text(
+                (f / "state.json").read_text().replace('"duration": 2.5', '"duration": -1')
+            ),
+            "is not a number of seconds",
+        ),
+        (
+            lambda f: (f / "state.json").write_text(
+                (f / "state.json").read_text().replace("piwtest_held", "../piwtest_held")
+            ),
+            "is not a plain file name",
+        ),
+        (lambda f: (f / "piwtest_held-1.0-py3-none-any.whl").unlink(), "cannot be read"),
+        (
+            lambda f: (f / "piwtest_held-1.0-py3-none-any.whl").write_bytes(b"truncated"),
+            "not the 44 bytes and sha256 recorded",
+        ),
+    ],
+    ids=["json", "utf8", "format", "schema", "duration", "path", "missing", "changed"],
+)
+def test_corrupt_held_state_is_discarded_with_one_clear_error(
+    tmp_path: Path,
+    keys: Keys,
+    master_context: Context,
+    caplog: pytest.LogCaptureFixture,
+    damage: Any,
+    message: str,
+) -> None:
+    settings, folder, _ = _save_a_held_build(tmp_path, keys)
+    damage(folder)
+    master = master_peer(master_context, keys)
+    assert master.address is not None
+    settings = settings.replace("builder", builder_port=port_of(master.address))
+    with caplog.at_level(logging.ERROR, logger="piwheels.builder"):
+        daemon = BuilderDaemon(settings)
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "\n" not in error and message in error and "discarding it" in error, error
+    assert "state.json" in error
+    assert daemon.held is None and not folder.exists()
+    # And the builder carries on: a plain HELLO, then it asks for work.
+    running = Running(daemon)
+    try:
+        hello = master.expect("HELLO")
+        assert "resume_build_id" not in hello.data
+        master.send("ACK", ack())
+        master.expect("IDLE")
+        master.send("DIE", {"reason": "test over"})
+        assert running.finish() == 0
+    finally:
+        if running.thread.is_alive():
+            running.stop()
+        master.close()
+
+
+def test_half_saved_held_build_is_dropped_quietly(tmp_path: Path, keys: Keys) -> None:
+    settings, folder, _ = _save_a_held_build(tmp_path, keys)
+    (folder / "state.json").unlink()  # the save never reached its commit point
+    daemon = BuilderDaemon(settings)
+    assert daemon.held is None and not folder.exists()
 
 
 # -- the real executable -------------------------------------------------------------------------
