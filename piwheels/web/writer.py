@@ -93,8 +93,7 @@ class SiteWriter:
 
         zlib's gzip wrapper (wbits 31) writes a header without a name and with mtime 0.
         """
-        z = zlib.compressobj(self.gzip_level, zlib.DEFLATED, 31)
-        return z.compress(data) + z.flush()
+        return zlib.compress(data, self.gzip_level, 31)
 
     def _write_page(self, target: str, data: bytes, gz: bool) -> bool:
         """Write *target* (and its twin); False if both already held exactly this."""
@@ -160,21 +159,23 @@ class SiteWriter:
             _unlink_quietly(tmp)
             raise
 
-    @staticmethod
-    def _unlink_alias(link: str) -> None:
-        # Only a symbolic link is removed: a real directory is another project's.
-        try:
-            if os.path.islink(link):
-                os.unlink(link)
-        except FileNotFoundError:
-            pass
+    def _symlink(self, link: Path, target: str) -> None:
+        # Atomic too: make the link under a temporary name and rename it over the old one.
+        if link.is_symlink() and os.readlink(link) == target:
+            return
+        if link.exists() and not link.is_symlink():
+            return  # a real directory (another project's): never clobber it
+        tmp = self._temp_name(link)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
 
     # --- projects -------------------------------------------------------------------------
 
     def write_project(self, project: ProjectData) -> None:
-        """Write the project's simple pages, project page and JSON API.
+        """Write the project's simple pages, project page and JSON API, and alias links.
 
-        Other spellings of the name need no files: nginx redirects them to these pages.
+        nginx redirects other spellings to the canonical pages; the alias links only serve
+        a tree published without the shipped nginx configuration.
         """
         name = project.name
         # layout checks the name, so these paths cannot leave the output folder.
@@ -187,10 +188,11 @@ class SiteWriter:
         write(f"{proj}/json/index.json", render.render_project_json(project, self.config), True)
         for alias in project.aliases:
             if alias != name:
-                # nginx redirects other spellings (see piwheels.web.nginx); alias links left
-                # by older versions would only shadow nothing, so they go.
-                self._unlink_alias(f"{simple[: -len(name)]}{alias}")
-                self._unlink_alias(f"{proj[: -len(name)]}{alias}")
+                # nginx redirects other spellings before it looks at the disk (see
+                # piwheels.web.nginx); these links serve them where the tree is served
+                # without that configuration (the demo's plain HTTP server).
+                self._symlink(self.root / "simple" / alias, name)
+                self._symlink(self.root / "project" / alias, name)
 
     def write_metadata(self, name: str, filename: str, data: bytes) -> Path:
         """Write a wheel's core metadata (PEP 658) next to it; returns the path."""

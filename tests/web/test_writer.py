@@ -48,9 +48,10 @@ def test_write_project_files_and_modes(site: SiteWriter) -> None:
     ):
         assert mode(root / rel) == 0o644, rel
     assert json.loads((root / "simple/foo/index.json").read_bytes())["name"] == "foo"
-    # Other spellings get no files: nginx redirects them (tests/web/test_nginx.py).
-    assert sorted(p.name for p in (root / "simple").iterdir()) == ["foo"]
-    assert sorted(p.name for p in (root / "project").iterdir()) == ["foo"]
+    assert os.readlink(root / "simple/Foo") == "foo" and os.readlink(root / "project/FOO") == "foo"
+    assert (root / "simple/FOO/index.html").read_bytes() == (
+        root / "simple/foo/index.html"
+    ).read_bytes()
     # no temporary files left behind
     assert not [p for p in root.rglob("*.tmp")]
 
@@ -84,26 +85,11 @@ def test_failed_write_leaves_old_page(site: SiteWriter, monkeypatch: pytest.Monk
     assert [p.name for p in (site.root / "p").iterdir()] == ["index.html"]
 
 
-def test_old_alias_links_are_removed(site: SiteWriter) -> None:
-    # A tree written before redirects had alias links; rewriting the project drops them,
-    # never a real directory of the same name.
-    site.write_project(ProjectData("bar", "bar"))
-    (site.root / "simple").mkdir(exist_ok=True)
-    os.symlink("foo", site.root / "simple/Foo")
-    os.symlink("foo", site.root / "project/Foo")
-    (site.root / "project/FOO").mkdir()
-    site.write_project(ProjectData("foo", "Foo", aliases=("Foo", "FOO")))
-    assert not (site.root / "simple/Foo").is_symlink()
-    assert not (site.root / "project/Foo").is_symlink()
-    assert (site.root / "project/FOO").is_dir()
-
-
 def test_delete_project_removes_pages_files_and_aliases(site: SiteWriter) -> None:
     f = publish(site, make_wheel("foo", "1.0"))
     site.write_project(
         ProjectData("foo", "Foo", aliases=("Foo",), versions=(VersionData("1.0", files=(f,)),))
     )
-    os.symlink("foo", site.root / "simple/Foo")  # as older versions made
     site.write_project(ProjectData("bar", "bar"))
     site.delete_project("foo", aliases=("Foo",))
     assert not (site.root / "simple/foo").exists() and not (site.root / "project/foo").exists()
