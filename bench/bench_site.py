@@ -5,9 +5,12 @@
    JSON API, and the .gz twins of those over the threshold) for synthetic projects (scale 1.0 =
    100,000 projects, 10 versions, 3 files each): the render-only rate of each page kind, what
    gzip costs at levels 1, 6 and 9, and the rewrite rate in one process and in a pool
-   (``SiteWriter.write_all``), each beside the raw rate of writing files of the same names
-   and sizes on the same disk (plain open/write/close, in one process and in as many as the
-   pool: the physical limit) and the ratio.
+   (``SiteWriter.write_all``), with and without the read-back of skip-unchanged and without
+   twins, each beside the raw rate of replacing the same files, byte for byte, on the same
+   disk the way an atomic writer must (a new temporary file renamed over the old one: the
+   physical limit), in one process and in as many as the pool, and the ratio.  Wall time
+   depends on what else the machine runs; CPU time per project (user + system, children
+   included) is printed beside it.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
 3. ``uv pip compile`` of a package with 20 dependencies from this index served by a private
@@ -94,40 +97,94 @@ PAGE_KINDS = (
 )
 
 
-def raw_write(root: str, files: list[tuple[str, int]], fsync: bool, atomic: bool = False) -> int:
-    """The physical floor: plain open/write/close of files with these names and sizes.
+Pages = list[tuple[str, bytes]]  # (path relative to the site, content)
 
-    With *atomic*, each goes to a new temporary file renamed over the old one, as the site
-    writer must (creating a file is the dear part on ext4).
+
+def project_pages(p: ProjectData, threshold: int, level: int) -> Pages:
+    """The files the site writer writes for *p*: its four pages and their twins."""
+    out: Pages = []
+    for _, pattern, fn in PAGE_KINDS:
+        page = fn(p)
+        rel = pattern.format(p.name)
+        if len(page) >= threshold:
+            out.append((rel + ".gz", zlib.compress(page, level, 31)))
+        out.append((rel, page))
+    return out
+
+
+def raw_write(root: str, projects: list[Pages], fsync: bool) -> tuple[float, float]:
+    """The physical floor of a rewrite: each file written to a new temporary file and renamed
+    over the old one, exactly the system calls an atomic writer cannot avoid, with the very
+    bytes the writer writes (on this machine's disk the content changes the cost: uniform
+    filler bytes are written several times faster than real pages) and no rendering,
+    compression or checks.  Directories are made on first use.
+
+    Returns (wall seconds, CPU seconds).
     """
-    buf = b"x" * max((n for _, n in files), default=0)
+    cpu0 = _cpu()
+    t0 = time.perf_counter()
     made: set[str] = set()
-    for rel, n in files:
-        path = f"{root}/{rel}"
-        head = os.path.dirname(path)
-        if head not in made:
-            os.makedirs(head, exist_ok=True)
-            made.add(head)
-        target, path = path, (f"{path}.tmp" if atomic else path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(fd, buf[:n])
-        if fsync:
-            os.fsync(fd)
-        os.close(fd)
-        if atomic:
-            os.replace(path, target)
-    return len(files)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    for files in projects:
+        for rel, data in files:
+            path = f"{root}/{rel}"
+            head = os.path.dirname(path)
+            if head not in made:
+                os.makedirs(head, exist_ok=True)
+                made.add(head)
+            tmp = f"{path}.tmp"
+            fd = os.open(tmp, flags, 0o644)
+            os.write(fd, data)
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+            os.replace(tmp, path)
+    return time.perf_counter() - t0, _cpu() - cpu0
 
 
-def raw_write_pool(root: str, files: list[tuple[str, int]], fsync: bool, workers: int) -> float:
-    """raw_write split over *workers* processes (one project's files stay together)."""
-    per = -(-len(files) // workers // 8) * 8  # a project's 8 files never straddle two parts
-    parts = [files[i : i + per] for i in range(0, len(files), per)]
+def raw_rewrite(
+    root: str, first: int, count: int, generation: int, settings: tuple[int, int, bool]
+) -> tuple[float, float]:
+    """raw_write of projects first..first+count of *generation*, rendered (untimed) in
+    chunks so memory stays small; returns the summed (wall, CPU) seconds of the writes."""
+    threshold, level, fsync = settings
+    wall = cpu = 0.0
+    for start in range(first, first + count, 500):
+        stop = min(first + count, start + 500)
+        pages = [
+            project_pages(synthetic_project(i, generation=generation), threshold, level)
+            for i in range(start, stop)
+        ]
+        w, c = raw_write(root, pages, fsync)
+        wall += w
+        cpu += c
+    return wall, cpu
+
+
+def raw_rewrite_pool(
+    root: str, count: int, generation: int, settings: tuple[int, int, bool], workers: int
+) -> tuple[float, float]:
+    """raw_rewrite split over *workers* processes by project: (wall, CPU) seconds, the wall
+    time being the longest worker's time spent writing (they write at the same time)."""
+    per = -(-count // workers)
+    starts = list(range(0, count, per))
+    sizes = [min(per, count - s) for s in starts]
+    n = len(starts)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_noop, range(workers)))  # start the workers outside the timing
-        t0 = time.perf_counter()
-        list(pool.map(raw_write, [root] * len(parts), parts, [fsync] * len(parts)))
-        return time.perf_counter() - t0
+        done = list(
+            pool.map(raw_rewrite, [root] * n, starts, sizes, [generation] * n, [settings] * n)
+        )
+    return max(w for w, _ in done), sum(c for _, c in done)
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def _noop(_: int) -> None:
@@ -155,96 +212,122 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
+def measured(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and of the children it reaped meanwhile)."""
+    cpu0, child0 = _cpu(), _children_cpu()
+    t0 = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t0
+    return wall, _cpu() - cpu0 + _children_cpu() - child0
+
+
 def bench_rewrite(base: Path, count: int, fsync: bool, workers: int) -> list[ProjectData]:
     print(f"== full rewrite: {count} projects x 10 versions x 3 files, 4 pages each")
     t0 = time.perf_counter()
     projects = [synthetic_project(i) for i in range(count)]
     print(f"  (building the synthetic projects: {count / (time.perf_counter() - t0):.0f}/s)")
 
-    # Render only, per page kind.
-    sizes: dict[str, list[int]] = {}
-    pages: dict[str, list[bytes]] = {}
-    total_render = 0.0
-    for label, _, fn in PAGE_KINDS:
-        t0 = time.perf_counter()
-        out = [fn(p) for p in projects]
-        dt = time.perf_counter() - t0
-        total_render += dt
-        pages[label] = out
-        sizes[label] = [len(x) for x in out]
-        print(
-            f"  render {label}: {count / dt:9.0f} pages/s, "
-            f"{sum(sizes[label]) / count / 1024:5.1f} KiB each"
-        )
-    print(f"  render all four : {count / total_render:9.0f} projects/s")
-
-    # gzip: what the .gz twins cost at each level.
-    threshold = SiteWriter(base / "probe", CONFIG).gzip_threshold
-    big = [x for out in pages.values() for x in out if len(x) >= threshold]
-    raw_bytes = sum(len(x) for x in big)
-    gz_sizes = {}
-    for level in (1, 6, 9):
-        t0 = time.perf_counter()
-        gz_sizes[level] = sum(len(zlib.compress(x, level)) for x in big)
-        dt = time.perf_counter() - t0
-        print(
-            f"  gzip level {level}: {count / dt:9.0f} projects/s "
-            f"({len(big) / count:.0f} twins each), {gz_sizes[level] / raw_bytes:.1%} of the bytes"
-        )
-    del pages
-    shutil.rmtree(base / "probe", ignore_errors=True)
-
-    # The files a rewrite writes: 4 pages and a twin for each one over the threshold.
+    # Render only, per page kind; gzip at each level.  Pages are not kept (a full-size run
+    # would need gigabytes): only their sizes and the sizes of their twins.
     site = SiteWriter(base / "site", CONFIG, fsync=fsync)
-    gz_ratio = gz_sizes[site.gzip_level] / raw_bytes
-    files: list[tuple[str, int]] = []
-    for i, p in enumerate(projects):
-        for label, pattern, _ in PAGE_KINDS:
-            n = sizes[label][i]
-            files.append((pattern.format(p.name), n))
-            if n >= site.gzip_threshold:
-                files.append((pattern.format(p.name) + ".gz", int(n * gz_ratio)))
-    nbytes = sum(n for _, n in files)
+    threshold = site.gzip_threshold
+    render_time = dict.fromkeys([label for label, _, _ in PAGE_KINDS], 0.0)
+    gzip_time = {1: 0.0, 6: 0.0, 9: 0.0}
+    gzip_bytes = {1: 0, 6: 0, 9: 0}
+    page_bytes = {label: 0 for label, _, _ in PAGE_KINDS}
+    twin_bytes = 0
+    nfiles = nbytes = 0
+    for p in projects:
+        for label, _pattern, fn in PAGE_KINDS:
+            t0 = time.perf_counter()
+            page = fn(p)
+            render_time[label] += time.perf_counter() - t0
+            page_bytes[label] += len(page)
+            nfiles += 1
+            nbytes += len(page)
+            if len(page) >= threshold:
+                twin_bytes += len(page)
+                nfiles += 1
+                for level in gzip_time:
+                    t0 = time.perf_counter()
+                    n = len(zlib.compress(page, level, 31))
+                    gzip_time[level] += time.perf_counter() - t0
+                    gzip_bytes[level] += n
+                    if level == site.gzip_level:
+                        nbytes += n
+    for label, _, _ in PAGE_KINDS:
+        print(
+            f"  render {label}: {count / render_time[label]:9.0f} pages/s, "
+            f"{page_bytes[label] / count / 1024:5.1f} KiB each"
+        )
+    print(f"  render all four : {count / sum(render_time.values()):9.0f} projects/s")
+    for level in gzip_time:
+        print(
+            f"  gzip level {level}: {count / gzip_time[level]:9.0f} projects/s, "
+            f"{gzip_bytes[level] / max(1, twin_bytes):.1%} of the bytes"
+        )
     mb = nbytes / 1e6
     print(
-        f"  bytes per rewrite: {mb:.1f} MB in {len(files)} files "
-        f"({nbytes / count / 1024:.1f} KiB per project, twins at gzip level {site.gzip_level})"
+        f"  bytes per rewrite: {mb:.1f} MB in {nfiles} files ({nfiles / count:.1f} per project,"
+        f" {nbytes / count / 1024:.1f} KiB; twins at gzip level {site.gzip_level})"
     )
 
     # Generation 1 changes every page, so each rewrite below replaces all of them.
     changed = [synthetic_project(i, generation=1) for i in range(count)]
-    first = timed(lambda: site.write_all(projects))
-    one = timed(lambda: site.write_all(changed))
+    figures: list[tuple[str, float, float]] = []
+
+    def run(label: str, fn: Callable[[], object]) -> tuple[float, float]:
+        wall, cpu = measured(fn)
+        figures.append((label, wall, cpu))
+        return wall, cpu
+
+    run("first write, 1 process", lambda: site.write_all(projects))
+    one = run("rewrite all changed, 1 process", lambda: site.write_all(changed))
+    pool = run(
+        f"rewrite all changed, pool of {workers}",
+        lambda: site.write_all(projects, workers=workers),
+    )
+    blind = SiteWriter(base / "site", CONFIG, fsync=fsync, skip_unchanged=False)
+    run("  same, no read-back (skip_unchanged off)", lambda: blind.write_all(changed))
+    run("rewrite unchanged, 1 process", lambda: site.write_all(changed))
+    run(f"rewrite unchanged, pool of {workers}", lambda: site.write_all(changed, workers=workers))
     start = timed(lambda: site.write_all(changed[:1], workers=workers))
-    pool = timed(lambda: site.write_all(projects, workers=workers))
-    same1 = timed(lambda: site.write_all(projects))
-    samen = timed(lambda: site.write_all(projects, workers=workers))
+
     raw_root = str(base / "raw")
-    raw_write(raw_root, files, fsync)  # the first pass makes the directories
-    raw1 = timed(lambda: raw_write(raw_root, files, fsync))
-    rawn = raw_write_pool(raw_root, files, fsync, workers)
-    atomic1 = timed(lambda: raw_write(raw_root, files, fsync, atomic=True))
+    settings = (site.gzip_threshold, site.gzip_level, fsync)
+    for label, generation in (("first (new names)", 0), ("same files, 1 process", 1)):
+        wall, cpu = raw_rewrite(raw_root, 0, count, generation, settings)
+        figures.append((f"raw temp+rename, {label}", wall, cpu))
+    raw1 = figures[-1][1:]
+    rawn_wall, rawn_cpu = raw_rewrite_pool(raw_root, count, 0, settings, workers)
+    figures.append((f"raw temp+rename, same files, {workers} procs", rawn_wall, rawn_cpu))
     shutil.rmtree(raw_root, ignore_errors=True)
+    nogz = SiteWriter(base / "site", CONFIG, fsync=fsync, gzip_threshold=1 << 40)
+    nogz.write_all(projects)  # removes the twins (not timed)
+    run("rewrite changed, no .gz twins, 1 process", lambda: nogz.write_all(changed))
 
-    def line(label: str, seconds: float) -> str:
-        return f"  {label}: {count / seconds:9.0f} projects/s ({mb / seconds:6.1f} MB/s)"
-
-    print(line("first write, 1 process             ", first))
-    print(line("rewrite all changed, 1 process     ", one))
-    print(line(f"rewrite all changed, pool of {workers}     ", pool))
-    print(line("rewrite unchanged, 1 process       ", same1))
-    print(line(f"rewrite unchanged, pool of {workers}       ", samen))
-    print(line("raw write, same files, 1 process   ", raw1))
-    print(line(f"raw write, same files, {workers} processes ", rawn))
-    print(line("raw temp+rename, same files, 1 proc", atomic1))
+    width = max(len(label) for label, _, _ in figures)
+    for label, wall, cpu in figures:
+        print(
+            f"  {label:{width}}: {count / wall:8.0f} projects/s ({mb / wall:6.1f} MB/s), "
+            f"CPU {cpu / count * 1000:6.2f} ms per project"
+        )
     print(f"  (starting the pool of {workers}: {start * 1000:.0f} ms, included above)")
-    print(f"  ratio rewrite / raw write, 1 process : {raw1 / one:.2f}")
-    print(f"  ratio rewrite / raw write, {workers} processes: {rawn / pool:.2f}")
-    print(f"  ratio rewrite / raw temp+rename, 1 process: {atomic1 / one:.2f}")
-    print(f"  aim: 2,000 projects/s; pool reaches {count / pool / 2000:.0%} of it")
+    print(f"  ratio rewrite / raw temp+rename, 1 process : {raw1[0] / one[0]:.2f} (wall)")
+    print(
+        f"  ratio rewrite / raw temp+rename, {workers} processes: {rawn_wall / pool[0]:.2f} (wall)"
+    )
+    print(f"  ratio rewrite / raw temp+rename, CPU per project: {raw1[1] / one[1]:.2f}")
+    print(
+        f"  raw floor: {raw1[1] / nfiles * 1e6:.0f} us of CPU per atomic file replaced; "
+        f"{nfiles / count:.0f} files per project caps one core at "
+        f"{count / raw1[1]:.0f} projects/s"
+    )
+    print(f"  aim: 2,000 projects/s; the pool reaches {count / pool[0] / 2000:.0%} of it")
     print(
         f"  (machine check: pure CPU work in {workers} processes runs "
-        f"{cpu_speedup(workers):.2f}x as fast as in one)"
+        f"{cpu_speedup(workers):.2f}x as fast as in one; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     return projects
 
