@@ -56,7 +56,7 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 #: Schema version this code expects (the newest alembic revision).
-SCHEMA_VERSION = "0003"
+SCHEMA_VERSION = "0004"
 
 #: Longest project name and version string stored (PyPI's own limits are lower).
 MAX_NAME = 200
@@ -948,4 +948,54 @@ hourly_totals = Table(
     PrimaryKeyConstraint("hour", "source", "kind"),
     CheckConstraint(_in("source", ROLLUP_SOURCES), name="source"),
     comment="Per hour: requests and bytes by source and client kind (totals, spikes, bandwidth)",
+)
+
+daily_totals = Table(
+    "daily_totals",
+    metadata,
+    Column("day", Date, nullable=False, comment="UTC day"),
+    Column("downloads", BigInteger, nullable=False, comment="Downloads (no bots)"),
+    Column("bytes_sent", BigInteger, nullable=False, comment="Download bytes (no bots)"),
+    Column("seconds_saved", Double, nullable=False, comment="Time saved by the day's downloads"),
+    Column("searches", BigInteger, nullable=False, comment="Index hits (no bots)"),
+    Column("project_hits", BigInteger, nullable=False, comment="Project page hits (no bots)"),
+    Column("json_hits", BigInteger, nullable=False, comment="JSON hits (no bots)"),
+    PrimaryKeyConstraint("day"),
+    comment="Per day: daily_package_stats summed over projects (daily and all-time figures)",
+)
+
+monthly_package_stats = Table(
+    "monthly_package_stats",
+    metadata,
+    Column("month", Date, nullable=False, comment="First UTC day of the month"),
+    Column("package", Text, nullable=False, comment="Canonical project name"),
+    Column("downloads", BigInteger, nullable=False, comment="Downloads (no bots)"),
+    Column("searches", BigInteger, nullable=False, comment="Index hits (no bots)"),
+    Column("project_hits", BigInteger, nullable=False, comment="Project page hits (no bots)"),
+    Column("json_hits", BigInteger, nullable=False, comment="JSON hits (no bots)"),
+    PrimaryKeyConstraint("month", "package"),
+    comment="Per month, per project: daily_package_stats summed (top projects of a period)",
+)
+
+log_batches = Table(
+    "log_batches",
+    metadata,
+    Column(
+        "source",
+        LargeBinary,
+        nullable=False,
+        comment="Identity of the piw-logger that sent the batch (unique per logger process)",
+    ),
+    Column("batch_id", BigInteger, nullable=False, comment="Batch number given by that logger"),
+    Column("stored", BigInteger, nullable=False, comment="Records stored from the batch"),
+    Column(
+        "stored_at",
+        DateTime(timezone=True),
+        nullable=False,
+        server_default=_now(),
+        comment="When the batch was committed (kept a few days, then pruned)",
+    ),
+    PrimaryKeyConstraint("source", "batch_id"),
+    Index(None, "stored_at"),
+    comment="Log batches stored, recorded with their rows: a resent batch is not stored twice",
 )

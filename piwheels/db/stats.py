@@ -43,6 +43,7 @@ __all__ = [
     "EXTRA_SOURCES",
     "StoreResult",
     "batch_days",
+    "prune_batches",
     "rollup_day",
     "store_batch",
 ]
@@ -59,6 +60,8 @@ class StoreResult:
     stored: int = 0
     by_table: Counter[str] = field(default_factory=Counter)
     extra: int = 0
+    #: The batch was stored before (recorded in ``log_batches``): nothing was stored now.
+    duplicate: bool = False
 
 
 def _stage(table: str) -> str:
@@ -75,6 +78,9 @@ _STAGE_DDL = ";".join(
     for t in LOG_TABLES
 )
 _DAY = "(accessed_at AT TIME ZONE 'UTC')::date"
+#: Figures of daily_package_stats (and daily_totals), and those monthly_package_stats keeps.
+_PKG_COLS = ("downloads", "bytes_sent", "seconds_saved", "searches", "project_hits", "json_hits")
+_MONTH_COLS = ("downloads", "searches", "project_hits", "json_hits")
 _ADD = "{c} = {t}.{c} + excluded.{c}"
 
 
@@ -91,11 +97,12 @@ def _store_statement() -> str:
     ]
     dels = [f"del_{t} AS (DELETE FROM {_stage(t)})" for t in LOG_TABLES]
     sd, ss, sp, sj, sw = (_stage(t) for t in LOG_TABLES)
-    pkg_cols = ("downloads", "bytes_sent", "seconds_saved", "searches", "project_hits", "json_hits")
+    sums = ", ".join(f"sum({c})" for c in _PKG_COLS)
     pkg = f"""
-    pkg AS (
-        INSERT INTO daily_package_stats (day, package, {", ".join(pkg_cols)})
-        SELECT day, package, sum(dl), sum(bytes), sum(saved), sum(se), sum(ph), sum(jh)
+    pkg_rows AS MATERIALIZED (
+        SELECT day, package, sum(dl) AS downloads, sum(bytes) AS bytes_sent,
+               sum(saved) AS seconds_saved, sum(se) AS searches, sum(ph) AS project_hits,
+               sum(jh) AS json_hits
         FROM (
             SELECT (d.accessed_at AT TIME ZONE 'UTC')::date AS day, d.package,
                    count(*) AS dl, sum(d.bytes_sent) AS bytes,
@@ -116,7 +123,24 @@ def _store_statement() -> str:
             WHERE {_NOBOT} GROUP BY 1, 2
         ) s
         GROUP BY day, package
-        ON CONFLICT (day, package) DO UPDATE SET {_add_all("daily_package_stats", pkg_cols)}
+    ),
+    pkg AS (
+        INSERT INTO daily_package_stats (day, package, {", ".join(_PKG_COLS)})
+        SELECT day, package, {", ".join(_PKG_COLS)} FROM pkg_rows
+        ON CONFLICT (day, package) DO UPDATE SET {_add_all("daily_package_stats", _PKG_COLS)}
+    ),
+    tot AS (
+        INSERT INTO daily_totals (day, {", ".join(_PKG_COLS)})
+        SELECT day, {sums} FROM pkg_rows GROUP BY day
+        ON CONFLICT (day) DO UPDATE SET {_add_all("daily_totals", _PKG_COLS)}
+    ),
+    mon AS (
+        INSERT INTO monthly_package_stats (month, package, {", ".join(_MONTH_COLS)})
+        SELECT date_trunc('month', day)::date, package,
+               {", ".join(f"sum({c})" for c in _MONTH_COLS)}
+        FROM pkg_rows GROUP BY 1, 2
+        ON CONFLICT (month, package)
+        DO UPDATE SET {_add_all("monthly_package_stats", _MONTH_COLS)}
     )"""
     client = f"""
     client AS (
@@ -172,6 +196,9 @@ def store_batch(
     conn: Connection,
     tables: Mapping[str, bytes],
     extra: Sequence[Sequence[Any]] = (),
+    *,
+    source: bytes | None = None,
+    batch_id: int | None = None,
 ) -> StoreResult:
     """Store one packed batch and add it to the rollups, in one transaction.
 
@@ -184,6 +211,12 @@ def store_batch(
     soon as the batch is committed.  A row PostgreSQL refuses (a date such as
     February 30) fails the whole batch with :class:`sqlalchemy.exc.DataError`
     or :class:`~sqlalchemy.exc.IntegrityError` and stores nothing.
+
+    With *source* (the logger's identity) and *batch_id*, the batch is
+    recorded in ``log_batches`` in the same transaction as its rows; a batch
+    recorded already is not stored again (``duplicate``, with the count
+    stored the first time), so a resend after a lost ACK is exact even
+    across a master restart.
     """
     res = StoreResult()
     for table, rows in tables.items():
@@ -191,7 +224,14 @@ def store_batch(
             res.by_table[table] = rows.count(b"\n")
     x = list(zip(*extra, strict=True)) if extra else [(), (), (), (), ()]
     res.extra = sum(x[3])
+    res.stored = sum(res.by_table.values()) + res.extra
     with atomic(conn):
+        if source is not None and batch_id is not None:
+            # First, so a resend waits here for a first copy still being stored.
+            new = conn.execute(_RECORD, {"s": source, "b": batch_id, "n": res.stored}).first()
+            if new is None:
+                before = conn.execute(_RECORDED, {"s": source, "b": batch_id}).scalar_one()
+                return StoreResult(stored=int(before), duplicate=True)
         conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
         raw = conn.connection.dbapi_connection
         assert raw is not None
@@ -218,8 +258,26 @@ def store_batch(
                 "x_bytes": list(x[4]),
             },
         )
-    res.stored = sum(res.by_table.values()) + res.extra
     return res
+
+
+_RECORD = text(
+    "INSERT INTO log_batches (source, batch_id, stored) VALUES (:s, :b, :n) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+_RECORDED = text("SELECT stored FROM log_batches WHERE source = :s AND batch_id = :b")
+#: How long stored batch ids are kept (a logger resends within minutes).
+BATCH_RETENTION_DAYS = 2
+
+
+def prune_batches(conn: Connection, keep_days: int = BATCH_RETENTION_DAYS) -> int:
+    """Forget stored batch ids older than *keep_days*; returns how many."""
+    with atomic(conn):
+        res = conn.execute(
+            text("DELETE FROM log_batches WHERE stored_at < now() - make_interval(days => :k)"),
+            {"k": keep_days},
+        )
+    return int(res.rowcount)
 
 
 def batch_days(tables: Mapping[str, bytes], extra: Sequence[Sequence[Any]] = ()) -> set[date]:
@@ -248,6 +306,7 @@ def _rollup_statements() -> list[str]:
         "DELETE FROM daily_web_stats WHERE day = :day AND source IN ('project', 'json', 'web')",
         "DELETE FROM hourly_totals WHERE hour >= CAST(:day AS date) "
         "AND hour < CAST(:day AS date) + 1",
+        "DELETE FROM daily_totals WHERE day = :day",
         f"""
         INSERT INTO daily_package_stats
             (day, package, downloads, bytes_sent, seconds_saved, searches, project_hits, json_hits)
@@ -307,6 +366,27 @@ def _rollup_statements() -> list[str]:
             FROM {table} WHERE {_RANGE} GROUP BY 1, kind
             """
         )
+    cols = ", ".join(_PKG_COLS)
+    stmts.append(
+        f"""
+        INSERT INTO daily_totals (day, {cols})
+        SELECT :day, {", ".join(f"sum({c})" for c in _PKG_COLS)}
+        FROM daily_package_stats WHERE day = :day HAVING count(*) > 0
+        """
+    )
+    # The day's month again from its days (a day's old figures are gone by now).
+    month = "CAST(date_trunc('month', CAST(:day AS date)) AS date)"
+    mcols = ", ".join(_MONTH_COLS)
+    stmts += [
+        f"DELETE FROM monthly_package_stats WHERE month = {month}",
+        f"""
+        INSERT INTO monthly_package_stats (month, package, {mcols})
+        SELECT {month}, package, {", ".join(f"sum({c})" for c in _MONTH_COLS)}
+        FROM daily_package_stats
+        WHERE day >= {month} AND day < {month} + interval '1 month'
+        GROUP BY package
+        """,
+    ]
     return stmts
 
 

@@ -5,7 +5,10 @@ batch by the protocol; it is stored in one transaction (COPY, then one
 statement into the hit tables and the rollups, see
 :func:`piwheels.db.stats.store_batch`) and acknowledged only after the
 commit.  A batch seen before (same logger identity and batch id: a resend
-whose ACK was lost) is acknowledged again without being stored twice.  When
+whose ACK was lost) is acknowledged again without being stored twice: each
+stored batch is recorded in ``log_batches`` in its own transaction, so this
+holds across a master restart between the commit and the ACK (recent batch
+ids are also remembered in memory, which spares the database a query).  When
 PostgreSQL cannot be reached the answer is NACK with a ``retry_after``: the
 logger keeps the batch and sends it again, so nothing is lost.  A batch
 PostgreSQL refuses (a row the protocol's pattern lets through but the
@@ -29,7 +32,7 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from .. import protocols
-from ..db.stats import batch_days, rollup_day, store_batch
+from ..db.stats import batch_days, prune_batches, rollup_day, store_batch
 from ..tasks import Endpoint, Task
 from ..transport import ROUTER, Context
 from .env import MasterEnv
@@ -115,7 +118,9 @@ class LogIngest(Task):
             return
         try:
             with self.env.engine.begin() as conn:
-                res = store_batch(conn, data["tables"], data["extra"])
+                res = store_batch(
+                    conn, data["tables"], data["extra"], source=peer[0], batch_id=batch_id
+                )
         except (DataError, IntegrityError) as exc:
             self.rejected += 1
             self.log.error(
@@ -147,6 +152,11 @@ class LogIngest(Task):
         self._seen[key] = res.stored
         if len(self._seen) > DEDUP_LIMIT:
             self._seen.popitem(last=False)
+        if res.duplicate:
+            self.duplicates += 1
+            self.log.info("batch %d from %r was stored before: not stored again", batch_id, peer[0])
+            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
+            return
         self.touched |= batch_days(data["tables"], data["extra"])
         self.stored += res.stored
         self.batches += 1
@@ -175,10 +185,15 @@ class LogIngest(Task):
         return done
 
     def after_midnight(self, yesterday: date) -> None:
-        """Roll up *yesterday* once more and check it for a spike."""
+        """Roll up *yesterday* once more, check it for a spike, forget old batch ids."""
         self.dirty.add(yesterday)
         self.rollup_dirty()
         self.check_spike(yesterday)
+        try:
+            with self.env.engine.connect() as conn:
+                prune_batches(conn)
+        except (OperationalError, DBAPIError) as exc:
+            self.log.error("pruning stored batch ids failed: %s", str(exc).splitlines()[0])
 
     def check_spike(self, day: date) -> Any:
         """Log a warning naming the packages if *day* is a spike; returns the analysis."""

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from piwheels import protocols
 from piwheels.db import initdb
+from piwheels.db.stats import prune_batches, store_batch
 from piwheels.logger.batch import encode as encode_batch
 from piwheels.logger.classify import AccessRecord
 from piwheels.master.log_ingest import LogIngest
@@ -102,6 +103,62 @@ def test_resent_batch_is_stored_once(engine: Engine, context: Context, tmp_short
     finally:
         peer.close()
         task.close()
+
+
+def test_resend_after_a_master_restart_is_stored_once(
+    engine: Engine, context: Context, tmp_short: Path
+) -> None:
+    """Stored, then the master stops before its ACK: a new master skips the resend."""
+    records = batch([{}, {}, {"kind": "index", "target": "index", "filename": None}])
+    first = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log1", tmp_short))
+    try:
+        # What do_BATCH commits before it answers; the ACK is never sent.
+        with engine.begin() as conn:
+            res = store_batch(
+                conn, records["tables"], records["extra"], source=b"logger-a", batch_id=7
+            )
+        assert (res.stored, res.duplicate) == (3, False)
+    finally:
+        first.close()
+    assert count(engine, "downloads") == 2
+    # A new master (nothing in memory) on the same database gets the resend.
+    second = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log2", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=second.address, drive=(second,),
+        identity=b"logger-a",
+    )  # fmt: skip
+    try:
+        peer.send("BATCH", {"batch_id": 7, **records})
+        peer.expect("ACK", {"batch_id": 7, "stored": 3})
+        assert second.duplicates == 1
+        assert second.stored == 0
+        assert count(engine, "downloads") == 2
+        assert count(engine, "searches") == 1
+        with engine.connect() as conn:
+            total = conn.execute(text("SELECT sum(downloads) FROM daily_totals")).scalar_one()
+        assert total == 2
+        # The next batch of the same logger is stored as usual.
+        peer.send("BATCH", {"batch_id": 8, **records})
+        peer.expect("ACK", {"batch_id": 8, "stored": 3})
+        assert count(engine, "downloads") == 4
+    finally:
+        peer.close()
+        second.close()
+
+
+def test_stored_batch_ids_are_pruned(engine: Engine) -> None:
+    records = batch([{}])
+    with engine.begin() as conn:
+        store_batch(conn, records["tables"], records["extra"], source=b"old", batch_id=1)
+        store_batch(conn, records["tables"], records["extra"], source=b"new", batch_id=1)
+        conn.execute(
+            text("UPDATE log_batches SET stored_at = now() - interval '3 days' WHERE source = :s"),
+            {"s": b"old"},
+        )
+    with engine.connect() as conn:
+        assert prune_batches(conn, keep_days=2) == 1
+        left = conn.execute(text("SELECT source FROM log_batches")).scalars().all()
+    assert [bytes(x) for x in left] == [b"new"]
 
 
 def test_bad_input(engine: Engine, context: Context, tmp_short: Path) -> None:
