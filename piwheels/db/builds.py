@@ -492,14 +492,12 @@ def abandon_builds(conn: Connection, builder: int) -> list[int]:
     return ids
 
 
-def unfinished_builds(conn: Connection) -> list[int]:
-    """Ids of builds still pending or building (after a master restart: held by whom?)."""
-    return [
-        b
-        for (b,) in conn.execute(
-            select(builds.c.build_id).where(builds.c.status.in_(("pending", "building")))
-        )
-    ]
+def unfinished_builds(conn: Connection, builder: int | None = None) -> list[int]:
+    """Ids of builds still pending or building (of one builder, or all)."""
+    query = select(builds.c.build_id).where(builds.c.status.in_(("pending", "building")))
+    if builder is not None:
+        query = query.where(builds.c.builder_id == builder)
+    return [b for (b,) in conn.execute(query.order_by(builds.c.build_id))]
 
 
 def abandon_build_ids(conn: Connection, build_ids: Iterable[int]) -> list[int]:

@@ -10,10 +10,21 @@ It never hands the same release to two builders (the database refuses a
 second start), drops a builder that falls silent for longer than
 ``[master] builder_timeout`` and gives its build back to the queue, and obeys
 the monitors' actions: global pause, and per-builder sleep, wake, skip and kill.
+
+Throughput: the dispatcher reads a burst of builder messages at a time and
+does their database work together afterwards (one transaction starts the
+builds every idle builder asked for, one records every build that ended),
+answering each builder only once its change is committed.  It never waits
+for the file receiver: requests go out tagged with their transfer token and
+the answers are routed back to their build as they come, so verifying and
+publishing one builder's wheel never holds up the others.  A build whose
+files are all verified and being published ends by itself even if its
+builder goes away meanwhile (the files are good; it is recorded, not lost).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,15 +35,27 @@ from ..db import abis as db_abis
 from ..db import builds as db_builds
 from ..db import queue as db_queue
 from ..db.files import Dependency, FileRecord
-from ..errors import BuildError, InvalidName, InvalidWheel, PiwheelsError, TransportError
+from ..errors import (
+    BuildError,
+    InvalidName,
+    InvalidWheel,
+    PiwheelsError,
+    ProtocolError,
+    TransportError,
+)
+from ..filetransfer import new_token
 from ..tasks import Endpoint, Task
-from ..transport import PULL, PUSH, ROUTER, Context
+from ..transport import PULL, PUSH, ROUTER, Context, Received
 from ..web.layout import log_url
 from .env import MasterEnv
-from .transfers import TransferClient, TransferFailed
+from .transfers import REPLY_TIMEOUT, TransferClient, VerifiedFile
 
 #: Builders are told to check in this often while building.
 HEARTBEAT = timedelta(seconds=5)
+#: Messages read from one socket before the batched database work is done.
+BURST = 64
+#: Queue entries read beyond the number of builders asking (some may be taken).
+SPARE = 10
 
 
 def now() -> datetime:
@@ -41,19 +64,42 @@ def now() -> datetime:
 
 @dataclass
 class BuildInFlight:
-    """A build a builder holds, and the files still to collect."""
+    """A build a builder holds, and the files still to collect.
+
+    ``phase``: building, sending (files coming one at a time), publishing
+    (every file verified or being verified by PUBLISH; ends by itself) or
+    recording (waiting for the batched database write).
+    """
 
     build_id: int
     package: str
     version: str
     started_at: datetime
     timeout: timedelta
+    target: str = ""
+    abi: str | None = None
+    platform: str | None = None
+    label: str = ""
+    phase: str = "building"
     files: list[dict[str, Any]] = field(default_factory=list)
     pending: list[dict[str, Any]] = field(default_factory=list)
     transfers: dict[str, str] = field(default_factory=dict)  # filename -> token
-    verified: dict[str, Any] = field(default_factory=dict)  # filename -> verification
+    published: dict[str, VerifiedFile] = field(default_factory=dict)  # filename -> facts
     sending: str | None = None
     result: dict[str, Any] | None = None
+    asked_at: float | None = None  # monotonic time of an unanswered file receiver request
+
+
+@dataclass
+class _Finish:
+    """A build outcome waiting for the batched database write."""
+
+    build: BuildInFlight
+    status: str
+    failure: str | None
+    log: str
+    duration: timedelta
+    records: list[FileRecord]
 
 
 @dataclass
@@ -151,6 +197,13 @@ class BuildDispatcher(Task):
         self.status = self.socket(PUSH, reversed(protocols.status_feed), name="status_feed")
         self.status.connect(env.addresses["status_feed"])
         self.transfers = TransferClient(self, env.addresses["transfers"])
+        self.register(self.transfers.socket, self.handle_transfers)
+        # Builds in flight by id; transfer tokens -> (build id, filename).
+        self.inflight: dict[int, BuildInFlight] = {}
+        self.tokens: dict[str, tuple[int, str]] = {}
+        # The batched work: builders waiting for a build, builds waiting to be recorded.
+        self.wanting: dict[tuple[bytes, ...], BuilderState] = {}
+        self.finishing: list[_Finish] = []
         self.every(1.0, self.expire, pausable=False)
         # Builds left unfinished by a previous master: their builders get one
         # builder timeout to come back and resume them; the rest are given back.
@@ -197,6 +250,44 @@ class BuildDispatcher(Task):
                 self.drop(state, f"protocol error: {exc}")
             self._reply(peer, "DIE", {"reason": f"protocol error: {str(exc)[:400]}"})
 
+    # -- batching ----------------------------------------------------------------------
+
+    def handle_builder(self) -> None:
+        """Read a burst of builder messages, then do their database work together."""
+        for _ in range(BURST):
+            self.dispatch(self.builder)
+            if not self.builder.poll(0):
+                break
+        self.flush()
+
+    def handle_transfers(self) -> None:
+        """Route the file receiver's answers to their builds."""
+        sock = self.transfers.socket
+        for _ in range(BURST):
+            try:
+                received = sock.recv_msg()
+            except ProtocolError as exc:
+                self.log.warning("transfers: %s", exc)
+            else:
+                self._transfer_answer(received)
+            if not sock.poll(0):
+                break
+        self.flush()
+
+    def flush(self) -> None:
+        """Record the builds that ended, then hand out builds to the builders asking."""
+        if self.finishing:
+            self._record()
+        if self.wanting:
+            self._hand_out()
+
+    def _holder(self, build: BuildInFlight) -> BuilderState | None:
+        """The connected builder holding *build* (None once it went away)."""
+        for state in self.builders.values():
+            if state.build is build:
+                return state
+        return None
+
     # -- builder messages ------------------------------------------------------------
 
     def do_HELLO(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
@@ -224,8 +315,17 @@ class BuildDispatcher(Task):
                     conn, label, abi=target, platform_tag=data["platform"]
                 )
                 if not data.get("resume_build_id"):
-                    # Builds it held before a master restart are not coming back.
-                    db_builds.abandon_builds(conn, builder_id)
+                    # Builds it held before a master restart are not coming back
+                    # (except those already publishing: they end by themselves).
+                    held = {
+                        b.build_id
+                        for b in self.inflight.values()
+                        if b.phase in ("publishing", "recording")
+                    }
+                    lost = set(db_builds.unfinished_builds(conn, builder_id)) - held
+                    db_builds.abandon_build_ids(conn, lost)
+                    for build_id in lost:
+                        self._forget_build(build_id)
         except InvalidName as exc:
             self.log.warning("refused builder %s: %s", label, exc)
             self._reply(peer, "REFUSED", {"reason": str(exc)})
@@ -264,19 +364,42 @@ class BuildDispatcher(Task):
         self._publish(state)
 
     def _resume(self, state: BuilderState, build_id: int) -> None:
+        known = self.inflight.get(build_id)
+        if known is not None and known.phase in ("publishing", "recording"):
+            # Its files are on their way into the index: DONE follows when recorded.
+            known.label = state.label
+            state.build = known
+            state.state = "sending"
+            self.log.info("builder %s is back for build %d (publishing)", state.label, build_id)
+            return
+        if known is not None:
+            # Files half-sent by the old connection are sent again from the start.
+            self._cancel_transfers(known)
         with self._db() as conn:
             build = db_builds.get_build(conn, build_id)
         if build is None or build.status != "building":
+            self.inflight.pop(build_id, None)
             return
-        state.build = BuildInFlight(
-            build_id=build_id,
-            package=build.package,
-            version=build.version,
-            started_at=self.clock(),
-            timeout=self.build_timeout,
-        )
+        state.build = self._new_build(state, build_id, build.package, build.version)
         state.state = "building"
         self.log.info("builder %s resumes build %d", state.label, build_id)
+
+    def _new_build(
+        self, state: BuilderState, build_id: int, package: str, version: str
+    ) -> BuildInFlight:
+        build = BuildInFlight(
+            build_id=build_id,
+            package=package,
+            version=version,
+            started_at=self.clock(),
+            timeout=self.build_timeout,
+            target=state.target,
+            abi=state.abi,
+            platform=state.platform,
+            label=state.label,
+        )
+        self.inflight[build_id] = build
+        return build
 
     def _known(self, peer: tuple[bytes, ...], msg: str) -> BuilderState | None:
         state = self.builders.get(peer)
@@ -309,23 +432,8 @@ class BuildDispatcher(Task):
         if data["stats"]["disk_free"] < self.min_builder_disk:
             self._sleep(state, "low disk")
             return
-        build = self._next_build(state)
-        if build is None:
-            self._sleep(state, "no work")
-            return
-        state.build = build
-        state.state = "building"
-        self._reply(
-            state,
-            "BUILD",
-            {
-                "build_id": build.build_id,
-                "package": build.package,
-                "version": build.version,
-                "timeout": build.timeout,
-            },
-        )
-        self._publish(state)
+        # Answered by flush(), with every other builder asking in this burst.
+        self.wanting[peer] = state
 
     def _sleep(self, state: BuilderState, reason: str) -> None:
         new = "paused" if reason in ("paused", "asleep") else "idle"
@@ -337,33 +445,71 @@ class BuildDispatcher(Task):
         if changed:
             self._publish(state)
 
-    def _next_build(self, state: BuilderState) -> BuildInFlight | None:
+    def _hand_out(self) -> None:
+        """Start a build for every builder asking, in one transaction; answer each."""
+        asking = [
+            s
+            for peer, s in self.wanting.items()
+            if self.builders.get(peer) is s and s.build is None
+        ]
+        self.wanting = {}
+        by_target: dict[str, list[BuilderState]] = {}
+        for state in asking:
+            by_target.setdefault(state.target, []).append(state)
+        started: list[tuple[BuilderState, db_queue.QueuedBuild, int]] = []
         with self._db() as conn:
-            for queued in db_queue.next_builds(conn, state.target, limit=10):
-                try:
-                    build_id = db_builds.start_build(
-                        conn, queued.package, queued.version, state.target, state.builder_id
+            for target, states in by_target.items():
+                candidates = iter(db_queue.next_builds(conn, target, limit=len(states) + SPARE))
+                waiting = list(states)
+                while waiting:
+                    picks = []
+                    for state in waiting:
+                        queued = next(candidates, None)
+                        if queued is None:
+                            break
+                        picks.append((state, queued))
+                    if not picks:
+                        break
+                    waiting = waiting[len(picks) :]
+                    ids = db_builds.start_builds(
+                        conn,
+                        [(q.package, q.version, target, s.builder_id) for s, q in picks],
                     )
-                except BuildError as exc:
-                    # Another builder took it first; try the next one.
-                    self.log.debug("skipping %s %s: %s", queued.package, queued.version, exc)
-                    continue
-                self.log.info(
-                    "build %d: %s %s for %s on %s",
-                    build_id,
-                    queued.package,
-                    queued.version,
-                    state.target,
-                    state.label,
-                )
-                return BuildInFlight(
-                    build_id=build_id,
-                    package=queued.package,
-                    version=queued.version,
-                    started_at=self.clock(),
-                    timeout=self.build_timeout,
-                )
-        return None
+                    for (state, queued), build_id in zip(picks, ids, strict=True):
+                        if build_id is None:
+                            # Another target's builder has this release: try the next one.
+                            waiting.append(state)
+                        else:
+                            started.append((state, queued, build_id))
+        # Committed: only now may the builders start.
+        given = set()
+        for state, queued, build_id in started:
+            given.add(state.peer)
+            build = self._new_build(state, build_id, queued.package, queued.version)
+            state.build = build
+            state.state = "building"
+            self.log.info(
+                "build %d: %s %s for %s on %s",
+                build_id,
+                queued.package,
+                queued.version,
+                state.target,
+                state.label,
+            )
+            self._reply(
+                state,
+                "BUILD",
+                {
+                    "build_id": build_id,
+                    "package": build.package,
+                    "version": build.version,
+                    "timeout": build.timeout,
+                },
+            )
+            self._publish(state)
+        for state in asking:
+            if state.peer not in given:
+                self._sleep(state, "no work")
 
     def do_BUSY(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
         state = self._known(peer, "BUSY")
@@ -399,18 +545,22 @@ class BuildDispatcher(Task):
             # Already recorded (or abandoned): let the builder forget it.
             self._reply(state, "DONE", {"build_id": data["build_id"]})
             return
+        if build.phase != "building":
+            # Said again (e.g. after reconnecting) while its files are being
+            # handled: DONE follows when the build is recorded.
+            return
         build.result = data
         if not data["status"]:
             failure = data["failure_class"] or "other"
             if failure not in db_builds.FAILURE_CLASSES:
                 failure = "other"
-            self._finish(state, "failed", failure, data["log"], data["duration"])
+            self._finish(build, "failed", failure, data["log"], data["duration"])
             return
         problem = self._check_files(build, data["files"])
         if problem:
             self.log.warning("build %d refused: %s", build.build_id, problem)
             self._finish(
-                state,
+                build,
                 "failed",
                 "invalid_wheel",
                 data["log"] + f"\n\npiwheels: refused the build: {problem}\n",
@@ -419,9 +569,10 @@ class BuildDispatcher(Task):
             return
         build.files = list(data["files"])
         build.pending = list(data["files"])
+        build.phase = "sending"
         state.state = "sending"
         self._publish(state)
-        self._send_next(state)
+        self._send_next(build)
 
     def _check_files(self, build: BuildInFlight, files: list[dict[str, Any]]) -> str | None:
         if not files:
@@ -442,32 +593,32 @@ class BuildDispatcher(Task):
                 return f"{name} is {rec['size']} bytes, over the {self.max_file_size} limit"
         return None
 
-    def _send_next(self, state: BuilderState) -> None:
-        build = state.build
-        assert build is not None
-        if not build.pending:
-            self._complete(state)
-            return
+    # -- the file receiver -------------------------------------------------------------
+
+    def _ask(self, build: BuildInFlight, msg: str, data: dict[str, Any]) -> None:
+        build.asked_at = time.monotonic()
+        self.transfers.request(msg, data)
+
+    def _send_next(self, build: BuildInFlight) -> None:
+        """Have the file receiver expect the next file (SEND follows its EXPECTING)."""
         rec = build.pending.pop(0)
-        try:
-            token = self.transfers.expect(
-                filename=rec["filename"],
-                package=build.package,
-                version=build.version,
-                abi=state.abi,
-                platform=state.platform,
-                size=rec["size"],
-                sha256=rec["sha256"],
-            )
-        except TransferFailed as exc:
-            self._fail_files(state, str(exc))
-            return
+        token = new_token()
         build.transfers[rec["filename"]] = token
         build.sending = rec["filename"]
-        self._reply(
-            state,
-            "SEND",
-            {"build_id": build.build_id, "filename": rec["filename"], "transfer": token},
+        self.tokens[token] = (build.build_id, rec["filename"])
+        self._ask(
+            build,
+            "EXPECT",
+            {
+                "transfer": token,
+                "filename": rec["filename"],
+                "package": build.package,
+                "version": build.version,
+                "abi": build.abi,
+                "platform": build.platform,
+                "size": rec["size"],
+                "sha256": rec["sha256"],
+            },
         )
 
     def do_SENT(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
@@ -475,43 +626,87 @@ class BuildDispatcher(Task):
         if state is None:
             return
         build = state.build
-        if build is None or build.build_id != data["build_id"] or build.sending != data["filename"]:
+        if build is None or build.build_id != data["build_id"]:
+            self._reply(state, "DONE", {"build_id": data["build_id"]})
+            return
+        if build.phase != "sending" or build.sending != data["filename"]:
+            if build.phase == "sending" and build.sending is None:
+                return  # said twice: the file is being checked already
             self._reply(state, "DONE", {"build_id": data["build_id"]})
             return
         token = build.transfers[data["filename"]]
-        try:
-            build.verified[data["filename"]] = self.transfers.verify(token)
-        except TransferFailed as exc:
-            self._fail_files(state, f"{data['filename']}: {exc}")
-            return
         build.sending = None
-        self._send_next(state)
+        if not build.pending and len(build.files) == 1:
+            # The only file: PUBLISH verifies it first and publishes nothing unless it passes.
+            build.phase = "publishing"
+            self._ask(build, "PUBLISH", {"transfer": token})
+        else:
+            # One of several: each is verified before any is published.
+            self._ask(build, "VERIFY", {"transfer": token})
 
-    def _fail_files(self, state: BuilderState, reason: str) -> None:
-        build = state.build
-        assert build is not None and build.result is not None
+    def _transfer_answer(self, received: Received) -> None:
+        token = received.data["transfer"]
+        build_id, filename = self.tokens.get(token, (0, ""))
+        build = self.inflight.get(build_id)
+        if build is None or build.transfers.get(filename) != token:
+            return  # a transfer given up meanwhile (cancelled): nothing waits for it
+        build.asked_at = None
+        msg = received.msg
+        if msg == "CANCELLED":
+            return
+        if msg == "REFUSED":
+            if build.phase in ("sending", "publishing"):
+                self._fail_files(build, f"{filename}: {received.data['reason']}")
+            return
+        if msg == "EXPECTING":
+            holder = self._holder(build)
+            if holder is not None and build.phase == "sending" and build.sending == filename:
+                self._reply(
+                    holder,
+                    "SEND",
+                    {"build_id": build.build_id, "filename": filename, "transfer": token},
+                )
+        elif msg == "VERIFIED":
+            if build.phase != "sending":
+                return
+            if build.pending:
+                self._send_next(build)
+            else:
+                # Every file is verified: publish them all.
+                build.phase = "publishing"
+                for rec in build.files:
+                    self._ask(build, "PUBLISH", {"transfer": build.transfers[rec["filename"]]})
+        elif msg == "PUBLISHED":
+            if build.phase != "publishing":
+                return
+            build.published[filename] = VerifiedFile.from_facts(received.data["file"])
+            if len(build.published) == len(build.files):
+                self._complete(build)
+
+    def _cancel_transfers(self, build: BuildInFlight) -> None:
         for token in build.transfers.values():
-            self.transfers.cancel(token)
+            self.tokens.pop(token, None)
+            self.transfers.request("CANCEL", {"transfer": token})
+        build.transfers = {}
+        build.asked_at = None
+
+    def _fail_files(self, build: BuildInFlight, reason: str) -> None:
+        assert build.result is not None
+        self._cancel_transfers(build)
         self.log.warning("build %d refused: %s", build.build_id, reason)
         self._finish(
-            state,
+            build,
             "failed",
             "invalid_wheel",
             build.result["log"] + f"\n\npiwheels: refused the build: {reason}\n",
             build.result["duration"],
         )
 
-    def _complete(self, state: BuilderState) -> None:
-        build = state.build
-        assert build is not None and build.result is not None
+    def _complete(self, build: BuildInFlight) -> None:
+        assert build.result is not None
         records = []
         for rec in build.files:
-            token = build.transfers[rec["filename"]]
-            try:
-                info = self.transfers.publish(token)
-            except TransferFailed as exc:
-                self._fail_files(state, f"{rec['filename']}: {exc}")
-                return
+            info = build.published[rec["filename"]]
             deps = [Dependency("apt", d) for d in rec["apt_dependencies"]]
             deps += [Dependency("missing-lib", d) for d in rec["missing_libraries"]]
             deps += [Dependency("pip", d) for d in info.requires_dist]
@@ -534,25 +729,74 @@ class BuildDispatcher(Task):
                     dependencies=tuple(deps),
                 )
             )
-        self._finish(state, "success", None, build.result["log"], build.result["duration"], records)
+        for token in build.transfers.values():
+            self.tokens.pop(token, None)
+        self._finish(build, "success", None, build.result["log"], build.result["duration"], records)
+
+    # -- recording ---------------------------------------------------------------------
 
     def _finish(
         self,
-        state: BuilderState,
+        build: BuildInFlight,
         status: str,
         failure: str | None,
         log: str,
         duration: timedelta,
         records: list[FileRecord] | None = None,
     ) -> None:
-        build = state.build
-        assert build is not None
-        log_path = log_url(build.build_id)
-        with self._db() as conn:
-            db_builds.finish_build(
-                conn, build.build_id, status, duration, failure, records or [], log_path=log_path
-            )
-        self._page("LOG", {"build_id": build.build_id, "log": log[-protocols.LOG_LIMIT + 1000 :]})
+        """Queue the outcome for the next batched write (flush)."""
+        build.phase = "recording"
+        self.finishing.append(_Finish(build, status, failure, log, duration, records or []))
+
+    def _record(self) -> None:
+        """Record every queued outcome in one transaction, then tell everyone."""
+        items, self.finishing = self.finishing, []
+        results = [self._result(item) for item in items]
+        try:
+            with self._db() as conn:
+                db_builds.finish_builds(conn, results)
+        except (BuildError, InvalidWheel):
+            # One bad outcome must not keep the others out: record them one at a time.
+            for item, result in zip(items, results, strict=True):
+                self._record_one(item, result)
+        for item in items:
+            self._finished(item)
+
+    def _result(self, item: _Finish) -> db_builds.BuildResult:
+        return db_builds.BuildResult(
+            item.build.build_id,
+            item.status,
+            item.duration,
+            item.failure,
+            tuple(item.records),
+            log_url(item.build.build_id),
+        )
+
+    def _record_one(self, item: _Finish, result: db_builds.BuildResult) -> None:
+        try:
+            with self._db() as conn:
+                db_builds.finish_builds(conn, [result])
+            return
+        except (BuildError, InvalidWheel) as exc:
+            self.log.error("build %d cannot be recorded: %s", item.build.build_id, exc)
+            if item.status != "success":
+                return
+            reason = str(exc)
+        # E.g. a file name the database already holds with other content.
+        item.status, item.failure, item.records = "failed", "invalid_wheel", []
+        item.log += f"\n\npiwheels: refused the build: {reason}\n"
+        try:
+            with self._db() as conn:
+                db_builds.finish_builds(conn, [self._result(item)])
+        except (BuildError, InvalidWheel) as exc:
+            self.log.error("build %d cannot be recorded: %s", item.build.build_id, exc)
+
+    def _finished(self, item: _Finish) -> None:
+        build = item.build
+        self.inflight.pop(build.build_id, None)
+        self._page(
+            "LOG", {"build_id": build.build_id, "log": item.log[-protocols.LOG_LIMIT + 1000 :]}
+        )
         self._page("PROJECT", {"package": build.package})
         self.status.send_msg(
             "BUILD",
@@ -560,29 +804,39 @@ class BuildDispatcher(Task):
                 "build_id": build.build_id,
                 "package": build.package,
                 "version": build.version,
-                "abi": state.target,
-                "builder": state.label,
-                "status": status,
-                "duration": duration,
-                "failure_class": failure,
+                "abi": build.target,
+                "builder": build.label,
+                "status": item.status,
+                "duration": item.duration,
+                "failure_class": item.failure,
                 "finished_at": self.clock(),
             },
         )
-        self.log.info("build %d %s (%s)", build.build_id, status, failure or "ok")
-        self._reply(state, "DONE", {"build_id": build.build_id})
-        state.build = None
-        state.state = "idle"
-        self._publish(state)
+        self.log.info("build %d %s (%s)", build.build_id, item.status, item.failure or "ok")
+        holder = self._holder(build)
+        if holder is not None:
+            self._reply(holder, "DONE", {"build_id": build.build_id})
+            holder.build = None
+            holder.state = "idle"
+            self._publish(holder)
+
+    def _forget_build(self, build_id: int) -> None:
+        build = self.inflight.pop(build_id, None)
+        if build is not None:
+            self._cancel_transfers(build)
 
     def _abandon(self, state: BuilderState, failure: str, reason: str) -> None:
         """Give a build back: recorded as failed (transient failures come back later)."""
         build = state.build
         if build is None:
             return
-        for token in build.transfers.values():
-            self.transfers.cancel(token)
         state.build = None
         state.state = "idle"
+        if build.phase in ("publishing", "recording"):
+            # Its files are verified and going into the index: it ends by itself.
+            self.log.info("build %d carries on without its builder: %s", build.build_id, reason)
+            return
+        self._forget_build(build.build_id)
         try:
             with self._db() as conn:
                 db_builds.finish_build(
@@ -607,16 +861,18 @@ class BuildDispatcher(Task):
     def drop(self, state: BuilderState, reason: str, *, keep_build: int | None = None) -> None:
         """Forget a builder, giving its build back to the queue (unless it is resumed)."""
         self.builders.pop(state.peer, None)
+        self.wanting.pop(state.peer, None)
         if state.build is not None and state.build.build_id != keep_build:
             self._abandon(state, "builder_lost", f"builder {state.label} {reason}")
         self.log.info("builder %s dropped: %s", state.label, reason)
         self.status.send_msg("GONE", {"builder_id": state.builder_id, "reason": reason[:400]})
 
     def expire(self) -> None:
-        """Drop builders silent for longer than the builder timeout; give back orphans."""
+        """Drop silent builders, give back orphans, fail builds the receiver left hanging."""
         limit = self.clock() - self.builder_timeout
         if self.orphans and self.started_at < limit:
             held = {s.build.build_id for s in self.builders.values() if s.build is not None}
+            held |= set(self.inflight)
             lost = self.orphans - held
             self.orphans = set()
             if lost:
@@ -627,6 +883,12 @@ class BuildDispatcher(Task):
         for state in list(self.builders.values()):
             if state.last_seen < limit:
                 self.drop(state, f"silent for over {int(self.builder_timeout.total_seconds())}s")
+        overdue = time.monotonic() - REPLY_TIMEOUT
+        for build in list(self.inflight.values()):
+            late = build.asked_at is not None and build.asked_at < overdue
+            if late and build.phase in ("sending", "publishing"):
+                self._fail_files(build, "the file receiver did not answer")
+        self.flush()
 
     # -- actions from monitors ------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,8 @@ __all__ = ["STAGING_DIR", "FileReceiver"]
 STAGING_DIR = ".transfers"
 #: How long a failed or published transfer is remembered, to answer late requests clearly.
 TOMBSTONE_SECONDS = 600.0
+#: Requests read from the transfers socket in one go (their PUBLISHes share the fsyncs).
+BURST = 64
 
 
 @dataclass
@@ -111,6 +114,8 @@ class FileReceiver(Task):
         self.file_address = self.file.bind(env.addresses["file"])
         self.register(self.file, self.handle_file)
 
+        # fsync waits for the disk, not the CPU: a burst's files are synced side by side.
+        self.syncer = ThreadPoolExecutor(max_workers=8, thread_name_prefix="piw-fsync")
         self.requests = self.socket(ROUTER, protocols.transfers, name="transfers")
         self.transfers_address = self.requests.bind(env.addresses["transfers"])
         self.register(self.requests)
@@ -244,28 +249,88 @@ class FileReceiver(Task):
         if exp is not None and exp.info is not None:
             self._reply(peer, "VERIFIED", {"transfer": token, "file": self._facts(exp)})
 
+    def handle_transfers(self) -> None:
+        """Read a burst of requests; the PUBLISH ones are published together.
+
+        Publishing waits for the disk (each file must be durable before it is
+        visible); a burst shares one round of fsyncs run side by side.  Other
+        requests are handled in order, after the PUBLISH ones before them.
+        """
+        publish: list[tuple[tuple[bytes, ...], str]] = []
+        for _ in range(BURST):
+            try:
+                received = self.requests.recv_msg()
+            except ProtocolError as exc:
+                self.log.warning("%s", exc)
+                self.on_bad_message(self.requests, exc)
+            else:
+                if received.msg == "PUBLISH":
+                    publish.append((received.peer or (), received.data["transfer"]))
+                else:
+                    if publish:
+                        self._publish(publish)
+                        publish = []
+                    self.handle_message(self.requests, received)
+            if not self.requests.poll(0):
+                break
+        if publish:
+            self._publish(publish)
+
     def do_PUBLISH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
-        token = data["transfer"]
-        exp = self._verified(token, peer)
-        if exp is None or exp.info is None:
-            return
-        transfer = self.table.get(token)
-        assert transfer is not None
-        canon = exp.info.name
-        folder = self.simple_path / canon
-        target = folder / exp.filename
+        self._publish([(peer, data["transfer"])])
+
+    def _publish(self, requests: list[tuple[tuple[bytes, ...], str]]) -> None:
+        """Verify, make durable, then link each file into the index and answer."""
+        ready: list[tuple[tuple[bytes, ...], _Expected, Path, Path]] = []
+        seen: set[str] = set()
+        repeats = []
+        for peer, token in requests:
+            if token in seen:
+                # Asked twice in one burst: answered as if asked after the first.
+                repeats.append((peer, token))
+                continue
+            seen.add(token)
+            exp = self._verified(token, peer)
+            if exp is None or exp.info is None:
+                continue
+            transfer = self.table.get(token)
+            assert transfer is not None
+            folder = self.simple_path / exp.info.name
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                os.chmod(transfer.path, 0o644)
+                tmp = self._stage_metadata(folder, token, exp.filename, exp.info.metadata)
+            except OSError as exc:
+                self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
+                continue
+            ready.append((peer, exp, transfer.path, tmp))
+        # Durable before visible: every wheel and .metadata of the burst at once.
+        failed = self._fsync_all([p for _, _, path, tmp in ready for p in (path, tmp)])
+        for peer, exp, path, tmp in ready:
+            problem = failed.get(path) or failed.get(tmp)
+            if problem is None:
+                self._link(peer, exp, path, tmp)
+                continue
+            _unlink(tmp)
+            self._refuse(peer, exp.token, "disk", f"cannot publish {exp.filename}: {problem}")
+        if repeats:
+            self._publish(repeats)
+
+    def _link(self, peer: tuple[bytes, ...], exp: _Expected, path: Path, tmp: Path) -> None:
+        info = exp.info
+        assert info is not None
+        token = exp.token
+        folder = tmp.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(transfer.path, 0o644)
-            _fsync(transfer.path)
             existed = False
             try:
                 # link() never replaces an existing name: the check and the
                 # publication are one atomic step.
-                os.link(transfer.path, target)
+                os.link(path, folder / exp.filename)
             except FileExistsError:
-                size, digest = sha256_of(target)
-                if digest != exp.info.sha256 or size != exp.info.size:
+                size, digest = sha256_of(folder / exp.filename)
+                if digest != info.sha256 or size != info.size:
+                    _unlink(tmp)
                     self._refuse(
                         peer,
                         token,
@@ -275,8 +340,9 @@ class FileReceiver(Task):
                     )
                     return
                 existed = True
-            self._write_metadata(folder, exp.filename, exp.info.metadata)
+            os.replace(tmp, folder / f"{exp.filename}.metadata")
         except OSError as exc:
+            _unlink(tmp)
             self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
             return
         facts = self._facts(exp)
@@ -284,9 +350,28 @@ class FileReceiver(Task):
         self.expected.pop(token, None)
         self.tombstones[token] = ("unknown", f"transfer {token} is published", time.monotonic())
         self.log.info(
-            "published %s (%d bytes)%s", exp.filename, exp.info.size, " again" if existed else ""
+            "published %s (%d bytes)%s", exp.filename, info.size, " again" if existed else ""
         )
         self._reply(peer, "PUBLISHED", {"transfer": token, "file": facts, "existed": existed})
+
+    def _fsync_all(self, paths: list[Path]) -> dict[Path, OSError]:
+        """fsync every path, side by side (the journal commits them together)."""
+        failed: dict[Path, OSError] = {}
+        if len(paths) <= 1:
+            for path in paths:
+                try:
+                    _fsync(path)
+                except OSError as exc:
+                    failed[path] = exc
+            return failed
+        futures = {path: self.syncer.submit(_fsync, path) for path in paths}
+        for path, future in futures.items():
+            err = future.exception()
+            if err is not None:
+                if not isinstance(err, OSError):
+                    raise err
+                failed[path] = err
+        return failed
 
     def do_CANCEL(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
         token = data["transfer"]
@@ -366,15 +451,13 @@ class FileReceiver(Task):
             "modules": list(info.modules),
         }
 
-    def _write_metadata(self, folder: Path, filename: str, metadata: bytes) -> None:
-        target = folder / f"{filename}.metadata"
-        tmp = folder / f".{filename}.metadata.tmp-{os.getpid()}"
+    def _stage_metadata(self, folder: Path, token: str, filename: str, metadata: bytes) -> Path:
+        """Write a wheel's .metadata under a temporary name (fsynced and renamed later)."""
+        tmp = folder / f".{filename}.metadata.tmp-{token}"
         with open(tmp, "wb") as fh:
             fh.write(metadata)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        return tmp
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -390,6 +473,7 @@ class FileReceiver(Task):
     def close(self) -> None:
         for token in list(self.table.transfers):
             self.table.discard(token)
+        self.syncer.shutdown(wait=True)
         super().close()
 
 
@@ -406,6 +490,13 @@ def verify_abi(filename: str, abi: str | None, platform: str | None) -> None:
     if not served:
         shown = abi if platform is None else f"{abi} on {platform}"
         raise InvalidWheel(f"{filename} does not serve ABI {shown}")
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _fsync(path: Path) -> None:

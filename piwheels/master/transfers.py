@@ -1,9 +1,11 @@
 """The build dispatcher's (and admin gateway's) client of the file receiver.
 
-A small synchronous wrapper over the internal ``transfers`` protocol: tell the
-receiver what to expect under a fresh token, then ask it to verify and publish
-what arrived.  The receiver answers at once (it verifies as data arrives), so
-waiting here does not hold up the calling task for long.
+A small wrapper over the internal ``transfers`` protocol: tell the receiver
+what to expect under a fresh token, then ask it to verify and publish what
+arrived.  :meth:`TransferClient.request` sends without waiting (the build
+dispatcher polls :attr:`TransferClient.socket` and routes the answers by
+token, so one builder's file never holds up the others); the other methods
+wait for their answer.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class TransferClient:
     def __init__(self, task: Task, address: str) -> None:
         self.socket = task.socket(DEALER, reversed(protocols.transfers), name="transfers")
         self.socket.connect(address)
+
+    def request(self, msg: str, data: dict[str, Any]) -> None:
+        """Send a request without waiting; its answer arrives on :attr:`socket`."""
+        self.socket.send_msg(msg, data)
 
     def _ask(self, msg: str, data: dict[str, Any], want: str) -> dict[str, Any]:
         self.socket.send_msg(msg, data)

@@ -460,3 +460,101 @@ def test_unknown_builder_must_say_hello(rig: Rig) -> None:
     stranger.send("IDLE", {"stats": stats()})
     assert "HELLO" in stranger.expect("DIE").data["reason"]
     stranger.close()
+
+
+def _built(build: dict[str, Any], files: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "build_id": build["build_id"],
+        "status": True,
+        "duration": timedelta(seconds=2),
+        "failure_class": None,
+        "log": "built\n",
+        "files": files,
+        "environment": {},
+    }
+
+
+def test_builders_asking_together_get_distinct_releases(rig: Rig) -> None:
+    """IDLEs read in one burst are answered from one transaction, never the same release."""
+    rig.add("foo")
+    rig.add("bar")
+    peers = [rig.builder(f"b{i}".encode()) for i in range(3)]
+    for i, peer in enumerate(peers):
+        greet(rig, peer, f"pi-{i}")
+    for peer in peers:  # all queued before the dispatcher reads any
+        peer.send("IDLE", {"stats": stats()})
+    replies = [peer.recv() for peer in peers]
+    builds = sorted(r.data["package"] for r in replies if r.msg == "BUILD")
+    assert builds == ["bar", "foo"]
+    assert [r.data["reason"] for r in replies if r.msg == "SLEEP"] == ["no work"]
+    rows = rig.sql("SELECT package, status FROM builds ORDER BY package")
+    assert rows == [("bar", "building"), ("foo", "building")]
+    for peer in peers:
+        peer.close()
+
+
+def test_build_publishing_when_its_builder_leaves_is_still_recorded(rig: Rig) -> None:
+    """Verified files on their way into the index are recorded, not lost with the builder."""
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    wheel = make_wheel(rig.tmp / "out", "foo", "1.0", "cp311-cp311-linux_armv7l")
+    builder.send("BUILT", _built(build, [file_record(wheel)]))
+    send = builder.expect("SEND").data
+    rig.send_file(send["transfer"], wheel)
+    builder.send("SENT", {"build_id": build["build_id"], "filename": wheel.name})
+    builder.send("BYE", {"reason": "shutting down"})
+    wait_for(
+        lambda: rig.sql("SELECT status FROM builds") == [("success",)], drive=rig.tasks, timeout=20
+    )
+    assert rig.dispatcher.snapshot() == {}
+    assert (rig.output / "simple" / "foo" / wheel.name).read_bytes() == wheel.read_bytes()
+    assert rig.sql("SELECT filename FROM files") == [(wheel.name,)]
+    builder.close()
+
+
+def test_two_wheels_one_lying_publishes_neither(rig: Rig) -> None:
+    """Each wheel of a build is verified before any is published."""
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    good = make_wheel(rig.tmp / "a", "foo", "1.0", "cp311-cp311-linux_armv7l")
+    bad = make_wheel(rig.tmp / "b", "foo", "1.0", "cp311-abi3-linux_armv7l")
+    builder.send("BUILT", _built(build, [file_record(good), file_record(bad, sha="0" * 64)]))
+    for wheel in (good, bad):
+        send = builder.expect("SEND").data
+        assert send["filename"] == wheel.name
+        rig.send_file(send["transfer"], wheel)
+        builder.send("SENT", {"build_id": build["build_id"], "filename": wheel.name})
+    builder.expect("DONE")
+    assert rig.sql("SELECT status, failure_class FROM builds") == [("failed", "invalid_wheel")]
+    assert not list((rig.output / "simple").glob("foo/*.whl"))
+    assert rig.sql("SELECT count(*) FROM files") == [(0,)]
+    wait_for(lambda: not list(rig.output.glob(".transfers/*/*")), drive=rig.tasks, timeout=10)
+    builder.close()
+
+
+def test_two_good_wheels_are_both_published(rig: Rig) -> None:
+    rig.add("foo")
+    builder = rig.builder()
+    greet(rig, builder)
+    build = _start(rig, builder)
+    wheels = [
+        make_wheel(rig.tmp / "a", "foo", "1.0", "cp311-cp311-linux_armv7l"),
+        make_wheel(rig.tmp / "b", "foo", "1.0", "cp311-abi3-linux_armv7l"),
+    ]
+    builder.send("BUILT", _built(build, [file_record(w) for w in wheels]))
+    for wheel in wheels:
+        send = builder.expect("SEND").data
+        rig.send_file(send["transfer"], wheel)
+        builder.send("SENT", {"build_id": build["build_id"], "filename": wheel.name})
+    builder.expect("DONE")
+    assert rig.sql("SELECT status FROM builds") == [("success",)]
+    assert sorted(n for (n,) in rig.sql("SELECT filename FROM files")) == sorted(
+        w.name for w in wheels
+    )
+    for wheel in wheels:
+        assert (rig.output / "simple" / "foo" / wheel.name).read_bytes() == wheel.read_bytes()
+    builder.close()

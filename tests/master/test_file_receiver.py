@@ -393,3 +393,66 @@ def test_malformed_requests_do_not_stop_the_task(harness: Harness) -> None:
 def test_declares_its_endpoints() -> None:
     assert {e.name for e in FileReceiver.binds} == {"file", "transfers"}
     assert issubclass(FileReceiver, Task)
+
+
+# -- a burst of PUBLISH requests (published together, one round of fsyncs) ----------
+
+
+def test_burst_of_publishes_each_answered_on_its_own(harness: Harness, tmp_path: Path) -> None:
+    """Good, conflicting, repeated and lying files in one burst: each gets its own answer."""
+    good = [make_wheel(tmp_path / f"src{i}", version=f"1.{i}") for i in range(3)]
+    first = make_wheel(tmp_path / "old", version="2.0")
+    clash = make_wheel(tmp_path / "new", version="2.0", body="VALUE = 2\n")
+    liar = make_wheel(tmp_path / "liar", version="3.0")
+    # 2.0 is already published with other content.
+    token, _ = harness.expect(first, version="2.0")
+    assert harness.send(first, token).ok
+    assert harness.request("PUBLISH", {"transfer": token}).msg == "PUBLISHED"
+    tokens = {}
+    for path, version in [(g, f"1.{i}") for i, g in enumerate(good)] + [(clash, "2.0")]:
+        tokens[path], reply = harness.expect(path, version=version)
+        assert reply.msg == "EXPECTING"
+        assert harness.send(path, tokens[path]).ok
+    tokens[liar], _ = harness.expect(liar, version="3.0", sha256="0" * 64)
+    assert harness.send(liar, tokens[liar]).ok
+    order = [good[0], clash, good[1], liar, good[2]]
+    batches: list[int] = []
+    plain = harness.receiver._fsync_all
+
+    def spy(paths: list[Path]) -> dict[Path, OSError]:
+        batches.append(len(paths))
+        return plain(paths)
+
+    harness.receiver._fsync_all = spy  # type: ignore[method-assign]
+    sock = harness.dispatcher.socket
+    for path in order:
+        sock.send_msg("PUBLISH", {"transfer": tokens[path]})
+    sock.send_msg("PUBLISH", {"transfer": tokens[good[0]]})  # asked twice: spent the 2nd time
+    sock.send_msg("CANCEL", {"transfer": tokens[good[1]]})  # after its PUBLISH: too late
+    replies = {}
+    spent = []
+    for _ in range(len(order) + 2):
+        got = harness.dispatcher.recv()
+        if got.data["transfer"] in replies:
+            spent.append(got)
+        else:
+            replies[got.data["transfer"]] = got
+    for path in good:
+        reply = replies[tokens[path]]
+        assert reply.msg == "PUBLISHED", reply
+        target = harness.output / "simple" / "foo" / path.name
+        assert target.read_bytes() == path.read_bytes()
+        metadata = Path(f"{target}.metadata").read_bytes()
+        assert hashlib.sha256(metadata).hexdigest() == reply.data["file"]["metadata_sha256"]
+    refused(replies[tokens[clash]], "conflict", "never replaced")
+    refused(replies[tokens[liar]], "hash_mismatch", "claimed")
+    assert (harness.output / "simple" / "foo" / first.name).read_bytes() == first.read_bytes()
+    assert not (harness.output / "simple" / "foo" / liar.name).exists()
+    assert [s.msg for s in spent] == ["REFUSED", "CANCELLED"]
+    refused(spent[0], "unknown", "is published")
+    # The burst shared its fsyncs: 4 files (3 good + the clash) and their .metadata at once.
+    assert max(batches) == 8
+    # Nothing staged or half-written is left behind.
+    assert harness.staged() == []
+    leftovers = [p.name for p in harness.published() if ".tmp-" in p.name]
+    assert leftovers == []
