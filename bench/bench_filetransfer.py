@@ -19,6 +19,7 @@ import base64
 import hashlib
 import multiprocessing as mp
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -70,10 +71,18 @@ def _sender(address: str, path: str, token: str, curve: list[Any] | None, out: A
     sender = FileSender(ctx, address, path, token, **kwargs)
     # Timed here, so process start-up and imports are not counted.
     start = time.perf_counter()
+    cpu = _cpu()
     result = sender.run()
     elapsed = time.perf_counter() - start
+    cpu = _cpu() - cpu
     ctx.close()
-    out.put((result.ok, result.reason, elapsed))
+    out.put((result.ok, result.reason, elapsed, cpu))
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, every thread (ZeroMQ's I/O threads too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bench_piwheels(
@@ -122,8 +131,11 @@ def bench_piwheels(
         proc = spawn.Process(
             target=_sender, args=(receiver.file_address, str(wheel), token, client, out)
         )
+        cpu = _cpu()
         proc.start()
-        ok, reason, transfer = out.get(timeout=3600)
+        ok, reason, transfer, sender_cpu = out.get(timeout=3600)
+        # Includes this process's waiting on the queue, which costs no CPU.
+        receiver_cpu = _cpu() - cpu
         proc.join()
         if not ok:
             raise SystemExit(f"transfer failed: {reason}")
@@ -138,7 +150,12 @@ def bench_piwheels(
         receiver.quit()
         receiver.join(30)
         ctx.close()
-    return {"transfer": transfer, "publish": publish}
+    return {
+        "transfer": transfer,
+        "publish": publish,
+        "sender_cpu": sender_cpu,
+        "receiver_cpu": receiver_cpu,
+    }
 
 
 def _raw_receiver(port_out: Any, dest: str) -> None:
@@ -196,6 +213,9 @@ def main() -> None:
         print(f"raw loopback TCP (file -> socket -> file): {raw_rate:8.1f} MB/s")
         print(f"FileSender -> FileReceiver transfer:       {rate:8.1f} MB/s"
               f"  ratio {rate / raw_rate:.0%} (aim 70%)")  # fmt: skip
+        print(f"CPU per MB (less sensitive to a busy machine): sender "
+              f"{piw['sender_cpu'] / mb * 1000:.2f} ms, receiver "
+              f"{piw['receiver_cpu'] / mb * 1000:.2f} ms")  # fmt: skip
         print(f"transfer + verify + publish:               {both:8.1f} MB/s"
               f"  ({piw['publish']:.2f} s to verify and publish)")  # fmt: skip
 

@@ -25,14 +25,18 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import re
 import secrets
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import zmq
 
 from . import protocols
 from .errors import ProtocolError, TransportError, TransportTimeout
@@ -48,6 +52,7 @@ __all__ = [
     "Transfer",
     "TransferRefused",
     "TransferTable",
+    "chunk_head",
     "new_token",
     "send_file",
     "sha256_of",
@@ -60,7 +65,64 @@ DEFAULT_CHUNK = 64 * 1024
 #: The files protocol refuses larger FETCH lengths and CHUNK payloads.
 MAX_CHUNK = 1024 * 1024
 DEFAULT_WINDOW = 10
+#: Files at least this big are hashed on a worker thread while chunks arrive.
+HASH_THREAD_MIN = 4 * 1024 * 1024
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _cbor_head(major: int, value: int) -> bytes:
+    """The CBOR head of *major* type with argument *value* (shortest form, as cbor2 writes)."""
+    if value < 24:
+        return bytes([major << 5 | value])
+    for code, fmt, limit in ((24, ">B", 1 << 8), (25, ">H", 1 << 16), (26, ">I", 1 << 32)):
+        if value < limit:
+            return bytes([major << 5 | code]) + struct.pack(fmt, value)
+    return bytes([major << 5 | 27]) + struct.pack(">Q", value)
+
+
+def chunk_head(offset: int, length: int) -> bytes:
+    """The encoded ``CHUNK`` message up to its data: the frame is this plus the bytes.
+
+    Byte for byte what :func:`piwheels.transport.encode` makes of
+    ``["CHUNK", {"offset": offset, "data": <length bytes>}]``, so the sender
+    can read the file straight into the frame it sends (no encoder copies,
+    no schema walk over a payload it built itself).
+    """
+    return (
+        b"\x82\x65CHUNK\xa2\x66offset" + _cbor_head(0, offset) + b"\x64data" + _cbor_head(2, length)
+    )
+
+
+class _Hasher:
+    """SHA-256 of bytes given in file order, computed on a worker thread.
+
+    hashlib releases the GIL on large blocks, so the hash of a big file runs
+    beside the socket and disk work of the receiving thread instead of after
+    it.  The queue is bounded: a hash that falls behind slows the receiver.
+    """
+
+    def __init__(self) -> None:
+        self._hasher = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        update = self._hasher.update
+        while (block := self._queue.get()) is not None:
+            update(block)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def new_token() -> str:
@@ -150,7 +212,7 @@ class Transfer:
         except BaseException:
             self.discard()
             raise
-        self._hasher = hashlib.sha256()
+        self._hasher = _Hasher() if self.size >= HASH_THREAD_MIN else hashlib.sha256()
         self.missing = [[0, self.size]] if self.size else []
         if not self.size:
             self._finish()
@@ -210,6 +272,8 @@ class Transfer:
 
     def close(self) -> None:
         """Close the file descriptor (the file stays)."""
+        if isinstance(self._hasher, _Hasher):
+            self._hasher.close()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -259,7 +323,7 @@ class Transfer:
     def _advance_hash(self, offset: int, data: bytes) -> None:
         # Hash in file order as the contiguous prefix grows; in the usual
         # in-order case straight from the chunk, otherwise from the file.
-        if offset == self._hashed:
+        if offset == self._hashed and data:
             self._hasher.update(data)
             self._hashed += len(data)
         frontier = self.missing[0][0] if self.missing else self.size
@@ -274,11 +338,11 @@ class Transfer:
     def _finish(self) -> None:
         assert self._fd is not None
         self._advance_hash(self._hashed, b"")
+        self.sha256 = self._hasher.hexdigest()
         # No fsync here: staging is wiped when the master starts, so only a
         # published file must be durable (the publisher syncs it).
         self.close()
         self.state = "complete"
-        self.sha256 = self._hasher.hexdigest()
         self.inflight.clear()
 
     def _done(self) -> Reply:
@@ -516,9 +580,7 @@ class FileSender:
                         return SendResult(
                             False, "chunk limit reached", chunks=chunks, hellos=hellos
                         )
-                    offset, length = received.data["offset"], received.data["length"]
-                    data = os.pread(fd, length, offset)
-                    sock.send_msg("CHUNK", {"offset": offset, "data": data})
+                    self._send_chunk(sock, fd, received.data["offset"], received.data["length"])
                     chunks += 1
                 elif received.msg == "DONE":
                     return SendResult(
@@ -535,6 +597,24 @@ class FileSender:
         finally:
             os.close(fd)
             sock.close(linger=0 if self.max_chunks is not None else 1)
+
+    @staticmethod
+    def _send_chunk(sock: Socket, fd: int, offset: int, length: int) -> None:
+        """Read the range straight into the frame after its CBOR head, and send it as is."""
+        head = chunk_head(offset, length)
+        start = len(head)
+        frame = bytearray(start + length)
+        frame[:start] = head
+        got = os.preadv(fd, [memoryview(frame)[start:]], offset)
+        if got != length:
+            # The file is shorter than the range asked for: send what there is (the
+            # receiver refuses a short chunk with a clear reason).
+            frame = bytearray(chunk_head(offset, got)) + frame[start : start + got]
+        try:
+            # copy=False: zmq sends from this buffer (a fresh one per chunk).
+            sock.zmq_socket.send(frame, copy=False)
+        except zmq.ZMQError as exc:
+            raise TransportError(f"{sock.name}: cannot send CHUNK: {exc}") from exc
 
 
 def send_file(

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from piwheels import protocols
+from piwheels import filetransfer, protocols
 from piwheels.errors import ProtocolError, TransportError
 from piwheels.filetransfer import (
     FileSender,
     SendResult,
     TransferRefused,
     TransferTable,
+    chunk_head,
     new_token,
 )
 from piwheels.transport import DEALER, ROUTER, Context, Socket, encode
@@ -87,6 +88,62 @@ def test_multi_chunk_file_arrives_intact(tmp_path: Path, context: Context, route
     assert result.size == source.stat().st_size
     assert transfer.path.read_bytes() == source.read_bytes()
     assert result.chunks == 21  # 20 full chunks and the tail, each asked for once
+
+
+@pytest.mark.parametrize("offset", [0, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32])
+@pytest.mark.parametrize("length", [0, 1, 23, 24, 255, 256, 65535, 65536, 1 << 20])
+def test_chunk_frames_are_what_the_encoder_makes(offset: int, length: int) -> None:
+    data = os.urandom(length)
+    assert chunk_head(offset, length) + data == encode("CHUNK", {"offset": offset, "data": data})
+
+
+def test_big_file_hashed_beside_the_transfer(
+    tmp_path: Path, context: Context, router: Socket
+) -> None:
+    source = tmp_path / "big.bin"
+    size = filetransfer.HASH_THREAD_MIN + 3 * CHUNK + 7
+    digest = random_file(source, size)
+    table = TransferTable(tmp_path / "staging", max_size=1 << 30, chunk_size=CHUNK, window=8)
+    token = new_token()
+    transfer = table.expect(token, "big.bin", size)
+    result = run_sender(table, router, FileSender(context, router.endpoints[0], source, token))
+    assert result.ok, result.reason
+    assert transfer.sha256 == digest == result.sha256
+    assert not [t for t in threading.enumerate() if t.name == "sha256"]
+
+
+def test_threaded_hash_of_chunks_out_of_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks that arrive out of order are hashed in file order, on the worker thread too."""
+    monkeypatch.setattr(filetransfer, "HASH_THREAD_MIN", 1)
+    data = os.urandom(10 * 1000 + 1)
+    table = TransferTable(tmp_path / "staging", max_size=1 << 20, chunk_size=1000, window=20)
+    transfer = table.expect("tok", "f.bin", len(data))
+    peer = (b"p",)
+    fetches = transfer.hello(peer)
+    assert len(fetches) == 11
+    order = [3, 0, 1, 7, 2, 10, 4, 6, 5, 9, 8]
+    replies = []
+    for i in order:
+        replies = transfer.chunk(peer, i * 1000, data[i * 1000 : (i + 1) * 1000])
+    assert [r.msg for r in replies] == ["DONE"]
+    assert transfer.sha256 == hashlib.sha256(data).hexdigest()
+    assert not [t for t in threading.enumerate() if t.name == "sha256"]
+
+
+def test_discarded_big_transfer_stops_its_hash_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(filetransfer, "HASH_THREAD_MIN", 1)
+    table = TransferTable(tmp_path / "staging", max_size=1 << 20, chunk_size=1000)
+    transfer = table.expect("tok", "f.bin", 5000)
+    transfer.hello((b"p",))
+    transfer.chunk((b"p",), 0, b"x" * 1000)
+    assert [t for t in threading.enumerate() if t.name == "sha256"]
+    table.discard("tok")
+    assert not [t for t in threading.enumerate() if t.name == "sha256"]
+    assert not transfer.folder.exists()
 
 
 def test_empty_file(tmp_path: Path, context: Context, router: Socket) -> None:
