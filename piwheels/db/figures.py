@@ -18,12 +18,12 @@ from .queue import queue_sizes
 # Days after the last rolled-up day are counted from the raw downloads table
 # (they are few: the log ingest rolls up today as it goes).
 _DOWNLOADS = """
-WITH last AS (SELECT coalesce(max(day), DATE '1970-01-01') AS day FROM daily_package_stats),
+WITH last AS (SELECT coalesce(max(day), DATE '1970-01-01') AS day FROM daily_totals),
 rolled AS (
     SELECT coalesce(sum(downloads), 0) AS all_time,
            coalesce(sum(downloads) FILTER (WHERE day > current_date - 30), 0) AS recent,
            coalesce(sum(seconds_saved), 0) AS saved
-    FROM daily_package_stats
+    FROM daily_totals
 ),
 fresh AS (
     SELECT count(*) AS n,

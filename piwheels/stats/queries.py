@@ -1,10 +1,16 @@
 """The figures of a statistics report, read from the daily rollups.
 
-Every query here reads ``daily_package_stats``, ``daily_client_stats``,
-``daily_web_stats`` or ``hourly_totals`` (kept by the log ingest, see
-:mod:`piwheels.db.stats`), never the raw hit tables, except
-:func:`package_clients` which needs package x client detail that no rollup
-keeps (the spike analysis asks it for a handful of packages on one day).
+Every query here reads the rollups the log ingest keeps (see
+:mod:`piwheels.db.stats`), never the raw hit tables, so a report's time
+grows with the days and projects of its period, not with its downloads:
+``daily_totals`` (daily series, totals, records), ``monthly_package_stats``
+plus the ``daily_package_stats`` of partial months (top projects),
+``daily_client_stats`` (every share in one pass), ``daily_web_stats`` and
+``hourly_totals``.  The one exception is :func:`package_clients`, the
+clients behind a spike's few driving packages on one day: no rollup keeps
+project x client detail (it would cost the ingest a row per project and
+client), so it reads those packages' rows of that day through the
+``(package, accessed_at)`` index, in one pass.
 
 Downloads, searches and hits never include bots.  A *period* is a half-open
 range of UTC days ``[start, end)``.
@@ -37,8 +43,10 @@ __all__ = [
     "hourly_downloads",
     "milestones",
     "package_clients",
+    "package_clients_all",
     "parse_period",
     "shares",
+    "shares_all",
     "thresholds_for",
     "top",
     "totals",
@@ -214,7 +222,7 @@ def totals(conn: Connection, period: Period) -> Totals:
                    coalesce(sum(project_hits) FILTER (WHERE day >= :start), 0),
                    coalesce(sum(json_hits) FILTER (WHERE day >= :start), 0),
                    coalesce(sum(downloads), 0), coalesce(sum(seconds_saved), 0)
-            FROM daily_package_stats WHERE day < :end
+            FROM daily_totals WHERE day < :end
             """
         ),
         _p(period),
@@ -244,22 +252,46 @@ class Day:
 def daily_series(
     conn: Connection, start: date, end: date, *, exclude: Sequence[str] = ()
 ) -> dict[date, Day]:
-    """Per day in ``[start, end)`` (every day present, zero if quiet), minus *exclude* packages."""
+    """Per day in ``[start, end)`` (every day present, zero if quiet), minus *exclude* packages.
+
+    The day totals come from ``daily_totals``; excluded packages' own rows
+    (read by package) are taken off them.
+    """
+    p = {"start": start, "end": end, "exclude": list(exclude)}
     rows = conn.execute(
         text(
             """
-            SELECT day, sum(downloads), sum(seconds_saved), sum(searches), sum(project_hits),
-                   sum(json_hits)
-            FROM daily_package_stats
-            WHERE day >= :start AND day < :end AND NOT (package = ANY(:exclude))
-            GROUP BY day
+            SELECT day, downloads, seconds_saved, searches, project_hits, json_hits
+            FROM daily_totals WHERE day >= :start AND day < :end
             """
         ),
-        {"start": start, "end": end, "exclude": list(exclude)},
+        p,
     )
     out = {start + timedelta(days=i): Day() for i in range((end - start).days)}
     for d, dl, saved, se, ph, jh in rows:
         out[d] = Day(int(dl), float(saved), int(se), int(ph), int(jh))
+    if exclude:
+        less = conn.execute(
+            text(
+                """
+                SELECT day, sum(downloads), sum(seconds_saved), sum(searches),
+                       sum(project_hits), sum(json_hits)
+                FROM daily_package_stats
+                WHERE package = ANY(:exclude) AND day >= :start AND day < :end
+                GROUP BY day
+                """
+            ),
+            p,
+        )
+        for d, dl, saved, se, ph, jh in less:
+            v = out[d]
+            out[d] = Day(
+                v.downloads - int(dl),
+                v.seconds_saved - float(saved),
+                v.searches - int(se),
+                v.project_hits - int(ph),
+                v.json_hits - int(jh),
+            )
     return out
 
 
@@ -313,36 +345,76 @@ def top(conn: Connection, period: Period, what: str, n: int = 10) -> list[tuple[
         return [(p, int(c)) for p, c in rows]
     if what not in _TOP_COLUMNS:
         raise ValueError(f"cannot rank by {what!r}")
+    sql, params = _package_sums(period, what)
     rows = conn.execute(
         text(
             f"""
-            SELECT package, sum({what}) AS n FROM daily_package_stats
-            WHERE day >= :start AND day < :end
-            GROUP BY package HAVING sum({what}) > 0 ORDER BY n DESC, package LIMIT :n
+            SELECT package, sum(n) AS n FROM ({sql}) s
+            GROUP BY package HAVING sum(n) > 0 ORDER BY n DESC, package LIMIT :n
             """
         ),
-        {**_p(period), "n": n},
+        {**params, "n": n},
     )
     return [(p, int(c)) for p, c in rows]
+
+
+def _package_sums(period: Period, what: str) -> tuple[str, dict[str, date]]:
+    """SQL of ``(month, package, n)`` rows covering *period* exactly, and its parameters.
+
+    Whole months come from ``monthly_package_stats`` (a month of a project
+    in one row); the days of a month the period covers only in part come
+    from ``daily_package_stats``.
+    """
+    m0 = _month_start(period.start.year, period.start.month)
+    if m0 < period.start:
+        m0 = _month_start(m0.year, m0.month + 1)
+    m1 = _month_start(period.end.year, period.end.month)
+    if m0 >= m1:  # no whole month: days only
+        m0 = m1 = period.end
+    sql = f"""
+        SELECT month, package, {what} AS n FROM monthly_package_stats
+        WHERE month >= :m0 AND month < :m1
+        UNION ALL
+        SELECT date_trunc('month', day)::date, package, {what} FROM daily_package_stats
+        WHERE (day >= :start AND day < :m0) OR (day >= :m1 AND day < :end)
+    """
+    return sql, {**_p(period), "m0": m0, "m1": m1}
 
 
 def shares(
     conn: Connection, period: Period, dimension: str, *, source: str = "download"
 ) -> dict[str, int]:
     """Requests by pip and uv clients per value of *dimension* ('' = unknown)."""
-    column, cond = DIMENSIONS[dimension]
+    return shares_all(conn, period, [dimension], source=source)[dimension]
+
+
+def shares_all(
+    conn: Connection, period: Period, dimensions: Sequence[str], *, source: str = "download"
+) -> dict[str, dict[str, int]]:
+    """:func:`shares` of each of *dimensions*, read in one pass over the client rollup."""
+    values = ", ".join(f"('{d}', {DIMENSIONS[d][0]})" for d in dimensions)
+    conds = " ".join(
+        f"AND (v.dim <> '{d}' OR ({DIMENSIONS[d][1].removeprefix('AND ')}))"
+        for d in dimensions
+        if DIMENSIONS[d][1]
+    )
     rows = conn.execute(
         text(
             f"""
-            SELECT coalesce({column}, ''), sum(hits) FROM daily_client_stats
-            WHERE source = :source AND kind IN ('pip', 'uv') {cond}
+            SELECT v.dim, coalesce(v.value, ''), sum(hits)
+            FROM daily_client_stats, LATERAL (VALUES {values}) AS v(dim, value)
+            WHERE source = :source AND kind IN ('pip', 'uv') {conds}
               AND day >= :start AND day < :end
-            GROUP BY 1
+            GROUP BY 1, 2
             """
         ),
         {**_p(period), "source": source},
     )
-    return {str(v): int(n) for v, n in rows if n}
+    out: dict[str, dict[str, int]] = {d: {} for d in dimensions}
+    for dim, v, n in rows:
+        if n:
+            out[dim][str(v)] = int(n)
+    return out
 
 
 def shares_by_month(
@@ -490,8 +562,7 @@ def yearly(conn: Connection, end: date) -> dict[int, tuple[int, int, date | None
     rows = conn.execute(
         text(
             """
-            WITH d AS (SELECT day, sum(downloads) AS n FROM daily_package_stats
-                       WHERE day < :end GROUP BY day)
+            WITH d AS (SELECT day, downloads AS n FROM daily_totals WHERE day < :end)
             SELECT extract(year FROM day)::int, sum(n), max(n),
                    (array_agg(day ORDER BY n DESC, day))[1]
             FROM d GROUP BY 1 ORDER BY 1
@@ -504,19 +575,19 @@ def yearly(conn: Connection, end: date) -> dict[int, tuple[int, int, date | None
 
 def top_by_month(conn: Connection, period: Period, n: int = 5) -> dict[str, list[tuple[str, int]]]:
     """The *n* most downloaded projects of each month of *period*."""
+    sql, params = _package_sums(period, "downloads")
     rows = conn.execute(
         text(
-            """
-            SELECT m, package, n FROM (
-                SELECT to_char(day, 'YYYY-MM') AS m, package, sum(downloads) AS n,
-                       row_number() OVER (PARTITION BY to_char(day, 'YYYY-MM')
-                                          ORDER BY sum(downloads) DESC, package) AS r
-                FROM daily_package_stats WHERE day >= :start AND day < :end
-                GROUP BY 1, 2 HAVING sum(downloads) > 0
+            f"""
+            SELECT to_char(m, 'YYYY-MM'), package, n FROM (
+                SELECT month AS m, package, sum(n) AS n,
+                       row_number() OVER (PARTITION BY month ORDER BY sum(n) DESC, package) AS r
+                FROM ({sql}) s
+                GROUP BY 1, 2 HAVING sum(n) > 0
             ) t WHERE r <= :n ORDER BY m, r
             """
         ),
-        {**_p(period), "n": n},
+        {**params, "n": n},
     )
     out: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for m, pkg, c in rows:
@@ -541,26 +612,46 @@ def package_days(
     return out
 
 
+#: Client columns :func:`package_clients` can break downloads down by.
+CLIENT_COLUMNS = ("py_version", "installer_name", "distro_name", "arch", "distro_version")
+
+
 def package_clients(
     conn: Connection, packages: Sequence[str], day: date, column: str
 ) -> dict[str, int]:
     """Downloads (no bots) of *packages* on *day* by a client *column* (raw table)."""
-    allowed = {"py_version", "installer_name", "distro_name", "arch", "distro_version"}
-    if column not in allowed:
-        raise ValueError(f"no such client column {column!r}")
+    return package_clients_all(conn, packages, day, [column])[column]
+
+
+def package_clients_all(
+    conn: Connection, packages: Sequence[str], day: date, columns: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """:func:`package_clients` for each of *columns*, in one pass over the raw rows.
+
+    Reads only the rows of *packages* on *day* (by the ``(package,
+    accessed_at)`` index): no rollup keeps project x client detail.
+    """
+    for column in columns:
+        if column not in CLIENT_COLUMNS:
+            raise ValueError(f"no such client column {column!r}")
+    values = ", ".join(f"('{c}', {c})" for c in columns)
     rows = conn.execute(
         text(
             f"""
-            SELECT coalesce({column}, ''), count(*) FROM downloads
+            SELECT v.col, coalesce(v.value, ''), count(*)
+            FROM downloads, LATERAL (VALUES {values}) AS v(col, value)
             WHERE package = ANY(:p) AND kind <> 'bot'
               AND accessed_at >= CAST(:day AS timestamp) AT TIME ZONE 'UTC'
               AND accessed_at < (CAST(:day AS timestamp) + interval '1 day') AT TIME ZONE 'UTC'
-            GROUP BY 1
+            GROUP BY 1, 2
             """
         ),
         {"p": list(packages), "day": day},
     )
-    return {str(v): int(n) for v, n in rows}
+    out: dict[str, dict[str, int]] = {c: {} for c in columns}
+    for col, v, n in rows:
+        out[col][str(v)] = int(n)
+    return out
 
 
 @dataclass
@@ -586,8 +677,8 @@ def day_summary(conn: Connection, day: date) -> DaySummary:
     row = conn.execute(
         text(
             """
-            WITH d AS (SELECT day, sum(downloads) AS n, sum(seconds_saved) AS s
-                       FROM daily_package_stats WHERE day <= :day GROUP BY day)
+            WITH d AS (SELECT day, downloads AS n, seconds_saved AS s
+                       FROM daily_totals WHERE day <= :day)
             SELECT coalesce((SELECT n FROM d WHERE day = :day), 0),
                    coalesce((SELECT s FROM d WHERE day = :day), 0),
                    coalesce((SELECT max(n) FROM d WHERE day < :day), 0)
@@ -685,7 +776,7 @@ def collect(
             "pages": top(conn, period, "pages", top_n),
         },
         top_by_month=top_by_month(conn, period),
-        shares={d: shares(conn, period, d) for d in SHARE_DIMENSIONS},
+        shares=shares_all(conn, period, SHARE_DIMENSIONS),
         python_by_month=shares_by_month(conn, period, "python_minor"),
         bandwidth=bandwidth(conn, period),
         milestones=milestones(cumulative, before, period),

@@ -69,13 +69,24 @@ class SpikeReport:
 
 def _first_day(conn: Connection) -> date | None:
     """The first day with any downloads: days before it are not part of a baseline."""
-    return conn.execute(text("SELECT min(day) FROM daily_package_stats")).scalar_one()
+    return conn.execute(text("SELECT min(day) FROM daily_totals")).scalar_one()
 
 
-def _baseline_days(conn: Connection, day: date, days: int) -> list[date]:
-    first = _first_day(conn)
+def _baseline_days(conn: Connection, day: date, days: int, first: date | None = None) -> list[date]:
+    if first is None:
+        first = _first_day(conn)
     out = [day - timedelta(days=days - i) for i in range(days)]
     return [d for d in out if first is not None and d >= first]
+
+
+def _flag(
+    series: dict[date, queries.Day], day: date, base_days: list[date], factor: float
+) -> tuple[bool, float, int]:
+    n = series[day].downloads
+    if len(base_days) < MIN_HISTORY:
+        return False, 0.0, n
+    base = statistics.median([series[d].downloads for d in base_days])
+    return base > 0 and n > factor * base, float(base), n
 
 
 def analyse(
@@ -131,9 +142,12 @@ def analyse(
     )
     if drivers:
         names = report.packages
-        report.python = queries.package_clients(conn, names, day, "py_version")
-        report.installers = queries.package_clients(conn, names, day, "installer_name")
-        report.distros = queries.package_clients(conn, names, day, "distro_name")
+        clients = queries.package_clients_all(
+            conn, names, day, ("py_version", "installer_name", "distro_name")
+        )
+        report.python = clients["py_version"]
+        report.installers = clients["installer_name"]
+        report.distros = clients["distro_name"]
         without = queries.daily_series(
             conn, start, day + timedelta(days=after_days + 1), exclude=names
         )
@@ -147,20 +161,22 @@ def is_spike(conn: Connection, day: date, factor: float) -> tuple[bool, float, i
     """(spike?, baseline, downloads) for *day*, from the daily totals alone."""
     start = day - timedelta(days=BASELINE_DAYS)
     series = queries.daily_series(conn, start, day + timedelta(days=1))
-    base_days = _baseline_days(conn, day, BASELINE_DAYS)
-    if len(base_days) < MIN_HISTORY:
-        return False, 0.0, series[day].downloads
-    base = statistics.median([series[d].downloads for d in base_days])
-    n = series[day].downloads
-    return base > 0 and n > factor * base, float(base), n
+    return _flag(series, day, _baseline_days(conn, day, BASELINE_DAYS), factor)
 
 
 def scan(conn: Connection, start: date, end: date, *, factor: float = 2.0) -> list[SpikeReport]:
-    """Every spike day in ``[start, end)``, analysed."""
+    """Every spike day in ``[start, end)``, analysed.
+
+    The daily totals of the period and its first baseline are read once;
+    only flagged days are analysed further.
+    """
+    series = queries.daily_series(conn, start - timedelta(days=BASELINE_DAYS), end)
+    first = _first_day(conn)
     out = []
     d = start
     while d < end:
-        flagged, _base, _n = is_spike(conn, d, factor)
+        base_days = _baseline_days(conn, d, BASELINE_DAYS, first)
+        flagged, _base, _n = _flag(series, d, base_days, factor)
         if flagged:
             out.append(analyse(conn, d))
         d += timedelta(days=1)

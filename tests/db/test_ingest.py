@@ -130,3 +130,75 @@ def test_bots_change_neither_demand_nor_figures(db_conn):
     after = state()[1]
     assert (after[0], after[1], after[3]) == (2, 2, 1)
     assert after[2] == 2 * before[1][2]
+
+
+def _rollups(conn) -> tuple[list, list]:
+    return (
+        conn.execute(text("SELECT * FROM daily_totals ORDER BY day")).all(),
+        conn.execute(text("SELECT * FROM monthly_package_stats ORDER BY month, package")).all(),
+    )
+
+
+def test_day_and_month_rollups_match_the_daily_rows(db_conn):
+    """store_batch keeps daily_totals and monthly_package_stats; rollup_day gives the same."""
+    from datetime import date
+
+    from piwheels.db.stats import rollup_day, store_batch
+    from piwheels.stats import queries
+
+    start = date(2024, 1, 25)
+    days = [start + timedelta(days=i) for i in range(14)]  # across a month's end
+    for n, day in enumerate(days):
+        dl, se = [], []
+        for i in range(n % 5 + 3):
+            pkg = f"pkg{(i * 7 + n) % 6}"
+            kind = "bot" if i == 2 else ("uv" if i % 2 else "pip")
+            dl.append(
+                f"{day}T{i:02d}:00:00+00\t{i:016x}\t{kind}\t{100 + i}\t{pkg}\t{pkg}-1.0.whl"
+                + "\t\\N" * 10
+                + "\n"
+            )
+            se.append(f"{day}T{i:02d}:00:00+00\t{i:016x}\t{kind}\t10\t{pkg}" + "\t\\N" * 10 + "\n")
+        store_batch(
+            db_conn, {"downloads": "".join(dl).encode(), "searches": "".join(se[:2]).encode()}
+        )
+    kept = _rollups(db_conn)
+    expect_days = db_conn.execute(
+        text(
+            "SELECT day, sum(downloads), sum(searches) FROM daily_package_stats "
+            "GROUP BY day ORDER BY day"
+        )
+    ).all()
+    assert [(r.day, r.downloads, r.searches) for r in kept[0]] == [tuple(r) for r in expect_days]
+    assert len(kept[0]) == len(days)
+    assert {r.month for r in kept[1]} == {date(2024, 1, 1), date(2024, 2, 1)}
+    for day in days:
+        rollup_day(db_conn, day)
+    assert _rollups(db_conn) == kept
+    # A period of a whole month and parts of two others: months plus days, exactly.
+    for period in (
+        queries.Period(date(2024, 1, 28), date(2024, 2, 6), "part"),
+        queries.Period(date(2024, 1, 1), date(2024, 2, 1), "january"),
+        queries.Period(date(2024, 1, 26), date(2024, 1, 29), "days"),
+    ):
+        brute = db_conn.execute(
+            text(
+                "SELECT package, sum(downloads) AS n FROM daily_package_stats "
+                "WHERE day >= :s AND day < :e GROUP BY package HAVING sum(downloads) > 0 "
+                "ORDER BY n DESC, package"
+            ),
+            {"s": period.start, "e": period.end},
+        ).all()
+        assert queries.top(db_conn, period, "downloads", 10) == [tuple(r) for r in brute]
+        series = queries.daily_series(db_conn, period.start, period.end, exclude=["pkg1"])
+        for d, v in series.items():
+            assert (
+                v.downloads
+                == db_conn.execute(
+                    text(
+                        "SELECT coalesce(sum(downloads), 0) FROM daily_package_stats "
+                        "WHERE day = :d AND package <> 'pkg1'"
+                    ),
+                    {"d": d},
+                ).scalar_one()
+            )
