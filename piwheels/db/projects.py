@@ -1,8 +1,16 @@
-"""Everything a project page needs, as the web model's dataclasses."""
+"""Everything a project page needs, as the web model's dataclasses.
+
+:func:`get_project_data` reads one project (the page writer's everyday path);
+:func:`get_projects_data` reads a batch of projects in a fixed number of queries (the full
+rewrite).  Both feed the same assembly, so a project looks the same whichever read it.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -15,6 +23,30 @@ from . import downloads, packages, versions
 from ._common import canonical
 from .queue import SERVES
 
+__all__ = ["get_project_data", "get_projects_data", "iter_projects_data"]
+
+#: Days counted as "recent" downloads on the project page.
+RECENT_DAYS = 30
+
+
+@dataclass
+class _Rows:
+    """The rows one project's page is made from (however they were read)."""
+
+    vers: list[versions.VersionInfo] = field(default_factory=list)
+    # Latest build per (version, target).
+    latest: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # version -> target -> the successful build whose file serves it (a pure wheel serves many).
+    served: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    queued: set[tuple[str, str]] = field(default_factory=set)
+    exclusions: list[Any] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)
+    deps: dict[str, dict[str, list[str]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    downloads: tuple[int, int] = (0, 0)
+    aliases: list[str] = field(default_factory=list)
+
 
 def get_project_data(conn: Connection, name: str) -> ProjectData:
     """The whole of a project's page: versions newest first, per-target status, files."""
@@ -23,9 +55,9 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
     if pkg is None:
         raise InvalidName(f"no such project: {canon}")
     targets = [a for a in abis_mod.list_abis(conn) if a.enabled]
-    vers = versions.get_versions(conn, canon)
-    # Latest build per (version, target), and queue membership.
-    latest = {
+    rows = _Rows(vers=versions.get_versions(conn, canon))
+    p = {"p": canon}
+    rows.latest = {
         (r.version, r.abi): r
         for r in conn.execute(
             text(
@@ -36,11 +68,9 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
                 ORDER BY version, abi, build_id DESC
                 """
             ),
-            {"p": canon},
+            p,
         )
     }
-    # Which target each successful file serves (a pure wheel serves many).
-    served: dict[str, dict[str, int]] = defaultdict(dict)
     for r in conn.execute(
         text(
             f"""
@@ -49,47 +79,156 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             WHERE b.package = :p AND b.status = 'success' AND ({SERVES})
             """
         ),
-        {"p": canon},
+        p,
     ):
-        served[r.version][r.abi] = r.build_id
-    queued = {
+        rows.served[r.version][r.abi] = r.build_id
+    rows.queued = {
         (r.version, r.abi)
-        for r in conn.execute(
-            text("SELECT version, abi FROM build_queue WHERE package = :p"), {"p": canon}
-        )
+        for r in conn.execute(text("SELECT version, abi FROM build_queue WHERE package = :p"), p)
     }
-    exclusion_rows = list(
+    rows.exclusions = list(
         conn.execute(
             text(
                 "SELECT version, abi, kind, reason FROM version_exclusions WHERE package = :p "
                 "UNION ALL SELECT NULL, abi, 'skip', reason FROM package_abi_skips "
                 "WHERE package = :p"
             ),
-            {"p": canon},
+            p,
         )
     )
-    excluded = {(r.version, r.abi): r.reason for r in exclusion_rows}
-    # Requires-Python outranks a pure wheel built elsewhere: installers will not use it.
-    py_excluded = {(r.version, r.abi) for r in exclusion_rows if r.kind == "requires_python"}
-    files_by_version: dict[str, list[FileData]] = defaultdict(list)
-    deps: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for r in conn.execute(
         text(
             "SELECT d.filename, d.tool, d.requirement FROM dependencies d "
             "JOIN files f ON f.filename = d.filename JOIN builds b ON b.build_id = f.build_id "
             "WHERE b.package = :p ORDER BY d.requirement"
         ),
-        {"p": canon},
+        p,
     ):
-        deps[r.filename][r.tool].append(r.requirement)
-    for r in conn.execute(
-        text(
-            "SELECT b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
-            "WHERE b.package = :p ORDER BY f.filename"
-        ),
-        {"p": canon},
+        rows.deps[r.filename][r.tool].append(r.requirement)
+    rows.files = list(
+        conn.execute(
+            text(
+                "SELECT b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
+                "WHERE b.package = :p ORDER BY f.filename"
+            ),
+            p,
+        )
+    )
+    rows.downloads = downloads.download_counts(conn, canon, RECENT_DAYS)
+    rows.aliases = packages.get_aliases(conn, canon)
+    return _assemble(pkg, targets, rows)
+
+
+def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, ProjectData]:
+    """The pages of every project of *names* that exists, in a fixed number of queries.
+
+    Keys are canonical names; a name with no project (e.g. deleted meanwhile) is left out.
+    Each value equals what :func:`get_project_data` returns for that name.  Meant for
+    batches of a few hundred names: every query reads the whole batch with ``= ANY``.
+    """
+    canons = sorted({canonical(n) for n in names})
+    if not canons:
+        return {}
+    q = {"n": canons}
+    pkgs = {
+        r.name: packages._row(r)
+        for r in conn.execute(text("SELECT * FROM packages WHERE name = ANY(:n)"), q)
+    }
+    if not pkgs:
+        return {}
+    targets = [a for a in abis_mod.list_abis(conn) if a.enabled]
+    rows: dict[str, _Rows] = {name: _Rows() for name in pkgs}
+
+    def each(query: str) -> Iterator[tuple[_Rows, Any]]:
+        for r in conn.execute(text(query), q):
+            got = rows.get(r.package)
+            if got is not None:
+                yield got, r
+
+    for got, r in each(
+        "SELECT * FROM versions WHERE package = ANY(:n) "
+        "ORDER BY package, sort_key DESC, version DESC"
     ):
-        d = deps[r.filename]
+        got.vers.append(versions._row(r))
+    for got, r in each(
+        """
+        SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
+               failure_class, duration
+        FROM builds WHERE package = ANY(:n)
+        ORDER BY package, version, abi, build_id DESC
+        """
+    ):
+        got.latest[(r.version, r.abi)] = r
+    for got, r in each(
+        f"""
+        SELECT b.package, b.version, a.abi, b.build_id
+        FROM builds b JOIN files f ON f.build_id = b.build_id CROSS JOIN abis a
+        WHERE b.package = ANY(:n) AND b.status = 'success' AND ({SERVES})
+        """
+    ):
+        got.served[r.version][r.abi] = r.build_id
+    for got, r in each("SELECT package, version, abi FROM build_queue WHERE package = ANY(:n)"):
+        got.queued.add((r.version, r.abi))
+    for got, r in each(
+        "SELECT package, version, abi, kind, reason FROM version_exclusions "
+        "WHERE package = ANY(:n) UNION ALL SELECT package, NULL, abi, 'skip', reason "
+        "FROM package_abi_skips WHERE package = ANY(:n)"
+    ):
+        got.exclusions.append(r)
+    for got, r in each(
+        "SELECT b.package, d.filename, d.tool, d.requirement FROM dependencies d "
+        "JOIN files f ON f.filename = d.filename JOIN builds b ON b.build_id = f.build_id "
+        "WHERE b.package = ANY(:n) ORDER BY d.requirement"
+    ):
+        got.deps[r.filename][r.tool].append(r.requirement)
+    for got, r in each(
+        "SELECT b.package, b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
+        "WHERE b.package = ANY(:n) ORDER BY f.filename"
+    ):
+        got.files.append(r)
+    for got, r in each(
+        f"""
+        SELECT package,
+               coalesce(sum(downloads) FILTER (WHERE day >= current_date - {RECENT_DAYS}), 0)
+                   AS recent,
+               coalesce(sum(downloads), 0) AS total
+        FROM daily_package_stats WHERE package = ANY(:n) GROUP BY package
+        """
+    ):
+        got.downloads = (int(r.recent), int(r.total))
+    for got, r in each(
+        "SELECT package, alias FROM package_aliases WHERE package = ANY(:n) "
+        "ORDER BY package, last_seen DESC, alias"
+    ):
+        got.aliases.append(r.alias)
+    return {name: _assemble(pkgs[name], targets, rows[name]) for name in canons if name in pkgs}
+
+
+def iter_projects_data(
+    conn: Connection, names: Iterable[str], batch: int = 200
+) -> Iterator[ProjectData]:
+    """Every project of *names* that exists, read :func:`get_projects_data` a *batch* at a time."""
+    if batch < 1:
+        raise ValueError(f"batch size must be positive: {batch}")
+    chunk: list[str] = []
+    for name in names:
+        chunk.append(name)
+        if len(chunk) >= batch:
+            yield from get_projects_data(conn, chunk).values()
+            chunk = []
+    if chunk:
+        yield from get_projects_data(conn, chunk).values()
+
+
+def _assemble(pkg: packages.Package, targets: list[abis_mod.Abi], rows: _Rows) -> ProjectData:
+    """A project's page from its rows: each target's status per version, and the files."""
+    excluded = {(r.version, r.abi): r.reason for r in rows.exclusions}
+    # Requires-Python outranks a pure wheel built elsewhere: installers will not use it.
+    py_excluded = {(r.version, r.abi) for r in rows.exclusions if r.kind == "requires_python"}
+    served, queued = rows.served, rows.queued
+    files_by_version: dict[str, list[FileData]] = defaultdict(list)
+    for r in rows.files:
+        d = rows.deps.get(r.filename, {})
         files_by_version[r.version].append(
             FileData(
                 filename=r.filename,
@@ -103,7 +242,7 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
                 builder_abis=tuple(
                     a.abi
                     for a in targets
-                    if served[r.version].get(a.abi) == r.build_id
+                    if served.get(r.version, {}).get(a.abi) == r.build_id
                     and (r.version, a.abi) not in py_excluded
                 ),
                 import_ok=None if r.import_test == "untested" else r.import_test == "passed",
@@ -114,25 +253,26 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             )
         )
     out = []
-    for v in vers:
+    for v in rows.vers:
         skip = v.skip_reason or pkg.skip_reason or None
         statuses: dict[str, AbiStatus] = {}
         for a in targets:
-            b = latest.get((v.version, a.abi))
-            if (v.version, a.abi) in py_excluded:
-                statuses[a.abi] = AbiStatus("skipped", reason=excluded[(v.version, a.abi)])
+            key = (v.version, a.abi)
+            b = rows.latest.get(key)
+            if key in py_excluded:
+                statuses[a.abi] = AbiStatus("skipped", reason=excluded[key])
             elif v.version in served and a.abi in served[v.version]:
                 statuses[a.abi] = AbiStatus("built", build_id=served[v.version][a.abi])
             elif b is not None and b.status in ("pending", "building"):
                 statuses[a.abi] = AbiStatus("building", build_id=b.build_id)
-            elif skip or (v.version, a.abi) in excluded or (None, a.abi) in excluded:
-                reason = skip or excluded.get((v.version, a.abi)) or excluded.get((None, a.abi))
+            elif skip or key in excluded or (None, a.abi) in excluded:
+                reason = skip or excluded.get(key) or excluded.get((None, a.abi))
                 statuses[a.abi] = AbiStatus("skipped", reason=reason)
-            elif b is not None and b.status == "failed" and (v.version, a.abi) not in queued:
+            elif b is not None and b.status == "failed" and key not in queued:
                 statuses[a.abi] = AbiStatus(
                     "failed", build_id=b.build_id, reason=b.failure_class, duration=b.duration
                 )
-            elif (v.version, a.abi) in queued:
+            elif key in queued:
                 statuses[a.abi] = AbiStatus("pending")
             else:
                 statuses[a.abi] = AbiStatus("skipped", reason="not built")
@@ -148,14 +288,14 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
                 files=tuple(files_by_version.get(v.version, ())),
             )
         )
-    recent, total = downloads.download_counts(conn, canon, 30)
+    recent, total = rows.downloads
     return ProjectData(
-        name=canon,
+        name=pkg.name,
         display_name=pkg.display_name,
         summary=pkg.summary,
         status=pkg.status,  # type: ignore[arg-type]
         status_reason=pkg.status_reason or None,
-        aliases=tuple(a for a in packages.get_aliases(conn, canon)),
+        aliases=tuple(rows.aliases),
         versions=tuple(out),
         downloads_30d=recent,
         downloads_all=total,
