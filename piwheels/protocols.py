@@ -845,7 +845,39 @@ pages = _protocol(
         "HOME": (None, "rewrite the home page"),
         "SEARCH": (None, "rewrite the search index"),
         "ROOT": (None, "rewrite the root simple index"),
-        "ALL": (None, "rewrite everything"),
+        "ALL": (
+            record({"rewrite": integer(1), "reply_to": nullable(text(200, empty=False))}),
+            "rewrite everything, in the background; progress and the outcome go to reply_to "
+            "(a rewrite_progress address) tagged with the rewrite number",
+        ),
+    },
+    send={},
+)
+
+_rewrite = {"rewrite": integer(1)}
+
+#: Internal: the page writer (PUSH) reports a full rewrite to whoever asked (PULL).
+rewrite_progress = _protocol(
+    "rewrite_progress",
+    "How far a full rewrite of the site has got, sent to the address given in the pages "
+    "protocol's ALL.",
+    recv={
+        "PROGRESS": (
+            record({**_rewrite, "done": integer(), "total": integer(), "message": text(1000)}),
+            "projects written so far",
+        ),
+        "DONE": (
+            record(
+                {
+                    **_rewrite,
+                    "code": one_of("REBUILT", "BUSY", "FAILED"),
+                    "written": integer(),
+                    "message": text(10_000),
+                }
+            ),
+            "the rewrite ended: REBUILT, or refused (BUSY: one is already running) or FAILED, "
+            "with the reason",
+        ),
     },
     send={},
 )
@@ -983,6 +1015,7 @@ ALL: tuple[Protocol, ...] = (
     admin,
     logger,
     pages,
+    rewrite_progress,
     builder_control,
     status_feed,
     transfers,

@@ -492,6 +492,12 @@ class MasterSettings:
         converter=DURATION,
         help="Requests to rewrite the same page within this window are merged.",
     )
+    page_workers: int = setting(
+        converter=POSITIVE_INT,
+        factory=lambda: min(os.cpu_count() or 1, 4),
+        default_text="the number of cores, at most 4",
+        help="Processes that render and write pages during a full rewrite (piw-rebuild all).",
+    )
     stats_interval: dt.timedelta = setting(
         dt.timedelta(seconds=60),
         converter=POSITIVE_DURATION,

@@ -1,8 +1,10 @@
 """``piw-rebuild``: rewrite pages (home, search, root index, a project, or all).
 
-For ``all`` the master reports its progress while it queues every project;
-piw-rebuild shows it on stderr (a bar on a terminal, a line per tenth
-otherwise).
+For ``all`` the master's page writer rewrites every project in the background
+(``[master] page_workers`` processes) and reports how many it has written;
+piw-rebuild shows that on stderr (a bar on a terminal, a line per tenth
+otherwise) and ends when every page is written.  Other pages keep being
+written meanwhile.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine
 
 from piwheels.errors import InvalidName
 from piwheels.web.model import AbiStatus, FileData, ProjectData, VersionData
@@ -23,7 +23,7 @@ from . import downloads, packages, versions
 from ._common import canonical
 from .queue import SERVES
 
-__all__ = ["get_project_data", "get_projects_data", "iter_projects_data"]
+__all__ = ["ProjectLoader", "get_project_data", "get_projects_data", "iter_projects_data"]
 
 #: Days counted as "recent" downloads on the project page.
 RECENT_DAYS = 30
@@ -218,6 +218,38 @@ def iter_projects_data(
             chunk = []
     if chunk:
         yield from get_projects_data(conn, chunk).values()
+
+
+class ProjectLoader:
+    """Reads a chunk of projects with :func:`get_projects_data`: ``load_many`` for
+    :meth:`piwheels.web.writer.SiteWriter.write_all`.
+
+    Made from a database *url*, it pickles as just the URL and opens an engine of its own
+    (one connection) in each process that calls it, so a pool of worker processes each reads
+    its own chunks.  Made from an *engine*, it uses that engine and stays in this process.
+    """
+
+    def __init__(self, url: str | None = None, *, engine: Engine | None = None) -> None:
+        if (url is None) == (engine is None):
+            raise ValueError("give a database URL or an engine")
+        self.url = url
+        self._engine = engine
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.url is None:
+            raise TypeError("a ProjectLoader made from an engine cannot leave its process")
+        return {"url": self.url}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.url = state["url"]
+        self._engine = None
+
+    def __call__(self, names: list[str]) -> list[ProjectData]:
+        if self._engine is None:
+            assert self.url is not None
+            self._engine = create_engine(self.url, pool_size=1, max_overflow=0)
+        with self._engine.connect() as conn:
+            return list(get_projects_data(conn, names).values())
 
 
 def _assemble(pkg: packages.Package, targets: list[abis_mod.Abi], rows: _Rows) -> ProjectData:

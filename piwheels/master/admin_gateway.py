@@ -31,9 +31,11 @@ file that is not there.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,7 +48,6 @@ from .. import protocols
 from ..db import abis as db_abis
 from ..db import admin as db_admin
 from ..db import builds as db_builds
-from ..db import figures
 from ..db import packages as db_packages
 from ..db import versions as db_versions
 from ..db._common import canonical, check_name, check_version
@@ -61,7 +62,7 @@ from ..errors import (
 )
 from ..filetransfer import new_token
 from ..tasks import Endpoint, Task
-from ..transport import DEALER, PUSH, ROUTER, Context, Socket
+from ..transport import DEALER, PULL, PUSH, ROUTER, Context, Socket
 from ..web import layout
 from ..wheels import abis_served, parse_wheel_filename
 from .env import MasterEnv
@@ -69,9 +70,6 @@ from .env import MasterEnv
 __all__ = ["AdminGateway"]
 
 Peer = tuple[bytes, ...]
-
-#: How many project rewrites one round of "rebuild all" queues (then it yields).
-REBUILD_BATCH = 500
 
 
 class _Refused(Exception):
@@ -123,16 +121,6 @@ class _Import:
     failed: bool = False
 
 
-@dataclass
-class _Rebuild:
-    """A rebuild of every project, fed to the page writer in rounds."""
-
-    peer: Peer | None
-    names: list[str]
-    done: int = 0
-    tail: list[str] = field(default_factory=lambda: ["ROOT", "HOME", "SEARCH"])
-
-
 class AdminGateway(Task):
     """Serves the admin tools; see the module docstring."""
 
@@ -166,7 +154,9 @@ class AdminGateway(Task):
         self.removals: list[_Removal] = []
         self.imports: dict[Peer, _Import] = {}
         self.tokens: dict[str, _Import] = {}
-        self.rebuilds: list[_Rebuild] = []
+        # Full rewrites asked of the page writer, by number: who asked (None once gone).
+        self.rewrites: dict[int, Peer | None] = {}
+        self.rewrite_numbers = itertools.count(1)
 
         self.admin = self.socket(ROUTER, protocols.admin, name="admin")
         self.admin_address = self.admin.bind(env.addresses["admin"])
@@ -176,6 +166,11 @@ class AdminGateway(Task):
         self.transfers = self.socket(DEALER, reversed(protocols.transfers), name="transfers")
         self.transfers.connect(env.addresses["transfers"])
         self.register(self.transfers, self.handle_transfers)
+        # The page writer reports full rewrites here (the address travels in ALL).
+        self.rewrite_progress = self.socket(PULL, protocols.rewrite_progress, name="rewrites")
+        self.rewrite_address = f"inproc://rewrite-progress-{uuid.uuid4().hex[:12]}"
+        self.rewrite_progress.bind(self.rewrite_address)
+        self.register(self.rewrite_progress)
         self.every(0.05, self.tick, pausable=False)
 
     # -- plumbing --------------------------------------------------------------------
@@ -236,11 +231,9 @@ class AdminGateway(Task):
             self._error(peer, "DATABASE", f"database error: {str(exc).splitlines()[0][:300]}")
 
     def tick(self) -> None:
-        """Periodic work: removals waiting, rebuilds in rounds, stalled imports."""
+        """Periodic work: removals waiting, stalled imports."""
         if self.removals:
             self._check_removals()
-        if self.rebuilds:
-            self._feed_rebuilds()
         if self.imports:
             self._expire_imports()
 
@@ -655,35 +648,31 @@ class AdminGateway(Task):
             raise _Refused(
                 "INVALID", "the statistics page is rewritten by the master on its own schedule"
             )
-        with self.env.engine.connect() as conn:
-            names = figures.project_names(conn)
-        self.rebuilds.append(_Rebuild(peer, names))
-        self._progress(peer, 0, len(names), "queueing project pages")
-        self._feed_rebuilds()
+        number = next(self.rewrite_numbers)
+        self.rewrites[number] = peer
+        self._page("ALL", {"rewrite": number, "reply_to": self.rewrite_address})
+        self._progress(peer, 0, 0, "asked the page writer to rewrite every page")
 
-    def _feed_rebuilds(self) -> None:
-        rebuild = self.rebuilds[0]
-        sent = 0
-        try:
-            while rebuild.done < len(rebuild.names) and sent < REBUILD_BATCH:
-                # A zero timeout: when the page writer's queue is full, carry on next tick.
-                self.pages.send_msg("PROJECT", {"package": rebuild.names[rebuild.done]}, timeout=0)
-                rebuild.done += 1
-                sent += 1
-            while rebuild.done == len(rebuild.names) and rebuild.tail:
-                self.pages.send_msg(rebuild.tail[0], None, timeout=0)
-                rebuild.tail.pop(0)
-        except TransportError:
-            pass
-        total = len(rebuild.names)
-        if rebuild.done < total or rebuild.tail:
-            if sent and not self._progress(rebuild.peer, rebuild.done, total, "queueing"):
-                rebuild.peer = None  # the tool went away; the rebuild goes on
+    def do_PROGRESS(self, data: dict[str, Any]) -> None:
+        """The page writer's progress with a full rewrite: passed on to whoever asked."""
+        number = data["rewrite"]
+        peer = self.rewrites.get(number)
+        if peer is None:
             return
-        self.rebuilds.pop(0)
-        self._progress(rebuild.peer, total, total, "queued")
-        if rebuild.peer is not None:
-            self._ok(rebuild.peer, "REBUILT", f"asked for the pages of {total} project(s)")
+        if not self._progress(peer, data["done"], data["total"], data["message"]):
+            self.rewrites[number] = None  # the tool went away; the rewrite goes on
+
+    def do_DONE(self, data: dict[str, Any]) -> None:
+        """A full rewrite ended: OK or ERROR to whoever asked."""
+        if data["rewrite"] not in self.rewrites:
+            return
+        peer = self.rewrites.pop(data["rewrite"])
+        if peer is None:
+            self.log.info("full rewrite (%s): %s", data["code"], data["message"])
+        elif data["code"] == "REBUILT":
+            self._ok(peer, "REBUILT", data["message"])
+        else:
+            self._error(peer, data["code"], data["message"])
 
     # -- piw-import ------------------------------------------------------------------
 

@@ -321,8 +321,10 @@ class SiteWriter:
         *,
         workers: int = 1,
         load: Callable[[Any], ProjectData | None] | None = None,
+        load_many: Callable[[list[Any]], Iterable[ProjectData]] | None = None,
         chunk_size: int = 50,
         progress: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
         mp_context: str = "spawn",
     ) -> int:
         """Write the pages of every project in *items*; returns how many were written.
@@ -336,16 +338,24 @@ class SiteWriter:
         parent the pickling.  *progress* is called in the parent with the running count.  The
         first error in any worker stops the rewrite and is raised here.
 
+        *load_many* takes the place of *load* for loaders that read a whole chunk at once
+        (:class:`piwheels.db.projects.ProjectLoader` reads a chunk in a fixed number of
+        queries); it returns the chunk's projects, leaving out those that are gone.  *stop*
+        is asked before each chunk is handed out: once it says True no more chunks start and
+        the count written so far is returned.
+
         The ``spawn`` start method is the default because the master has threads; ``fork`` is
         safe only in a single-threaded caller.
         """
         if workers < 1 or chunk_size < 1:
             raise ValueError(f"workers and chunk size must be positive: {workers}, {chunk_size}")
-        chunks = _chunks(items, chunk_size)
+        if load is not None and load_many is not None:
+            raise ValueError("give load or load_many, not both")
+        chunks = _chunks(items, chunk_size, stop)
         if workers == 1:
             done = 0
             for chunk in chunks:
-                done += _write_chunk_with(self, load, chunk)
+                done += _write_chunk_with(self, load, load_many, chunk)
                 if progress:
                     progress(done)
             return done
@@ -362,7 +372,7 @@ class SiteWriter:
             max_workers=workers,
             mp_context=multiprocessing.get_context(mp_context),
             initializer=_worker_init,
-            initargs=(settings, load),
+            initargs=(settings, load, load_many),
         ) as pool:
             pending: set[Future[int]] = set()
             try:
@@ -413,9 +423,11 @@ def _unlink_quietly(path: str | Path) -> None:
         pass
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(
+    items: Iterable[Any], size: int, stop: Callable[[], bool] | None = None
+) -> Iterator[list[Any]]:
     it = iter(items)
-    while chunk := list(itertools.islice(it, size)):
+    while not (stop is not None and stop()) and (chunk := list(itertools.islice(it, size))):
         yield chunk
 
 
@@ -431,11 +443,16 @@ def _collect(pending: set[Future[int]], progress: Callable[[int], None] | None, 
     return count
 
 
+_Load = Callable[[Any], ProjectData | None]
+_LoadMany = Callable[[list[Any]], Iterable[ProjectData]]
+
+
 def _write_chunk_with(
-    writer: SiteWriter, load: Callable[[Any], ProjectData | None] | None, chunk: list[Any]
+    writer: SiteWriter, load: _Load | None, load_many: _LoadMany | None, chunk: list[Any]
 ) -> int:
     count = 0
-    for item in chunk:
+    loaded: Iterable[Any] = load_many(chunk) if load_many is not None else chunk
+    for item in loaded:
         project = load(item) if load is not None else item
         if project is None:
             continue
@@ -447,26 +464,27 @@ def _write_chunk_with(
 
 
 # Each pool worker keeps its own writer (and its own template and escaping caches).
-_worker_state: tuple[SiteWriter, Callable[[Any], ProjectData | None] | None] | None = None
+_worker_state: tuple[SiteWriter, _Load | None, _LoadMany | None] | None = None
 
 
 def _worker_init(
     settings: tuple[str, SiteConfig, bool, int, int, bool],
-    load: Callable[[Any], ProjectData | None] | None,
+    load: _Load | None,
+    load_many: _LoadMany | None,
 ) -> None:
     global _worker_state
     root, config, fsync, threshold, level, skip = settings
     writer = SiteWriter(
         root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level, skip_unchanged=skip
     )
-    _worker_state = (writer, load)
+    _worker_state = (writer, load, load_many)
 
 
 def _worker_write(chunk: list[Any]) -> int:
     if _worker_state is None:  # pragma: no cover - the pool always runs the initializer
         raise RuntimeError("page writer worker not initialised")
-    writer, load = _worker_state
-    return _write_chunk_with(writer, load, chunk)
+    writer, load, load_many = _worker_state
+    return _write_chunk_with(writer, load, load_many, chunk)
 
 
 PageKind = Literal["simple", "project", "both"]

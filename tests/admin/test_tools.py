@@ -118,8 +118,11 @@ def test_rebuild(master: Master, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()
     assert run(rebuild, ["all", *opts]) == 0
     captured = capsys.readouterr()
-    assert "asked for the pages of 2 project(s)" in captured.out
-    assert "2/2 queued" in captured.err
+    # piw-rebuild all ends once the page writer has written every project.
+    assert "wrote the pages of 2 project(s)" in captured.out
+    assert "2/2 written" in captured.err
+    for name in ("alpha", "beta"):
+        assert (master.output / f"project/{name}/index.html").exists(), name
     assert run(rebuild, ["project", "beta", *opts]) == 0
     assert run(rebuild, ["project", *opts]) == EX_USAGE
     assert run(rebuild, ["home", "beta", *opts]) == EX_USAGE

@@ -403,26 +403,60 @@ def test_rebuild_parts(rig: Rig) -> None:
 
     msg = ok(rig.ask("REBUILD", {"part": "all", "package": None}), "REBUILT")
     assert "3 project" in msg
-    assert rig.progress[0]["total"] == 3 and rig.progress[-1] == {
+    # The answer comes once the page writer has written every page.
+    assert rig.progress[1]["total"] == 3 and rig.progress[-1] == {
         "done": 3,
         "total": 3,
-        "message": "queued",
+        "message": "written",
     }
-    rig.settle()
     for name in ("alpha", "beta", "gamma"):
         assert (rig.output / f"project/{name}/index.html").exists(), name
 
 
-def test_rebuild_all_in_rounds(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("piwheels.master.admin_gateway.REBUILD_BATCH", 4)
+def test_rebuild_all_reports_each_chunk(rig: Rig) -> None:
+    rig.writer.chunk_size = 3
     with rig.engine.begin() as conn:
         for i in range(10):
             packages.add_package(conn, f"pkg{i}")
     ok(rig.ask("REBUILD", {"part": "all", "package": None}), "REBUILT")
-    done = [p["done"] for p in rig.progress]
-    assert done == sorted(done) and done[0] == 0 and done[-1] == 10 and len(done) >= 4
-    rig.settle()
+    assert rig.progress[0]["total"] == 0  # the gateway's: asked the page writer
+    done = [p["done"] for p in rig.progress[1:]]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 10
+    assert {p["total"] for p in rig.progress[1:]} == {10}
     assert len(list((rig.output / "project").iterdir())) == 10
+
+
+def test_rebuild_all_twice_at_once_is_busy(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    add(rig, "alpha", "1.0")
+    # Hold the first rewrite's thread until the second request has been answered.
+    gate = threading.Event()
+    real = rig.writer._run_rewrite
+
+    def held(*args: Any) -> None:
+        gate.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(rig.writer, "_run_rewrite", held)
+    second = ScriptedPeer(
+        rig.context,
+        DEALER,
+        reversed(protocols.admin),
+        connect=rig.env.addresses["admin"],
+        drive=rig.tasks,
+    )
+    try:
+        rig.cli.send("REBUILD", {"part": "all", "package": None})
+        while rig.cli.recv(10.0).data.get("total", 0) == 0:
+            pass  # until the page writer has started
+        second.send("REBUILD", {"part": "all", "package": None})
+        reply = second.recv(10.0)
+        while reply.msg == "PROGRESS":
+            reply = second.recv(10.0)
+        assert "already running (0 of 1" in err(reply, "BUSY")
+    finally:
+        gate.set()
+        second.close()
+    assert "1 project" in ok(rig.final(), "REBUILT")
 
 
 # -- piw-import -------------------------------------------------------------------------
