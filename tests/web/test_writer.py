@@ -266,6 +266,39 @@ def test_write_all_raises_the_first_error(tmp_path: Path, workers: int) -> None:
         site.write_all([], workers=0)
 
 
+def _load_many(names: list[str]) -> list[ProjectData]:
+    """A chunk loader for write_all (module level: it runs in the workers)."""
+    return [p for p in map(_load, names) if p is not None]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_write_all_with_a_chunk_loader(tmp_path: Path, workers: int) -> None:
+    names = [f"p{i}" for i in range(11)]
+    one = SiteWriter(tmp_path / "one")
+    for project in _load_many(names):
+        one.write_project(project)
+    many = SiteWriter(tmp_path / "many")
+    assert many.write_all([*names, "gone"], workers=workers, load_many=_load_many, chunk_size=3)
+    assert _pages(many.root) == _pages(one.root)
+    with pytest.raises(ValueError, match="not both"):
+        many.write_all(names, load=_load, load_many=_load_many)
+
+
+def test_write_all_stops_when_asked(tmp_path: Path) -> None:
+    site = SiteWriter(tmp_path / "www")
+    seen: list[int] = []
+    # Asked before each chunk: true once two chunks are written.
+    count = site.write_all(
+        [f"p{i}" for i in range(10)],
+        load=_load,
+        chunk_size=2,
+        progress=seen.append,
+        stop=lambda: len(seen) >= 2,
+    )
+    assert count == 4 and seen == [2, 4]
+    assert len(list((tmp_path / "www/project").iterdir())) == 4
+
+
 def test_unchanged_pages_are_left_alone(site: SiteWriter) -> None:
     project = ProjectData("foo", "Foo", summary="x" * 2000)
     site.write_project(project)
