@@ -6,9 +6,11 @@ Called by debian/rules as ``python3 debian/build-tree.py debian/build``.  Writes
 * ``lib/piwheels``: the package, with the migrations of ``sql/`` as
   ``piwheels.sql`` (as setup.py installs them);
 * ``bin/piw-*`` and ``sbin/piwheels-venv``: wrappers that run the code from
-  /usr/lib/piwheels with the virtual environment's interpreter;
-* ``requirements/<role>.txt``: the third-party libraries of each package,
-  read from setup.py;
+  /usr/lib/piwheels: piw-builder and piw-keygen with Debian's python3 and its
+  python3-* packages (debian/control), the others with the interpreter of the
+  virtual environment piwheels-venv makes;
+* ``requirements/<role>.txt``: the third-party libraries the virtual
+  environment holds for each package that needs it, read from setup.py;
 * ``etc/piwheels.conf``: every setting commented out with its default;
 * ``nginx/piwheels``: the nginx site serving /var/www/piwheels.
 """
@@ -38,13 +40,26 @@ EXECUTABLES = {
     "piw-keygen": "piwheels.keygen",
 }
 
-#: requirements file -> setup.py lists it joins.
+#: Executables that run on Debian's own python3 packages (no virtual environment):
+#: what they import is in Debian 12 at versions they work with (see debian/control).
+SYSTEM_PYTHON = {"piw-builder", "piw-keygen"}
+
+#: requirements file -> setup.py lists it joins (only for the virtual environment:
+#: the master needs SQLAlchemy 2 and the monitor textual 8, which Debian 12 lacks).
 ROLES = {
     "common": ("COMMON",),
     "master": ("MASTER", "REPORT"),
-    "builder": ("BUILDER",),
     "monitor": ("MONITOR",),
 }
+
+SYSTEM_WRAPPER = """#!/bin/sh
+# {name}: runs piwheels from {lib} with Debian's python3 and its python3-*
+# packages (PIWHEELS_PYTHON overrides the interpreter).
+PY="${{PIWHEELS_PYTHON:-/usr/bin/python3}}"
+export PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{lib}"
+# -P: the current folder must not shadow the installed code.
+exec "$PY" -P -c 'import sys; from {module} import main; sys.exit(main())' "$@"
+"""
 
 WRAPPER = """#!/bin/sh
 # {name}: runs piwheels from {lib} with the interpreter of the virtual
@@ -61,7 +76,8 @@ exec "$PY" -P -c 'import sys; from {module} import main; sys.exit(main())' "$@"
 
 VENV_SCRIPT = """#!/bin/sh
 # piwheels-venv: create or update the virtual environment that holds the
-# third-party libraries of the installed piwheels packages.  pip runs with
+# third-party libraries of piwheels-master and piwheels-monitor (piw-builder
+# and piw-keygen use Debian's python3 packages instead).  pip runs with
 # the machine's own configuration (/etc/pip.conf, PIP_* variables), so a
 # local mirror or proxy set there is used.
 set -eu
@@ -71,12 +87,18 @@ if [ "$(id -u)" -ne 0 ] && [ "$VENV" = "{venv}" ]; then
     echo "piwheels-venv: run as root (or set PIWHEELS_VENV)" >&2
     exit 1
 fi
-set -- -r "$REQS/common.txt"
-for role in master builder monitor; do
+set --
+for role in master monitor; do
     if dpkg-query -W -f='${{Status}}' "piwheels-$role" 2>/dev/null | grep -q 'ok installed'; then
         set -- "$@" -r "$REQS/$role.txt"
     fi
 done
+if [ $# -eq 0 ]; then
+    echo "piwheels-venv: neither piwheels-master nor piwheels-monitor is installed;" \
+        "piw-builder and piw-keygen run on Debian's python3 packages: nothing to do"
+    exit 0
+fi
+set -- -r "$REQS/common.txt" "$@"
 [ -x "$VENV/bin/python3" ] || python3 -m venv "$VENV"
 "$VENV/bin/python3" -m pip install --disable-pip-version-check --upgrade pip
 "$VENV/bin/python3" -m pip install --disable-pip-version-check --upgrade "$@"
@@ -112,7 +134,8 @@ def main() -> int:
     for path in lib.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     for name, module in EXECUTABLES.items():
-        text = WRAPPER.format(name=name, lib=LIB, venv=VENV, module=module)
+        template = SYSTEM_WRAPPER if name in SYSTEM_PYTHON else WRAPPER
+        text = template.format(name=name, lib=LIB, venv=VENV, module=module)
         write(out / "bin" / name, text, 0o755)
     write(out / "sbin" / "piwheels-venv", VENV_SCRIPT.format(venv=VENV), 0o755)
     lists = setup_lists()

@@ -43,6 +43,17 @@ SYSTEM_PACKAGES = {
     "libyaml-dev": "/usr/include/yaml.h",
     "zlib1g-dev": "/usr/include/zlib.h",
     "tmux": "/usr/bin/tmux",
+    # piw-builder and piw-keygen of the Debian packages run on these (tests/test_debian.py).
+    "python3-zmq": "/usr/lib/python3/dist-packages/zmq/__init__.py",
+    "python3-cbor2": "/usr/lib/python3/dist-packages/cbor2/__init__.py",
+    "python3-voluptuous": "/usr/lib/python3/dist-packages/voluptuous/__init__.py",
+    "python3-packaging": "/usr/lib/python3/dist-packages/packaging/__init__.py",
+    "python3-pyelftools": "/usr/lib/python3/dist-packages/elftools/__init__.py",
+    "python3-pip": "/usr/lib/python3/dist-packages/pip/__init__.py",
+    # Building and checking the Debian packages (tests/test_debian.py, CI).
+    "dpkg-dev": "/usr/bin/dpkg-buildpackage",
+    "debhelper": "/usr/bin/dh",
+    "lintian": "/usr/bin/lintian",
 }
 
 
