@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 from piwheels.builder.elfdeps import LibraryDependency, wheel_library_deps
 from piwheels.builder.sandbox import python_roots, resolve_sandbox, run_limited, sandbox_status
+from piwheels.builder.timing import Timings
 from piwheels.errors import BuildError
 from piwheels.wheels import WheelInfo, canonicalize, read_wheel, validate_name, validate_version
 
@@ -203,12 +204,15 @@ def build_wheel(
     log_limit: int = DEFAULT_LOG_LIMIT,
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH,
     grace: float = 5.0,
+    timings: Timings | None = None,
 ) -> BuildResult:
     """Build a wheel of *package* == *version* from source; see the module docstring.
 
     *env* adds variables to the clean build environment.  *python* is the
     interpreter that builds (default: this one).  *find_links* are extra
     local folders of distributions (bound read-only into the sandbox).
+    *timings* receives the steps ``prepare``, ``pip wheel``, ``straggler
+    scan`` and ``log read``.
 
     Raises :class:`InvalidName` for a bad package name or version,
     :class:`DiskSpaceLow` (a :class:`BuildError`) when *work_dir* has less than
@@ -216,6 +220,112 @@ def build_wheel(
     cannot be attempted (bad settings, ``sandbox="on"`` without bubblewrap).
     A build that runs and fails is a :class:`BuildResult` with status
     ``failed``.
+    """
+    timings = timings if timings is not None else Timings()
+    with timings.step("prepare"):
+        build_dir, box, command, clean_env, bwrap, roots, links = _prepare(
+            package,
+            version,
+            index_url=index_url,
+            work_dir=work_dir,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            min_free_disk=min_free_disk,
+            sandbox=sandbox,
+            extra_index_urls=extra_index_urls,
+            env=env,
+            python=python,
+            find_links=find_links,
+            build_isolation=build_isolation,
+            source_date_epoch=source_date_epoch,
+        )
+    tmp, out = box / "tmp", box / "out"
+    log_path = build_dir / "log.txt"
+    status_line = sandbox_status(sandbox)
+    with open(log_path, "ab") as log:
+        header = [
+            f"piwheels build of {package} {version}",
+            f"started: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+            f"{status_line}",
+            f"timeout: {timeout:g} s; memory limit: "
+            + (f"{memory_limit // (1024 * 1024)} MiB (RLIMIT_AS)" if memory_limit else "none"),
+            "command: " + " ".join(command),
+            "",
+        ]
+        log.write("\n".join(header).encode() + b"\n")
+        log.flush()
+        result = run_limited(
+            command,
+            env=clean_env,
+            cwd=box,
+            output=log,
+            timeout=timeout,
+            memory_limit=memory_limit,
+            bwrap=bwrap,
+            ro_binds=[*roots, *links],
+            rw_binds=[str(box)],
+            tmp_dir=tmp,
+            grace=grace,
+            timings=timings,
+            step="pip wheel",
+        )
+        log.flush()
+        if result.timed_out:
+            trailer = f"piwheels: build killed after the timeout of {timeout:g} s"
+        else:
+            trailer = f"piwheels: pip exited with status {result.returncode}"
+        trailer += f" after {result.duration:.1f} s"
+        if result.stragglers:
+            trailer += f"; killed {result.stragglers} leftover process(es)"
+        log.write(b"\n" + trailer.encode() + b"\n")
+
+    with timings.step("log read"):
+        wheels = tuple(sorted(out.glob("*.whl")))
+        text, size, dropped = _read_log(log_path, log_limit)
+    failure: FailureClass | None = None
+    if result.timed_out:
+        failure = "timeout"
+    elif result.returncode != 0:
+        failure = classify_failure(text, package)
+    elif not wheels:
+        failure = "other"
+    return BuildResult(
+        package=package,
+        version=version,
+        status="failed" if failure else "success",
+        failure_class=failure,
+        duration=result.duration,
+        log=text,
+        log_path=log_path,
+        log_size=size,
+        log_dropped=dropped,
+        wheels=() if failure else wheels,
+        build_dir=build_dir,
+        sandboxed=result.sandboxed,
+        returncode=result.returncode,
+    )
+
+
+def _prepare(
+    package: str,
+    version: str,
+    *,
+    index_url: str,
+    work_dir: str | Path,
+    timeout: float,
+    memory_limit: int | None,
+    min_free_disk: int,
+    sandbox: str,
+    extra_index_urls: Sequence[str],
+    env: Mapping[str, str] | None,
+    python: str | None,
+    find_links: Sequence[str | Path],
+    build_isolation: bool,
+    source_date_epoch: int,
+) -> tuple[Path, Path, list[str], dict[str, str], str | None, tuple[str, ...], list[str]]:
+    """Check the settings and make the build directory.
+
+    Returns (build dir, sandbox dir, pip command, environment, bwrap, Python roots, links).
     """
     validate_name(package)
     validate_version(version)
@@ -281,68 +391,7 @@ def build_wheel(
     }
     if env:
         clean_env.update(env)
-
-    log_path = build_dir / "log.txt"
-    status_line = sandbox_status(sandbox)
-    with open(log_path, "ab") as log:
-        header = [
-            f"piwheels build of {package} {version}",
-            f"started: {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
-            f"{status_line}",
-            f"timeout: {timeout:g} s; memory limit: "
-            + (f"{memory_limit // (1024 * 1024)} MiB (RLIMIT_AS)" if memory_limit else "none"),
-            "command: " + " ".join(command),
-            "",
-        ]
-        log.write("\n".join(header).encode() + b"\n")
-        log.flush()
-        result = run_limited(
-            command,
-            env=clean_env,
-            cwd=box,
-            output=log,
-            timeout=timeout,
-            memory_limit=memory_limit,
-            bwrap=bwrap,
-            ro_binds=[*roots, *links],
-            rw_binds=[str(box)],
-            tmp_dir=tmp,
-            grace=grace,
-        )
-        log.flush()
-        if result.timed_out:
-            trailer = f"piwheels: build killed after the timeout of {timeout:g} s"
-        else:
-            trailer = f"piwheels: pip exited with status {result.returncode}"
-        trailer += f" after {result.duration:.1f} s"
-        if result.stragglers:
-            trailer += f"; killed {result.stragglers} leftover process(es)"
-        log.write(b"\n" + trailer.encode() + b"\n")
-
-    wheels = tuple(sorted(out.glob("*.whl")))
-    text, size, dropped = _read_log(log_path, log_limit)
-    failure: FailureClass | None = None
-    if result.timed_out:
-        failure = "timeout"
-    elif result.returncode != 0:
-        failure = classify_failure(text, package)
-    elif not wheels:
-        failure = "other"
-    return BuildResult(
-        package=package,
-        version=version,
-        status="failed" if failure else "success",
-        failure_class=failure,
-        duration=result.duration,
-        log=text,
-        log_path=log_path,
-        log_size=size,
-        log_dropped=dropped,
-        wheels=() if failure else wheels,
-        build_dir=build_dir,
-        sandboxed=result.sandboxed,
-        returncode=result.returncode,
-    )
+    return build_dir, box, command, clean_env, bwrap, roots, links
 
 
 @dataclass(frozen=True)
@@ -364,12 +413,16 @@ class WheelAnalysis:
         return tuple(lib.library for lib in self.libraries if lib.missing)
 
 
-def analyse_wheel(path: str | Path) -> WheelAnalysis:
+def analyse_wheel(path: str | Path, *, timings: Timings | None = None) -> WheelAnalysis:
     """Check a built wheel (:func:`piwheels.wheels.read_wheel`) and find its apt dependencies.
 
     Raises :class:`InvalidWheel` when the wheel itself is bad; the builder
     then fails the build with that message rather than sending it.
+    *timings* receives ``wheel check``, ``ELF scan`` and ``dpkg -S``.
     """
+    timings = timings if timings is not None else Timings()
     path = Path(path)
-    info = read_wheel(path)
-    return WheelAnalysis(path=path, info=info, libraries=wheel_library_deps(path))
+    with timings.step("wheel check"):
+        info = read_wheel(path)
+    libraries = wheel_library_deps(path, timings=timings)
+    return WheelAnalysis(path=path, info=info, libraries=libraries)

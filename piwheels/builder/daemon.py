@@ -60,6 +60,7 @@ from .build import BuildResult, DiskSpaceLow, analyse_wheel, build_wheel
 from .held import HeldStateError, discard_held, held_folder, load_held, save_held
 from .importtest import import_test
 from .sandbox import sandbox_status
+from .timing import Timings
 
 __all__ = [
     "BuilderDaemon",
@@ -306,6 +307,8 @@ class BuildJob:
     aborted: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    #: Wall and CPU time of each step (see :mod:`piwheels.builder.timing`).
+    timings: Timings = field(default_factory=Timings)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name=f"build-{self.build_id}", daemon=True)
@@ -332,6 +335,7 @@ class BuildJob:
         records: list[dict[str, Any]] = []
         failure: str | None = None
         log_text = ""
+        timings = self.timings
         try:
             result = build_wheel(
                 self.package,
@@ -345,6 +349,7 @@ class BuildJob:
                 sandbox=b.sandbox,
                 env={JOB_VARIABLE: self.job_id},
                 python=str(b.python),
+                timings=timings,
             )
             log_text = result.log
             failure = result.failure_class
@@ -368,6 +373,7 @@ class BuildJob:
         duration = result.duration if result is not None else time.monotonic() - start
         if self.aborted.is_set():
             failure = "aborted"
+        log_text += f"\npiwheels builder: step times: {timings.summary()}\n"
         built = {
             "build_id": self.build_id,
             "status": failure is None,
@@ -380,16 +386,18 @@ class BuildJob:
         held = HeldBuild(self.build_id, built, files if failure is None else {}, result)
         if self.held_folder is not None and not self.aborted.is_set():
             try:
-                held.save(self.held_folder)
+                with timings.step("held save"):
+                    held.save(self.held_folder)
             except (OSError, TypeError, ValueError) as exc:
                 # Still held in memory: lost only if the builder restarts before DONE.
                 log.error("cannot save build %d in %s: %s", self.build_id, self.held_folder, exc)
+        log.info("build %d steps: %s", self.build_id, timings.summary())
         self.held = held
         self.done.set()
 
     def _analyse(self, wheel: Path, work: Path) -> tuple[dict[str, Any] | None, str]:
         try:
-            analysis = analyse_wheel(wheel)
+            analysis = analyse_wheel(wheel, timings=self.timings)
         except InvalidWheel as exc:
             return None, f"\npiwheels builder: the built wheel is not valid: {exc}\n"
         info = analysis.info
@@ -404,6 +412,8 @@ class BuildJob:
                     sandbox=self.settings.builder.sandbox,
                     work_dir=work,
                     memory_limit=self.settings.builder.memory_limit,
+                    modules=info.modules,
+                    timings=self.timings,
                 )
                 import_ok, import_error = test.ok, test.error
                 note += f"piwheels builder: import test of {', '.join(test.modules) or '(none)'}: "

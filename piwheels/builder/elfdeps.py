@@ -26,6 +26,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from piwheels.builder.timing import Timings
 from piwheels.errors import InvalidWheel
 
 __all__ = ["LibraryDependency", "ldconfig_cache", "needed_libraries", "wheel_library_deps"]
@@ -153,8 +154,24 @@ def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
     return owners
 
 
-def wheel_library_deps(path: str | Path) -> tuple[LibraryDependency, ...]:
-    """The direct shared-library dependencies of the wheel at *path*, sorted by name."""
+def wheel_library_deps(
+    path: str | Path, *, timings: Timings | None = None
+) -> tuple[LibraryDependency, ...]:
+    """The direct shared-library dependencies of the wheel at *path*, sorted by name.
+
+    *timings* receives ``ELF scan`` and, when the wheel links anything, ``dpkg -S``.
+    """
+    timings = timings if timings is not None else Timings()
+    with timings.step("ELF scan"):
+        wanted, basenames = _scan(path)
+    if not wanted:
+        return ()
+    with timings.step("dpkg -S"):
+        return _locate(wanted, basenames)
+
+
+def _scan(path: str | Path) -> tuple[dict[str, tuple[str, int]], set[str]]:
+    """({needed library: (machine, bits)}, every member's base name) of a wheel."""
     wanted: dict[str, tuple[str, int]] = {}
     basenames: set[str] = set()
     try:
@@ -176,8 +193,13 @@ def wheel_library_deps(path: str | Path) -> tuple[LibraryDependency, ...]:
                     wanted.setdefault(name, arch)
     except (zipfile.BadZipFile, OSError) as exc:
         raise InvalidWheel(f"{Path(path).name}: cannot read for ELF analysis ({exc})")
-    if not wanted:
-        return ()
+    return wanted, basenames
+
+
+def _locate(
+    wanted: dict[str, tuple[str, int]], basenames: set[str]
+) -> tuple[LibraryDependency, ...]:
+    """Each needed library's path (ldconfig) and Debian package (dpkg -S)."""
     cache = ldconfig_cache()
     located = {name: _resolve(name, arch, cache) for name, arch in wanted.items()}
     candidates = [s for p in located.values() if p for s in _spellings(p)]

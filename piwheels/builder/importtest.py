@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from piwheels.builder.sandbox import python_roots, resolve_sandbox, run_limited
+from piwheels.builder.timing import Timings
 from piwheels.errors import BuildError
 from piwheels.wheels import read_wheel
 
@@ -76,6 +77,7 @@ def import_test(
     sandbox: str = "auto",
     work_dir: str | Path | None = None,
     memory_limit: int | None = None,
+    timings: Timings | None = None,
 ) -> ImportResult:
     """Install *wheel_path* into a fresh venv of *python* and import its top-level modules.
 
@@ -83,7 +85,9 @@ def import_test(
     covers each step (venv, install, imports).  Raises :class:`BuildError`
     only when the test cannot be run at all (no such Python, bad sandbox
     setting); a wheel that does not install or import gives ``ok=False``.
+    *timings* receives ``venv``, ``install`` and ``import``.
     """
+    timings = timings if timings is not None else Timings()
     python = python or sys.executable
     wheel_path = Path(wheel_path).resolve()
     bwrap = resolve_sandbox(sandbox)
@@ -107,7 +111,7 @@ def import_test(
         }
         log_path = root / "log.txt"
 
-        def step(command: list[str], *, sandboxed: bool) -> tuple[bool, str]:
+        def step(command: list[str], *, sandboxed: bool, name: str) -> tuple[bool, str]:
             with open(log_path, "wb") as out:
                 result = run_limited(
                     command,
@@ -119,6 +123,8 @@ def import_test(
                     bwrap=bwrap if sandboxed else None,
                     ro_binds=[*python_roots(python), str(wheel_path.parent)],
                     rw_binds=[str(root)],
+                    timings=timings,
+                    step=name,
                 )
             with open(log_path, "rb") as fh:
                 text = fh.read(_OUTPUT_LIMIT).decode("utf-8", "replace")
@@ -126,7 +132,9 @@ def import_test(
                 return False, f"timed out after {timeout:g} s\n{text}"
             return result.returncode == 0, text
 
-        ok, text = step([python, "-m", "venv", "--without-pip", str(venv)], sandboxed=False)
+        ok, text = step(
+            [python, "-m", "venv", "--without-pip", str(venv)], sandboxed=False, name="venv"
+        )
         if not ok:
             raise BuildError(f"cannot create a venv with {python}: {text.strip()[-300:]}")
         ok, text = step(
@@ -144,12 +152,15 @@ def import_test(
                 str(wheel_path),
             ],
             sandboxed=True,
+            name="install",
         )
         if not ok:
             return ImportResult(False, modules, f"install failed: {_last_lines(text)}", None)
         if not modules:
             return ImportResult(True, modules, None, None)
-        ok, text = step([str(_venv_python(venv)), "-c", _IMPORTER, *modules], sandboxed=True)
+        ok, text = step(
+            [str(_venv_python(venv)), "-c", _IMPORTER, *modules], sandboxed=True, name="import"
+        )
         marker = "PIWHEELS-IMPORT-RESULT "
         line = next((ln for ln in text.splitlines() if ln.startswith(marker)), None)
         if line is None:

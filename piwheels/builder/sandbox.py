@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from piwheels.builder.timing import Timings
 from piwheels.errors import BuildError
 
 __all__ = [
@@ -246,13 +247,17 @@ def run_limited(
     rw_binds: Sequence[str | Path] = (),
     tmp_dir: str | Path | None = None,
     grace: float = 5.0,
+    timings: Timings | None = None,
+    step: str = "run",
 ) -> RunResult:
     """Run *command* with stdout and stderr into *output*, under the limits above.
 
     *env* is the whole environment (nothing is inherited).  With *bwrap* the
     command runs inside bubblewrap: *ro_binds* readable, *rw_binds* writable,
-    *tmp_dir* mounted as ``/tmp``.
+    *tmp_dir* mounted as ``/tmp``.  With *timings*, the run is recorded as
+    step *step* and the search for leftover processes as ``straggler scan``.
     """
+    timings = timings if timings is not None else Timings()
     if timeout <= 0:
         raise BuildError(f"timeout must be positive, not {timeout}")
     run_id = uuid.uuid4().hex
@@ -270,6 +275,32 @@ def run_limited(
             tmp_dir=None if tmp_dir is None else str(tmp_dir),
         )
     start = time.monotonic()
+    with timings.step(step):
+        proc, timed_out = _run(argv, full_env, cwd, output, timeout, memory_limit, grace)
+    duration = time.monotonic() - start
+    with timings.step("straggler scan"):
+        # Whatever is left of the group, and anything that escaped it.
+        _signal_group(proc.pid, signal.SIGKILL)
+        stragglers = kill_marked(run_id)
+    return RunResult(
+        returncode=None if timed_out else proc.returncode,
+        timed_out=timed_out,
+        duration=duration,
+        stragglers=stragglers,
+        sandboxed=bwrap is not None,
+    )
+
+
+def _run(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str,
+    output: IO[bytes],
+    timeout: float,
+    memory_limit: int | None,
+    grace: float,
+) -> tuple[subprocess.Popen[bytes], bool]:
+    """Start *argv* in a new session and wait for it under *timeout*; (process, timed out)."""
     try:
         proc = subprocess.Popen(
             argv,
@@ -277,7 +308,7 @@ def run_limited(
             stdout=output,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env=full_env,
+            env=env,
             start_new_session=True,
             preexec_fn=functools.partial(_limits, memory_limit),
         )
@@ -298,17 +329,7 @@ def run_limited(
         if proc.returncode is None:  # interrupted (e.g. KeyboardInterrupt): leave nothing
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
-    duration = time.monotonic() - start
-    # Whatever is left of the group, and anything that escaped it.
-    _signal_group(proc.pid, signal.SIGKILL)
-    stragglers = kill_marked(run_id)
-    return RunResult(
-        returncode=None if timed_out else proc.returncode,
-        timed_out=timed_out,
-        duration=duration,
-        stragglers=stragglers,
-        sandboxed=bwrap is not None,
-    )
+    return proc, timed_out
 
 
 def _signal_group(pgid: int, sig: int) -> None:
