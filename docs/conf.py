@@ -7,6 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from piwheels import __version__  # noqa: E402
 
@@ -25,6 +26,9 @@ def _generate(app: object) -> None:
     from piwheels.docgen import write_generated
 
     write_generated(HERE / "_generated")
+    from schema_gen import write as write_schema
+
+    write_schema(HERE / "_generated")
 
 
 def setup(app: object) -> None:
