@@ -13,11 +13,19 @@
    included) is printed beside it.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
-3. ``uv pip compile`` of a package with 20 dependencies from this index served by a private
+3. The production full rewrite, from the database: the same shape of synthetic projects
+   inserted (COPY) into a fresh database on a private PostgreSQL cluster (fsync off, as
+   ``bench/bench_db.py`` does; or ``--dsn``), then ``piw-rebuild all``'s path timed: the bulk
+   loader (``db.projects.ProjectLoader``, a chunk per fixed number of queries) feeding
+   ``SiteWriter.write_all`` in one process and in the pool (each worker with its own
+   connection), beside the bulk read alone, the per-project loader, and the render-only and
+   raw temp+rename figures of part 1, with ratios.
+4. ``uv pip compile`` of a package with 20 dependencies from this index served by a private
    nginx, with and without ``.metadata`` files, beside the same HTTP requests made one by one
    with http.client (the loopback floor).
 
 Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers N] [--no-uv]
+       [--no-db] [--dsn SUPERUSER-URL]
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import io
 import multiprocessing
 import os
 import shutil
@@ -39,6 +48,12 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, make_url
+
+from piwheels.db import initdb
+from piwheels.db import projects as db_projects
+from piwheels.db import versions as db_versions
 from piwheels.web import render
 from piwheels.web.model import AbiStatus, FileData, ProjectData, VersionData
 from piwheels.web.nginx import PrivateNginx
@@ -221,7 +236,9 @@ def measured(fn: Callable[[], object]) -> tuple[float, float]:
     return wall, _cpu() - cpu0 + _children_cpu() - child0
 
 
-def bench_rewrite(base: Path, count: int, fsync: bool, workers: int) -> list[ProjectData]:
+def bench_rewrite(
+    base: Path, count: int, fsync: bool, workers: int
+) -> tuple[list[ProjectData], dict[str, float]]:
     print(f"== full rewrite: {count} projects x 10 versions x 3 files, 4 pages each")
     t0 = time.perf_counter()
     projects = [synthetic_project(i) for i in range(count)]
@@ -329,7 +346,169 @@ def bench_rewrite(base: Path, count: int, fsync: bool, workers: int) -> list[Pro
         f"{cpu_speedup(workers):.2f}x as fast as in one; load average "
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
-    return projects
+    rates = {
+        "render only, 1 process": count / sum(render_time.values()),
+        "rewrite from memory, 1 process": count / one[0],
+        f"rewrite from memory, pool of {workers}": count / pool[0],
+        "raw temp+rename, 1 process": count / raw1[0],
+        f"raw temp+rename, {workers} procs": count / rawn_wall,
+    }
+    return projects, rates
+
+
+# --- the production path: from the database -------------------------------------------------
+
+
+def _copy(conn: Connection, table: str, cols: str, rows: list[str]) -> None:
+    """Raw COPY of text rows (the fastest way to fill the database; not timed)."""
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    cur = raw.cursor()
+    cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN", io.BytesIO("".join(rows).encode()))
+    cur.close()
+
+
+def fill_database(conn: Connection, count: int) -> None:
+    """*count* projects shaped like :func:`synthetic_project`: 10 versions, one wheel per
+    target each (three targets), two apt and two pip dependencies per wheel, downloads."""
+    for k, abi in enumerate(ABIS):
+        conn.execute(
+            text(
+                "INSERT INTO abis (abi, abi_tag, py_major, py_minor, platform_tag) "
+                "VALUES (:a, :t, 3, :m, 'linux_armv7l')"
+            ),
+            {"a": f"{abi}-linux_armv7l", "t": abi, "m": (9, 11, 13)[k]},
+        )
+    for start in range(0, count, 2000):
+        ids = range(start, min(count, start + 2000))
+        pkgs, vers, blds, files, deps, dls = [], [], [], [], [], []
+        for i in ids:
+            name = f"project-{i}"
+            dist = name.replace("-", "_")
+            pkgs.append(f"{name}\t{name}\tSynthetic project number {i}\n")
+            dls.append(f"2026-01-01\t{name}\t{i * 10}\n")
+            for v in range(10, 0, -1):
+                version = f"{v}.0.{i % 7}"
+                key = db_versions.sort_key(version).hex()
+                vers.append(f"{name}\t{version}\t\\\\x{key}\tt\tf\t2026-01-{v + 1:02d}\n")
+                for k, abi in enumerate(ABIS):
+                    build_id = (i * 10 + v) * 3 + k + 1
+                    blds.append(
+                        f"{build_id}\t{name}\t{version}\t{abi}-linux_armv7l\tsuccess\t00:01:00\n"
+                    )
+                    wheel = f"{dist}-{version}-{abi}-{abi}-linux_armv7l.whl"
+                    sha = hashlib.sha256(wheel.encode()).hexdigest()
+                    files.append(
+                        f"{wheel}\t{build_id}\t{100_000 + i + v}\t{sha}\t{sha}\t{dist}\t"
+                        f"{version}\t{abi}\t{abi}\tlinux_armv7l\t0\t-1\t>=3.9\tpassed\n"
+                    )
+                    for tool, req in (
+                        ("apt", "libc6"),
+                        ("apt", "libffi8"),
+                        ("pip", "numpy>=1.20"),
+                        ("pip", "typing-extensions"),
+                    ):
+                        deps.append(f"{wheel}\t{tool}\t{req}\n")
+        _copy(conn, "packages", "name, display_name, summary", pkgs)
+        _copy(conn, "versions", "package, version, sort_key, valid, prerelease, released_at", vers)
+        _copy(conn, "builds", "build_id, package, version, abi, status, duration", blds)
+        _copy(
+            conn,
+            "files",
+            "filename, build_id, size, sha256, metadata_sha256, name_tag, version_tag, "
+            "python_tag, abi_tag, platform_tag, py_min, py_max, requires_python, import_test",
+            files,
+        )
+        _copy(conn, "dependencies", "filename, tool, requirement", deps)
+        _copy(conn, "daily_package_stats", "day, package, downloads", dls)
+    conn.execute(
+        text("SELECT setval(pg_get_serial_sequence('builds', 'build_id'), :n)"),
+        {"n": (count * 10 + 10) * 3 + 3},
+    )
+
+
+def bench_database(
+    base: Path, count: int, workers: int, rates: dict[str, float], dsn: str | None
+) -> None:
+    print(f"== full rewrite from the database (piw-rebuild all's path): {count} projects")
+    cluster = None
+    if dsn is None:
+        from piwheels.pgcluster import Cluster
+
+        cluster = Cluster(base / "pg", fsync=False)
+        cluster.start()
+        dsn = cluster.url()
+    url = make_url(dsn).set(database="piwbench_site").render_as_string(hide_password=False)
+    try:
+        initdb.upgrade(url, yes=True)
+        engine = create_engine(url)
+        t0 = time.perf_counter()
+        with engine.begin() as conn:
+            fill_database(conn, count)
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+        print(f"  (filling the database with COPY: {count / (time.perf_counter() - t0):.0f}/s)")
+        names = [f"project-{i}" for i in range(count)]
+        sample = names[: max(1, min(count, 200))]
+        with engine.connect() as conn:
+            one_by_one = timed(lambda: [db_projects.get_project_data(conn, n) for n in sample])
+            bulk_read = timed(
+                lambda: [
+                    db_projects.get_projects_data(conn, names[i : i + 200])
+                    for i in range(0, count, 200)
+                ]
+            )
+        figures = [
+            ("read only, per-project loader", len(sample) / one_by_one),
+            ("read only, bulk loader (200 a chunk)", count / bulk_read),
+        ]
+        loader = db_projects.ProjectLoader(url)
+        site = SiteWriter(base / "dbsite", CONFIG)
+        first = timed(lambda: site.write_all(names, load_many=loader, chunk_size=200))
+        figures.append(("first write, 1 process", count / first))
+        site = SiteWriter(base / "dbsite2", CONFIG)
+        in_pool = timed(
+            lambda: site.write_all(names, workers=workers, load_many=loader, chunk_size=200)
+        )
+        figures.append((f"first write, pool of {workers}", count / in_pool))
+        again = timed(
+            lambda: site.write_all(names, workers=workers, load_many=loader, chunk_size=200)
+        )
+        figures.append((f"rewrite unchanged, pool of {workers}", count / again))
+        width = max(len(label) for label in [*rates, *(f for f, _ in figures)])
+        for label, rate in figures:
+            print(f"  {label:{width}}: {rate:8.0f} projects/s")
+        print("  beside part 1 (no database):")
+        for label, rate in rates.items():
+            print(f"  {label:{width}}: {rate:8.0f} projects/s")
+        pool_rate = count / in_pool
+        raw_pool = rates[f"raw temp+rename, {workers} procs"]
+        print(
+            f"  ratio from database / from memory, pool: "
+            f"{pool_rate / rates[f'rewrite from memory, pool of {workers}']:.2f}"
+        )
+        render_rate = rates["render only, 1 process"]
+        print(f"  ratio from database / render only: {pool_rate / render_rate:.2f}")
+        print(
+            f"  ratio from database / raw temp+rename, {workers} procs: {pool_rate / raw_pool:.2f}"
+        )
+        print(
+            f"  ratio bulk loader / per-project loader (read only): "
+            f"{figures[1][1] / figures[0][1]:.1f}"
+        )
+        print(
+            f"  aim: 2,000 projects/s; from the database the pool reaches "
+            f"{pool_rate / 2000:.0%} of it"
+        )
+        engine.dispose()
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+        else:
+            eng = create_engine(dsn, isolation_level="AUTOCOMMIT")
+            with eng.connect() as conn:
+                conn.execute(text('DROP DATABASE IF EXISTS "piwbench_site" WITH (FORCE)'))
+            eng.dispose()
 
 
 def bench_latency(base: Path, projects: list[ProjectData], fsync: bool) -> None:
@@ -442,6 +621,10 @@ def main() -> None:
         "--workers", type=int, default=os.cpu_count() or 2, help="processes for the pool figures"
     )
     parser.add_argument("--no-uv", action="store_true", help="skip the uv pip compile part")
+    parser.add_argument("--no-db", action="store_true", help="skip the database part")
+    parser.add_argument(
+        "--dsn", help="a PostgreSQL superuser URL to use instead of a private cluster"
+    )
     args = parser.parse_args()
     if args.scale <= 0:
         parser.error("--scale must be positive")
@@ -450,9 +633,12 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="piw-bench-site-", dir=args.dir))
     os.chmod(base, 0o755)
     try:
-        projects = bench_rewrite(base, max(1, int(100_000 * args.scale)), args.fsync, args.workers)
+        count = max(1, int(100_000 * args.scale))
+        projects, rates = bench_rewrite(base, count, args.fsync, args.workers)
         bench_latency(base, projects, args.fsync)
         del projects
+        if not args.no_db:
+            bench_database(base, count, args.workers, rates, args.dsn)
         if not args.no_uv:
             bench_uv(base, args.repeats)
     finally:
