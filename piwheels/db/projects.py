@@ -140,7 +140,8 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
     rows: dict[str, _Rows] = {name: _Rows() for name in pkgs}
 
     def each(query: str) -> Iterator[tuple[_Rows, Any]]:
-        for r in conn.execute(text(query), q):
+        # fetchall: one call for the batch instead of one per row.
+        for r in conn.execute(text(query), q).all():
             got = rows.get(r.package)
             if got is not None:
                 yield got, r
@@ -175,12 +176,14 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
         "FROM package_abi_skips WHERE package = ANY(:n)"
     ):
         got.exclusions.append(r)
+    # One row per (file, tool), its requirements in the order the per-project read gives.
     for got, r in each(
-        "SELECT b.package, d.filename, d.tool, d.requirement FROM dependencies d "
+        "SELECT b.package, d.filename, d.tool, array_agg(d.requirement ORDER BY d.requirement) "
+        "AS reqs FROM dependencies d "
         "JOIN files f ON f.filename = d.filename JOIN builds b ON b.build_id = f.build_id "
-        "WHERE b.package = ANY(:n) ORDER BY d.requirement"
+        "WHERE b.package = ANY(:n) GROUP BY b.package, d.filename, d.tool"
     ):
-        got.deps[r.filename][r.tool].append(r.requirement)
+        got.deps[r.filename][r.tool] = list(r.reqs)
     for got, r in each(
         "SELECT b.package, b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
         "WHERE b.package = ANY(:n) ORDER BY f.filename"
