@@ -71,7 +71,10 @@ def _default(encoder: cbor2.CBOREncoder, value: Any) -> None:
         raise cbor2.CBOREncodeTypeError(f"cannot encode {type(value).__name__}")
 
 
-def _tag_hook(tag: cbor2.CBORTag, immutable: bool) -> Any:
+def _tag_hook(*args: Any) -> Any:
+    # cbor2 6 calls hook(tag, immutable); cbor2 5 (Debian 12's, which builders use) calls
+    # hook(decoder, tag): take the tag from wherever it is.
+    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
     if tag.tag == TAG_TIMEDELTA:
         value = tag.value
         if (

@@ -58,6 +58,12 @@ def _make_template(dsn: str) -> None:
     initdb.upgrade(_with_dbname(url, TEMPLATE_DB), yes=True, user=MASTER_ROLE)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The README test is the longest (a fresh venv and real builds): start it first so the
+    # other workers' tests run beside it rather than after it.
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/test_readme.py"))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     cluster = getattr(config, "_piwheels_cluster", None)
     if cluster is not None:
