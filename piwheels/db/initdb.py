@@ -365,7 +365,7 @@ COMMAND = Command(
     description=(
         "Create or upgrade the piwheels database and the role the master uses. "
         "Connect as a superuser: --dsn names the database to create or upgrade, "
-        "--role the least-privilege role the master will connect as "
+        "--db-role the least-privilege role the master will connect as "
         f"(its password, if any, is read from ${PASSWORD_VAR})."
     ),
     sections=("database",),
