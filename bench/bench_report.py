@@ -21,6 +21,7 @@ import argparse
 import functools
 import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -105,8 +106,7 @@ def instrument() -> Steps:
     steps.wrap(spike, "analyse", "  spike.analyse")
     steps.wrap(spike, "scan", "spike.scan")
     steps.wrap(charts, "_matplotlib", "charts: import matplotlib")
-    for name in ("bars", "series", "shares", "stacked"):
-        steps.wrap(charts.Charts, name, f"charts.{name}")
+    steps.wrap(charts.Charts, "finish", "charts: draw every chart (processes, 1 per CPU)")
     for name in ("to_markdown", "to_html", "figures_json"):
         steps.wrap(report, name, f"report.{name}")
     return steps
@@ -182,8 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             t_query = time.perf_counter() - t3
             steps = instrument()
             t4 = time.perf_counter()
+            c4 = time.process_time()
+            k4 = resource.getrusage(resource.RUSAGE_CHILDREN)
             report.write_report(conn, period, tmp / "report")
             t_write = time.perf_counter() - t4
+            c_write = time.process_time() - c4
         engine.dispose()
         print(f"downloads: {n:,} rows over {DAYS} days; filled in {t_fill:.1f} s "
               f"(rows generated {t_gen:.1f} s, stored with every rollup by store_batch "
@@ -191,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
               f"again {t_rollup:.2f} s")  # fmt: skip
         print(f"figures read (collect + spike scan): {t_query:.2f} s "
               f"({figures.totals.downloads:,} downloads, {len(spikes)} spike days)")  # fmt: skip
-        print(f"whole report written (figures, Markdown, HTML, JSON, charts): {t_write:.2f} s")
+        k5 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        kids = (k5.ru_utime + k5.ru_stime) - (k4.ru_utime + k4.ru_stime)
+        print(f"whole report written (figures, Markdown, HTML, JSON, charts): {t_write:.2f} s "
+              f"wall; CPU {c_write:.2f} s in the report process + {kids:.2f} s in chart "
+              f"workers ({os.cpu_count()} CPUs, load average "
+              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())})")  # fmt: skip
         print("breakdown of the whole report (nested steps are part of their parent):")
         steps.print()
         print(f"raw limit: one sequential count of the quarter's downloads {t_scan:.2f} s; "

@@ -5,7 +5,9 @@ Drawing is most of a report's time, so the charts are kept cheap: one
 margins instead of ``tight_layout`` (which lays every label out again);
 text in SVG kept as text (not glyph paths); fast PNG compression; at most
 :data:`MAX_TICKS` tick labels on an axis.  Both formats are written because
-the HTML report shows the PNG and links to the SVG.
+the HTML report shows the PNG and links to the SVG.  With ``defer=True``
+charts are only queued, and :meth:`Charts.finish` draws them in as many
+forked processes as there are CPUs (a report's charts are independent).
 
 matplotlib is imported on first use, with ``MPLCONFIGDIR`` pointed at a
 temporary folder when unset so that it never writes into the home folder.
@@ -13,9 +15,11 @@ temporary folder when unset so that it never writes into the home folder.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -71,16 +75,44 @@ def _thousands(v: float, _pos: int) -> str:
 class Charts:
     """Writes charts into *folder*; :attr:`written` lists the names (without suffix)."""
 
-    def __init__(self, folder: Path, *, formats: Sequence[str] = FORMATS) -> None:
+    def __init__(
+        self, folder: Path, *, formats: Sequence[str] = FORMATS, defer: bool = False
+    ) -> None:
         self.folder = folder
         self.formats = tuple(formats)
         self.written: list[str] = []
+        self.defer = defer
+        self._queue: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         folder.mkdir(parents=True, exist_ok=True)
+        # Imported here even when deferring: forked workers then inherit it.
         self._Figure, _rc = _matplotlib()
         from matplotlib.ticker import FuncFormatter
 
         self._formatter = FuncFormatter(_thousands)
         self._figures: dict[tuple[float, float], Any] = {}
+
+    def _chart(self, kind: str, name: str, *args: Any, **kwargs: Any) -> str:
+        if self.defer:
+            self._queue.append((kind, (name, *args), kwargs))
+            self.written.append(name)
+            return name
+        getattr(self, f"_{kind}")(name, *args, **kwargs)
+        self.written.append(name)
+        return name
+
+    def finish(self, workers: int | None = None) -> None:
+        """Draw the queued charts, in *workers* processes (default: one per CPU)."""
+        queue, self._queue = self._queue, []
+        workers = min(workers or os.cpu_count() or 1, len(queue))
+        if workers <= 1:
+            for kind, args, kwargs in queue:
+                getattr(self, f"_{kind}")(*args, **kwargs)
+            return
+        ctx = multiprocessing.get_context("fork")
+        chunks = [queue[i::workers] for i in range(workers)]
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for done in [pool.submit(_draw, self.folder, self.formats, c) for c in chunks]:
+                done.result()
 
     def _axes(self, size: tuple[float, float], margins: Mapping[str, float] = _MARGINS) -> Any:
         """Fresh axes on the (reused) figure of *size*."""
@@ -91,13 +123,11 @@ class Charts:
         fig.subplots_adjust(**margins)
         return fig.add_subplot()
 
-    def _save(self, ax: Any, name: str) -> str:
+    def _save(self, ax: Any, name: str) -> None:
         fig = ax.figure
         for fmt in self.formats:
             kwargs: dict[str, Any] = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
             fig.savefig(self.folder / f"{name}.{fmt}", format=fmt, dpi=100, **kwargs)
-        self.written.append(name)
-        return name
 
     def _xlabels(self, ax: Any, labels: Sequence[str]) -> None:
         step = max(1, -(-len(labels) // MAX_TICKS))
@@ -116,15 +146,9 @@ class Charts:
         lines: Sequence[float] = (),
     ) -> str:
         """A bar chart (one bar per label), with optional horizontal threshold lines."""
-        ax = self._axes(WIDE)
-        ax.bar(range(len(labels)), values, color=BAR, width=0.8)
-        self._xlabels(ax, labels)
-        for y in lines:
-            ax.axhline(y, color="#555", linewidth=0.8, linestyle="--")
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        ax.yaxis.set_major_formatter(self._formatter)
-        return self._save(ax, name)
+        return self._chart(
+            "bars", name, list(labels), list(values), title=title, ylabel=ylabel, lines=list(lines)
+        )
 
     def series(
         self,
@@ -136,6 +160,55 @@ class Charts:
         ylabel: str,
     ) -> str:
         """One line per entry of *lines*."""
+        return self._chart("series", name, list(labels), dict(lines), title=title, ylabel=ylabel)
+
+    def shares(self, name: str, values: Mapping[str, int], *, title: str) -> str:
+        """Horizontal bars of each value's share (small ones merged)."""
+        return self._chart("shares", name, dict(values), title=title)
+
+    def stacked(
+        self,
+        name: str,
+        labels: Sequence[str],
+        stacks: Mapping[str, Sequence[float]],
+        *,
+        title: str,
+        ylabel: str,
+    ) -> str:
+        """Stacked bars: one stack per label, one colour per entry of *stacks*."""
+        return self._chart("stacked", name, list(labels), dict(stacks), title=title, ylabel=ylabel)
+
+    # -- drawing -------------------------------------------------------------------
+
+    def _bars(
+        self,
+        name: str,
+        labels: Sequence[str],
+        values: Sequence[float],
+        *,
+        title: str,
+        ylabel: str,
+        lines: Sequence[float] = (),
+    ) -> None:
+        ax = self._axes(WIDE)
+        ax.bar(range(len(labels)), values, color=BAR, width=0.8)
+        self._xlabels(ax, labels)
+        for y in lines:
+            ax.axhline(y, color="#555", linewidth=0.8, linestyle="--")
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.yaxis.set_major_formatter(self._formatter)
+        self._save(ax, name)
+
+    def _series(
+        self,
+        name: str,
+        labels: Sequence[str],
+        lines: Mapping[str, Sequence[float]],
+        *,
+        title: str,
+        ylabel: str,
+    ) -> None:
         ax = self._axes(WIDE)
         x = range(len(labels))
         for label, values in lines.items():
@@ -146,10 +219,9 @@ class Charts:
         ax.yaxis.set_major_formatter(self._formatter)
         if len(lines) > 1:
             ax.legend(fontsize=8)
-        return self._save(ax, name)
+        self._save(ax, name)
 
-    def shares(self, name: str, values: Mapping[str, int], *, title: str) -> str:
-        """Horizontal bars of each value's share (small ones merged)."""
+    def _shares(self, name: str, values: Mapping[str, int], *, title: str) -> None:
         merged = merge_small(values)
         total = sum(merged.values()) or 1
         labels = list(merged)[::-1]
@@ -171,9 +243,9 @@ class Charts:
         ax.set_xlabel("share (%)")
         ax.set_xlim(0, max(pct, default=1) * 1.15 + 1)
         ax.set_title(title)
-        return self._save(ax, name)
+        self._save(ax, name)
 
-    def stacked(
+    def _stacked(
         self,
         name: str,
         labels: Sequence[str],
@@ -181,8 +253,7 @@ class Charts:
         *,
         title: str,
         ylabel: str,
-    ) -> str:
-        """Stacked bars: one stack per label, one colour per entry of *stacks*."""
+    ) -> None:
         ax = self._axes(WIDE)
         x = range(len(labels))
         bottom = [0.0] * len(labels)
@@ -193,7 +264,16 @@ class Charts:
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)
-        return self._save(ax, name)
+        self._save(ax, name)
+
+
+def _draw(
+    folder: Path, formats: Sequence[str], jobs: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+) -> None:
+    """Worker: draw *jobs* (queued by a deferring :class:`Charts`) into *folder*."""
+    charts = Charts(folder, formats=formats)
+    for kind, args, kwargs in jobs:
+        getattr(charts, f"_{kind}")(*args, **kwargs)
 
 
 def day_labels(days: Sequence[date]) -> list[str]:

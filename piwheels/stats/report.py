@@ -419,8 +419,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     f = queries.collect(conn, period, thresholds=thresholds)
     spikes = spike.scan(conn, period.start, period.end, factor=spike_factor)
-    ch = Charts(out / "images") if charts else None
+    # Charts are queued while the blocks are built, then drawn in parallel.
+    ch = Charts(out / "images", defer=True) if charts else None
     blocks = build(f, charts=ch, spikes=spikes)
+    if ch is not None:
+        ch.finish()
     written: dict[str, Path] = {}
     if "markdown" in formats:
         written["markdown"] = out / "report.md"
