@@ -66,6 +66,9 @@ WRITES: dict[str, tuple[str, ...]] = {
     "daily_client_stats": ("INSERT", "UPDATE", "DELETE"),
     "daily_web_stats": ("INSERT", "UPDATE", "DELETE"),
     "hourly_totals": ("INSERT", "UPDATE", "DELETE"),
+    "daily_totals": ("INSERT", "UPDATE", "DELETE"),
+    "monthly_package_stats": ("INSERT", "UPDATE", "DELETE"),
+    "log_batches": ("INSERT", "DELETE"),
 }
 
 

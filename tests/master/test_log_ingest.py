@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from piwheels import protocols
 from piwheels.db import initdb
-from piwheels.db.stats import prune_batches, store_batch
+from piwheels.db.stats import prune_batches, rollup_day, store_batch
 from piwheels.logger.batch import encode as encode_batch
 from piwheels.logger.classify import AccessRecord
 from piwheels.master.log_ingest import LogIngest
@@ -144,6 +144,26 @@ def test_resend_after_a_master_restart_is_stored_once(
     finally:
         peer.close()
         second.close()
+
+
+def test_master_role_can_store_roll_up_and_prune(engine: Engine) -> None:
+    """The least-privilege role piw-initdb makes can do every write of the ingest path."""
+    records = batch([{}, {"kind": "index", "target": "index", "filename": None}])
+    role = create_engine(engine.url.set(username=initdb.DEFAULT_USER))
+    try:
+        with role.begin() as conn:
+            res = store_batch(
+                conn, records["tables"], records["extra"], source=b"logger-r", batch_id=1
+            )
+            assert (res.stored, res.duplicate) == (2, False)
+            rollup_day(conn, date(2021, 10, 1))
+            prune_batches(conn, keep_days=2)  # DELETE on log_batches: raises without the grant
+    finally:
+        role.dispose()
+    assert count(engine, "downloads") == 1
+    with engine.connect() as conn:
+        total = conn.execute(text("SELECT sum(downloads) FROM daily_totals")).scalar_one()
+    assert total == 1
 
 
 def test_stored_batch_ids_are_pruned(engine: Engine) -> None:
