@@ -211,3 +211,8 @@ def test_master_role_cannot_read_outside_grants(db_url, master):
         with admin.begin() as conn:
             conn.execute(text("DROP TABLE admin_notes"))
         admin.dispose()
+
+
+def test_every_table_has_its_grants_decided():
+    """A new table must be named in WRITES, or the master's role cannot write to it."""
+    assert set(metadata.tables) == set(initdb.WRITES)
