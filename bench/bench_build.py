@@ -155,10 +155,18 @@ def main() -> None:
     print(f"{'ratio farm / raw':28}{med(farm_wall) / med(raw_wall):9.2f}"
           f"{med(farm_cpu) / med(raw_cpu):9.2f}")  # fmt: skip
     print("farm steps (median):")
+    other_wall = other_cpu = 0.0
     for name, values in steps.items():
         walls = [w for w, _ in values] + [0.0] * (runs - len(values))
         cpus = [c for _, c in values] + [0.0] * (runs - len(values))
         print(f"  {name:26}{med(walls):9.3f}{med(cpus):9.3f}")
+        if name != "pip wheel":
+            other_wall += med(walls)
+            other_cpu += med(cpus)
+    print(f"  {'all but pip wheel':26}{other_wall:9.3f}{other_cpu:9.3f}")
+    if resolve_sandbox(args.sandbox):
+        print("  (cpu leaves out processes inside bubblewrap: getrusage does not see through its")
+        print("   PID namespace; --sandbox off gives their CPU)")
 
     # The sandbox's own start-up, measured alone (an empty Python run with and without it).
     with tempfile.TemporaryDirectory() as tmp, open(os.path.join(tmp, "log"), "wb") as log:

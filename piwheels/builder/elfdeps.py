@@ -8,7 +8,10 @@ for the member's architecture, and all paths go to ONE ``dpkg -S`` call,
 each in both spellings that usrmerge allows (``/lib/...`` and
 ``/usr/lib/...``) and as its real path.  A library that no package provides
 (or that cannot be found at all) is recorded with ``package=None``; one the
-wheel ships itself is marked ``bundled``.
+wheel ships itself is marked ``bundled``.  A wheel without ELF members asks
+neither.  The ``ldconfig -p`` table and each path's ``dpkg -S`` answer are
+kept for the builder's lifetime, until ``/etc/ld.so.cache`` or dpkg's
+status file changes (a package installed or removed).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import io
 import os
 import re
 import subprocess
+import threading
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -79,8 +84,54 @@ def needed_libraries(data: bytes) -> tuple[list[str], tuple[str, int]] | None:
         return [], ("", 0)
 
 
+def _stamp(path: str) -> tuple[int, int] | None:
+    """What says a system file changed: (mtime, size), or None when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+class _Cache:
+    """Answers kept for the process's lifetime while a system file stays unchanged."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source  # e.g. dpkg's status file: it changes when packages do
+        self.stamp: tuple[int, int] | None = None
+        self.data: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def fresh(self) -> dict[str, Any]:
+        """The kept answers; dropped first when the source file changed. Call under lock."""
+        stamp = _stamp(self.source)
+        if stamp != self.stamp or stamp is None:
+            self.data = {}
+            self.stamp = stamp
+        return self.data
+
+
+LD_SO_CACHE = "/etc/ld.so.cache"
+DPKG_STATUS = "/var/lib/dpkg/status"
+_ldconfig = _Cache(LD_SO_CACHE)
+_owners = _Cache(DPKG_STATUS)
+
+
 def ldconfig_cache() -> dict[str, list[tuple[str, str]]]:
-    """``ldconfig -p`` as ``{name: [(flags, path), ...]}``."""
+    """``ldconfig -p`` as ``{name: [(flags, path), ...]}`` (kept until ld.so.cache changes)."""
+    with _ldconfig.lock:
+        _ldconfig.source = LD_SO_CACHE
+        kept = _ldconfig.fresh()
+        if "cache" not in kept:
+            cache = _run_ldconfig()
+            if cache is None:
+                return {}
+            kept["cache"] = cache
+        result: dict[str, list[tuple[str, str]]] = kept["cache"]
+        return result
+
+
+def _run_ldconfig() -> dict[str, list[tuple[str, str]]] | None:
     for exe in ("ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"):
         try:
             out = subprocess.run(
@@ -88,13 +139,15 @@ def ldconfig_cache() -> dict[str, list[tuple[str, str]]]:
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
+        if out.returncode != 0:
+            continue
         cache: dict[str, list[tuple[str, str]]] = {}
         for line in out.stdout.splitlines():
             m = _LDCONFIG_LINE.match(line)
             if m:
                 cache.setdefault(m.group(1), []).append((m.group(2), m.group(3)))
         return cache
-    return {}
+    return None
 
 
 def _resolve(
@@ -132,26 +185,50 @@ def _spellings(path: str) -> list[str]:
 
 
 def dpkg_owners(paths: Iterable[str]) -> dict[str, str]:
-    """``{path: package}`` for every path some installed package owns (one dpkg call)."""
-    paths = sorted(set(paths))
-    if not paths:
-        return {}
+    """``{path: package}`` for every path some installed package owns.
+
+    Each path's answer (a package, or none) is kept until dpkg's status file
+    changes, so a library seen in an earlier build costs no ``dpkg -S``; the
+    others go to ONE ``dpkg -S`` call.
+    """
+    wanted = sorted(set(paths))
+    with _owners.lock:
+        _owners.source = DPKG_STATUS
+        kept = _owners.fresh()
+        unknown = [p for p in wanted if p not in kept]
+        if unknown:
+            kept.update(_run_dpkg(unknown))
+        return {p: kept[p] for p in wanted if kept.get(p)}
+
+
+_NOT_FOUND = "dpkg-query: no path found matching pattern "
+
+
+def _run_dpkg(paths: list[str]) -> dict[str, str | None]:
+    """One ``dpkg -S``: each path's package, None when dpkg says none has it.
+
+    A path dpkg gave no clear answer for (it failed, or said something else)
+    is left out, so it is asked again next time rather than kept as unowned.
+    """
     try:
         out = subprocess.run(
             ["dpkg", "-S", *paths], capture_output=True, text=True, timeout=120, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    owners: dict[str, str] = {}
+    answers: dict[str, str | None] = {}
     for line in out.stdout.splitlines():
         if line.startswith("diversion by") or ": " not in line:
             continue
         pkgs, _, path = line.partition(": ")
         # "pkg:arch" (multi-arch) or "pkg1, pkg2": keep the first, without the arch.
         first = pkgs.split(",")[0].strip().split(":")[0]
-        if first:
-            owners.setdefault(path.strip(), first)
-    return owners
+        if first and answers.get(path.strip()) is None:
+            answers[path.strip()] = first
+    for line in out.stderr.splitlines():
+        if line.startswith(_NOT_FOUND):
+            answers.setdefault(line[len(_NOT_FOUND) :].strip(), None)
+    return answers
 
 
 def wheel_library_deps(

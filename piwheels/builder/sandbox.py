@@ -9,7 +9,9 @@ What is enforced, and how:
   process of the build with it.  Finally every process still carrying this
   run's marker variable (``PIWHEELS_RUN_ID``) in its environment is killed,
   which catches processes that left the session (``setsid``, double fork)
-  when there is no sandbox.
+  when there is no sandbox.  That scan of ``/proc`` is skipped when the
+  sandbox ends by itself: the PID namespace ends with the command, and the
+  kernel kills whatever was left in it before bubblewrap exits.
 * **Memory**: ``RLIMIT_AS`` (virtual address space), per process.  Simple and
   works everywhere without root, but it is per process, not per build: a
   build running several compilers at once can use several times the limit.
@@ -255,7 +257,8 @@ def run_limited(
     *env* is the whole environment (nothing is inherited).  With *bwrap* the
     command runs inside bubblewrap: *ro_binds* readable, *rw_binds* writable,
     *tmp_dir* mounted as ``/tmp``.  With *timings*, the run is recorded as
-    step *step* and the search for leftover processes as ``straggler scan``.
+    step *step* and, without the sandbox, the search for leftover processes
+    as ``straggler scan``.
     """
     timings = timings if timings is not None else Timings()
     if timeout <= 0:
@@ -278,10 +281,18 @@ def run_limited(
     with timings.step(step):
         proc, timed_out = _run(argv, full_env, cwd, output, timeout, memory_limit, grace)
     duration = time.monotonic() - start
-    with timings.step("straggler scan"):
-        # Whatever is left of the group, and anything that escaped it.
-        _signal_group(proc.pid, signal.SIGKILL)
-        stragglers = kill_marked(run_id)
+    # Whatever is left of the group.
+    _signal_group(proc.pid, signal.SIGKILL)
+    stragglers = 0
+    ended_in_box = bwrap is not None and not timed_out and (proc.returncode or 0) >= 0
+    if not ended_in_box:
+        # Anything that left the group.  Not needed when the sandbox ended by
+        # itself: bubblewrap's init (PID 1 of the build's PID namespace) exits
+        # with the command, the kernel kills every process left in the
+        # namespace, and bubblewrap reaps its init before it exits.  When
+        # bubblewrap itself was killed (timeout), that happens after we return.
+        with timings.step("straggler scan"):
+            stragglers = kill_marked(run_id)
     return RunResult(
         returncode=None if timed_out else proc.returncode,
         timed_out=timed_out,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
 from piwheels.builder import analyse_wheel
+from piwheels.builder.sandbox import python_roots, resolve_sandbox, run_limited
 from piwheels.builder.timing import Timings
+from tests.builder.test_build import HAVE_BWRAP, _processes_with
 
 
 def test_steps_record_wall_and_child_cpu() -> None:
@@ -35,13 +41,77 @@ def test_a_step_that_raises_is_recorded() -> None:
     assert [s.name for s in timings.steps] == ["boom"]
 
 
-def test_build_steps(build) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("sandbox", "steps"),
+    [
+        pytest.param(
+            "on",
+            ["prepare", "pip wheel", "log read"],
+            marks=pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed"),
+        ),
+        ("off", ["prepare", "pip wheel", "straggler scan", "log read"]),
+    ],
+)
+def test_build_steps(build, sandbox: str, steps: list[str]) -> None:  # type: ignore[no-untyped-def]
     from tests import sdists
 
     timings = Timings()
-    result = build(sdists.pure_sdist, "piwtest-timed", timings=timings)
+    result = build(sdists.pure_sdist, f"piwtest-timed-{sandbox}", sandbox=sandbox, timings=timings)
     assert result.ok, result.log[-3000:]
-    assert [s.name for s in timings.steps] == ["prepare", "pip wheel", "straggler scan", "log read"]
+    assert [s.name for s in timings.steps] == steps
+
+
+# A child that leaves the session and outlives the command (double fork + setsid).
+_ESCAPE = """
+import os, sys
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        sleep = "import time; time.sleep(300)"
+        os.execv(sys.executable, [sys.executable, "-c", sleep, sys.argv[1]])
+    os._exit(0)
+"""
+
+
+@pytest.mark.parametrize(
+    "sandbox",
+    [
+        pytest.param(
+            "on", marks=pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap not installed")
+        ),
+        "off",
+    ],
+)
+def test_escaped_process_is_killed(tmp_path: Path, sandbox: str) -> None:
+    token = f"piwtest-escape-{uuid.uuid4().hex}"
+    timings = Timings()
+    with open(tmp_path / "log", "wb") as log:
+        result = run_limited(
+            [sys.executable, "-c", _ESCAPE, token],
+            env={"PATH": os.defpath},
+            cwd=tmp_path,
+            output=log,
+            timeout=60,
+            bwrap=resolve_sandbox(sandbox),
+            ro_binds=python_roots(sys.executable),
+            rw_binds=[tmp_path],
+            timings=timings,
+        )
+    assert result.returncode == 0, (tmp_path / "log").read_text()
+    names = [s.name for s in timings.steps]
+    if sandbox == "on":
+        # The PID namespace ended with the command: the kernel killed the escapee
+        # before bubblewrap exited.
+        assert names == ["run"]
+        assert result.stragglers == 0
+        assert _processes_with(token) == []
+    else:
+        assert names == ["run", "straggler scan"]
+        assert result.stragglers == 1
+    deadline = time.monotonic() + 10
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed process disappears once reaped
+    assert _processes_with(token) == []
 
 
 def test_wheel_without_elf_files_skips_dpkg(built) -> None:  # type: ignore[no-untyped-def]
