@@ -27,11 +27,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from .. import protocols
-from .classify import AccessRecord
+from .classify import BOT, INDEX, OTHER, AccessRecord, _ua_tail
+from .parse import MAX_LINE, MalformedLine, _unescape_json, unescape_log_field
+from .useragent import AGENT_BOT, AGENT_DIRECT, decode_user_agent
+
+if TYPE_CHECKING:
+    from .reader import LogReader
 
 __all__ = ["KIND_OF_INSTALLER", "TABLE_OF_KIND", "BatchEncoder", "encode"]
 
@@ -49,8 +54,30 @@ _EXTRA = frozenset(protocols.LOG_EXTRA_SOURCES)
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _CLIENT_RE = re.compile(r"(?:[0-9a-f]{16,128}|[0-9A-Fa-f.:]{2,39}/\d{1,3})?")
 _ZERO = timedelta(0)
+_WITH_INFO = frozenset({"downloads", "searches"})
 # Fields 9 to 18 of an AccessRecord are the client description, in LOG_TABLES' order.
 _INFO = slice(9, 19)
+
+# The fast path (BatchEncoder.add_lines) takes the common, plain shape of
+# each format straight from the line's bytes (no decode of the whole line).
+# nginx's JSON lines are cut by one C-level split exactly as LogParser's
+# fast path cuts them (escape=json writes every '"' inside a value as \",
+# so ',"' only occurs between fields): a regex over the ~600 escaped
+# characters of a pip user agent costs 7 us, the split 1.  Combined lines
+# are matched by one regex that yields every field at once.  Anything else
+# (escapes in the address, method or URI, other key orders, other formats,
+# malformed lines) goes through LogParser and the Classifier, which judge it
+# exactly as before (and count it if malformed).
+_Q = rb'[^"\\]*(?:\\.[^"\\]*)*'  # a quoted value, escapes allowed
+_JSON_PARTS = 13
+_UTC_SECOND = re.compile(rb"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\+00:00")
+_JSON_ENDS = (b'"}', b'"}\n', b'"}\r\n')
+_FAST_COMBINED = re.compile(
+    rb'([!-~]+) [!-~]+ (?:[!-~]+|"[^"]*") \[([^\]]*)\] "([A-Z]{1,16}) ([!#-\[\]-~]+) '
+    rb'HTTP/[0-9.]{1,5}" (\d{3}) (\d{1,15}|-)(?: "' + _Q + rb'" "(' + _Q + rb')")?'
+    rb"(?: [^\r\n]*)?\r?\n?",
+    re.S,
+)
 
 
 def _cell(value: str | None) -> str:
@@ -73,6 +100,8 @@ class BatchEncoder:
         self._texts: dict[str, str] = {}
         self._clients: dict[str, str] = {}
         self.bad_clients = 0
+        self._fast_reader: LogReader | None = None
+        self._fast_reset()
         self._reset()
 
     def _reset(self) -> None:
@@ -167,6 +196,225 @@ class BatchEncoder:
         add = self.add
         for r in records:
             add(r)
+
+    # -- the fast path: lines straight to COPY rows ------------------------------
+
+    def add_lines(self, lines: Iterable[bytes], reader: LogReader) -> None:
+        """Parse, classify and add raw log *lines*; the same rows as ``extend(reader.records())``.
+
+        Lines of the common shape of each format are matched by one regex and
+        turned into a row from caches keyed by the raw bytes of each field:
+        the time (COPY stamp and UTC day), the user agent (client kind and the
+        escaped client columns), the URI (table and escaped name cells) and
+        the address per day (the stored client).  No datetime, ParsedLine or
+        AccessRecord is built for them.  Any other line goes to *reader*
+        (``LogReader.record``), which counts and samples it if malformed.
+        """
+        if self._fast_reader is not reader:
+            self._fast_reader = reader
+            self._fast_reset()
+        stats = reader.stats
+        clf_match = _FAST_COMBINED.fullmatch
+        times = self._fast_times
+        json_agents, clf_agents = self._json_agents, self._clf_agents
+        routes, clients = self._fast_routes, self._fast_clients
+        rows = self.rows
+        extra = self.extra
+        fast = 0
+        for line in lines:
+            if len(line) > MAX_LINE:
+                self._slow(line, reader)
+                continue
+            if line[:1] == b"{":
+                p = line.split(b',"')
+                if (
+                    len(p) != _JSON_PARTS
+                    or not line.endswith(_JSON_ENDS)
+                    or p[0][:9] != b'{"time":"'
+                    or p[1][:7] != b'addr":"'
+                    or p[2][:9] != b'method":"'
+                    or p[3][:6] != b'uri":"'
+                    or p[5][:8] != b'status":'
+                    or p[6][:7] != b'bytes":'
+                    or p[9][:5] != b'ua":"'
+                ):
+                    self._slow(line, reader)
+                    continue
+                t = p[0][9:-1]
+                addr = p[1][7:-1]
+                method = p[2][9:-1]
+                uri = p[3][6:-1]
+                status = p[5][8:]
+                nbytes = p[6][7:]
+                ua = p[9][5:-1]
+                if (
+                    not status.isdigit()
+                    or not nbytes.isdigit()
+                    or len(nbytes) > 15
+                    or b"\\" in addr
+                    or b"\\" in method
+                    or b"\\" in uri
+                ):
+                    self._slow(line, reader)
+                    continue
+                agents = json_agents
+            else:
+                m = clf_match(line)
+                if m is None:
+                    self._slow(line, reader)
+                    continue
+                addr, t, method, uri, status, nbytes, ua = m.groups()
+                if ua is None:
+                    ua = b"-"
+                agents = clf_agents
+            tm = times.get(t)
+            if tm is None:
+                tm = self._fast_time(t, agents is json_agents)
+                if tm is None:
+                    self._slow(line, reader)
+                    continue
+            ag = agents.get(ua)
+            if ag is None:
+                ag = self._fast_agent(ua, agents is json_agents)
+                if ag is None:
+                    self._slow(line, reader)
+                    continue
+            rt = routes.get(uri)
+            if rt is None:
+                rt = self._fast_route(uri)
+            fast += 1
+            agent, ckind, info = ag
+            rkind, table, cell = rt
+            if agent != AGENT_BOT and (
+                method != b"GET" or int(status) != 200 or (rkind == INDEX and agent == AGENT_DIRECT)
+            ):
+                rkind, table = OTHER, None
+            if table is None:
+                self.records += 1
+                if rkind not in _EXTRA:
+                    self.skipped += 1
+                    continue
+                key = (tm[1], rkind, ckind)
+                tot = extra.get(key)
+                n = int(nbytes) if nbytes != b"-" else 0
+                if tot is None:
+                    extra[key] = [1, n]
+                else:
+                    tot[0] += 1
+                    tot[1] += n
+                continue
+            if cell is None:
+                self.records += 1
+                self.skipped += 1
+                continue
+            ck = (tm[2], addr)
+            client = clients.get(ck)
+            if client is None:
+                client = self._fast_client(ck, tm[3])
+            self.records += 1
+            # Digits as they are, unless a leading zero or "-" needs int()'s spelling.
+            if nbytes[:1] not in (b"0", b"-"):
+                n_s = nbytes.decode()
+            else:
+                n_s = "0" if nbytes == b"-" else str(int(nbytes))
+            if info is None or table not in _WITH_INFO:
+                rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\n")
+            else:
+                rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\t{info}\n")
+        stats.lines += fast
+        stats.parsed += fast
+
+    def _slow(self, line: bytes, reader: LogReader) -> None:
+        rec = reader.record(line)
+        if rec is not None:
+            self.add(rec)
+
+    def _fast_reset(self) -> None:
+        # (stamp, UTC day text, day ordinal, UTC datetime) per raw time text.
+        self._fast_times: dict[bytes, tuple[str, str, int, datetime]] = {}
+        # (day text, ordinal, UTC midnight) per checked raw day.
+        self._fast_days: dict[bytes, tuple[str, int, datetime]] = {}
+        # (agent, client kind, escaped client columns or None) per raw UA.
+        self._json_agents: dict[bytes, tuple[str, str, str | None]] = {}
+        self._clf_agents: dict[bytes, tuple[str, str, str | None]] = {}
+        # (route kind, hit table or None, escaped name cell(s) or None) per raw URI.
+        self._fast_routes: dict[bytes, tuple[str, str | None, str | None]] = {}
+        # Stored client per (day ordinal, raw address): hashes are salted per day.
+        self._fast_clients: dict[tuple[int, bytes], str] = {}
+
+    def _fast_time(self, raw: bytes, is_json: bool) -> tuple[str, str, int, datetime] | None:
+        times = self._fast_times
+        if len(times) >= self._CACHE_LIMIT:
+            times.clear()
+        if is_json and _UTC_SECOND.fullmatch(raw):
+            # nginx's $time_iso8601 in UTC: the stamp is its first 19 characters, and
+            # only the day needs checking as a date (once per day; Feb 30 is not one).
+            day = self._fast_days.get(raw[:10])
+            if day is None:
+                try:
+                    d = date.fromisoformat(raw[:10].decode())
+                except ValueError:
+                    return None
+                midnight = datetime(d.year, d.month, d.day, tzinfo=UTC)
+                day = self._fast_days[raw[:10]] = (d.isoformat(), d.toordinal(), midnight)
+            hit = times[raw] = (raw[:19].decode() + "+00", day[0], day[1], day[2])
+            return hit
+        parser = self._fast_reader.parser  # type: ignore[union-attr]
+        text = raw.decode("utf-8", "replace")
+        try:
+            when = parser._iso_time(text) if is_json else parser._clf_time(text)
+        except MalformedLine:
+            return None
+        stamp = self._stamp(when)
+        hit = times[raw] = (stamp, stamp[:10], when.toordinal(), when)
+        return hit
+
+    def _fast_agent(self, raw: bytes, is_json: bool) -> tuple[str, str, str | None] | None:
+        text = raw.decode("utf-8", "replace")
+        if is_json:
+            try:
+                ua = _unescape_json(text)
+            except MalformedLine:
+                return None
+        else:
+            ua = "" if text == "-" else unescape_log_field(text)
+        decoded = decode_user_agent(ua)
+        tail = _ua_tail(decoded)
+        if decoded.agent == AGENT_BOT:
+            ckind = BOT
+        else:
+            inst = tail[7]
+            ckind = "direct" if inst is None else KIND_OF_INSTALLER.get(inst, "other")
+        info = "\t".join(map(_cell, tail[:10]))
+        agents = self._json_agents if is_json else self._clf_agents
+        if len(agents) >= self._CACHE_LIMIT:
+            agents.clear()
+        hit = agents[raw] = (decoded.agent, ckind, info)
+        return hit
+
+    def _fast_route(self, raw: bytes) -> tuple[str, str | None, str | None]:
+        r = self._fast_reader.classifier.route(raw.decode("utf-8", "replace"))  # type: ignore[union-attr]
+        table = TABLE_OF_KIND.get(r.kind)
+        cell: str | None = None
+        if table == "downloads":
+            if r.filename and r.package:
+                cell = f"{_cell(r.package)}\t{_cell(r.filename)}"
+        elif table == "web_hits":
+            cell = _cell(r.page) if r.page else None
+        elif table is not None:
+            cell = _cell(r.package) if r.package else None
+        if len(self._fast_routes) >= self._CACHE_LIMIT:
+            self._fast_routes.clear()
+        hit = self._fast_routes[raw] = (r.kind, table, cell)
+        return hit
+
+    def _fast_client(self, key: tuple[int, bytes], when: datetime) -> str:
+        anonymiser = self._fast_reader.classifier.anonymiser  # type: ignore[union-attr]
+        client = self._client(anonymiser.client(key[1].decode("utf-8", "replace"), when))
+        if len(self._fast_clients) >= self._CACHE_LIMIT:
+            self._fast_clients.clear()
+        self._fast_clients[key] = client
+        return client
 
     def __len__(self) -> int:
         return self.records

@@ -43,7 +43,7 @@ def parse_chunk(lines: list[bytes]) -> ChunkResult:
     encoder: BatchEncoder = _state["encoder"]
     st = reader.stats
     lines0, parsed0, mal0, samples0 = st.lines, st.parsed, Counter(st.malformed), len(st.samples)
-    encoder.extend(reader.records(lines))
+    encoder.add_lines(lines, reader)
     malformed = {k: v - mal0.get(k, 0) for k, v in st.malformed.items() if v != mal0.get(k, 0)}
     return (
         encoder.take(),
