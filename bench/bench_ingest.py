@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import resource
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,6 +66,138 @@ def make_log(workdir: Path, lines: int, seed: int) -> Path:
     return path
 
 
+def _backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one PostgreSQL backend so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
+    """Each stage alone, in this process, on a fresh database: CPU (or wall) us per line."""
+    from sqlalchemy import text
+
+    from piwheels import protocols, transport
+    from piwheels.db.stats import rollup_day, store_batch
+    from piwheels.logger.anonymise import Anonymiser
+    from piwheels.logger.batch import BatchEncoder
+    from piwheels.logger.classify import Classifier
+    from piwheels.logger.parse import LogParser, MalformedLine
+    from piwheels.logger.reader import LogReader
+
+    logging.disable(logging.WARNING)  # the log's garbage lines are not figures
+    secret = b"bench-secret-0123456789abcdef"
+    lines = log.read_bytes().splitlines(keepends=True)
+    n = len(lines)
+    cpu = time.process_time
+    out: list[tuple[str, float, str]] = []
+
+    t = cpu()
+    texts = [line.decode("utf-8", "replace") for line in lines]
+    parse = LogParser().parse
+    parsed = []
+    for line in texts:
+        try:
+            parsed.append(parse(line))
+        except MalformedLine:
+            pass
+    out.append(("parse (LogParser, incl. decode)", cpu() - t, "cpu"))
+    t = cpu()
+    client = Anonymiser("hash", secret).client
+    for p in parsed:
+        client(p.addr, p.time)
+    t_anon = cpu() - t
+    t = cpu()
+    classify = Classifier(Anonymiser("hash", secret)).classify
+    records = [classify(p) for p in parsed]
+    out.append(("classify (routes, user agents)", cpu() - t - t_anon, "cpu"))
+    out.append(("anonymise (hash per address per day)", t_anon, "cpu"))
+    t = cpu()
+    enc = BatchEncoder()
+    for i in range(0, len(records), batch_size):
+        enc.extend(records[i : i + batch_size])
+        enc.take()
+    out.append(("encode (AccessRecord -> COPY rows)", cpu() - t, "cpu"))
+    t = cpu()
+    reader = LogReader(Anonymiser("hash", secret))
+    enc = BatchEncoder()
+    payloads = []
+    for i in range(0, n, batch_size):
+        enc.add_lines(lines[i : i + batch_size], reader)
+        payloads.append(enc.take())
+    out.append(("fast path: all four (add_lines, as workers run)", cpu() - t, "cpu"))
+    t = cpu()
+    wire = []
+    sender = reversed(protocols.logger)
+    for i, payload in enumerate(payloads, 1):
+        data = transport._check(sender, "BATCH", {"batch_id": i, **payload}, sending=True)
+        wire.append(transport.encode("BATCH", data))
+    out.append(("send (logger check + CBOR)", cpu() - t, "cpu"))
+    t = cpu()
+    batches = []
+    for payload_bytes in wire:
+        _msg, data = transport.decode(payload_bytes)
+        batches.append(transport._check(protocols.logger, "BATCH", data, sending=False))
+    out.append(("master check (CBOR + one regex per table)", cpu() - t, "cpu"))
+
+    url = make_url(admin_url).set(database=f"piwbench_stages_{os.getpid()}")
+    url_s = url.render_as_string(hide_password=False)
+    initdb.upgrade(url_s, yes=True)
+    engine = create_engine(url_s)
+    try:
+        timings: dict[str, float] = {}
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            conn.commit()
+            b0, t = _backend_cpu(pid), cpu()
+            for data in batches:
+                with conn.begin():
+                    store_batch(
+                        conn,
+                        data["tables"],
+                        data["extra"],
+                        source=b"bench",
+                        batch_id=data["batch_id"],
+                        timings=timings,
+                    )
+            t_master, b_store = cpu() - t, _backend_cpu(pid) - b0
+            out.append(("COPY into staging", timings["copy"], "wall"))
+            out.append(("rollup statement (hit tables + rollups)", timings["statement"], "wall"))
+            out.append(("  master process CPU for both", t_master, "cpu"))
+            out.append(("  PostgreSQL backend CPU for both", b_store, "cpu"))
+            day = conn.execute(
+                text(
+                    "SELECT (accessed_at AT TIME ZONE 'UTC')::date FROM downloads "
+                    "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1"
+                )
+            ).scalar_one()
+            rows = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM downloads d WHERE {r}) + "
+                    "(SELECT count(*) FROM searches d WHERE {r}) + "
+                    "(SELECT count(*) FROM project_hits d WHERE {r}) + "
+                    "(SELECT count(*) FROM json_hits d WHERE {r}) + "
+                    "(SELECT count(*) FROM web_hits d WHERE {r})".format(
+                        r="(accessed_at AT TIME ZONE 'UTC')::date = :d"
+                    )
+                ),
+                {"d": day},
+            ).scalar_one()
+            conn.commit()
+            b0, t0 = _backend_cpu(pid), time.perf_counter()
+            rollup_day(conn, day)
+            conn.commit()
+            t_roll, b_roll = time.perf_counter() - t0, _backend_cpu(pid) - b0
+    finally:
+        engine.dispose()
+    print(f"per stage, {n:,} lines, each stage alone in one process:")
+    for name, secs, kind in out:
+        print(f"  {name:50s} {secs / n * 1e6:7.2f} us/line ({kind})")
+    print(
+        f"rollup_day (recompute one day from the raw hits), {day}: {rows:,} hit rows, "
+        f"{t_roll:.2f} s wall, {b_roll:.2f} s PostgreSQL CPU"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="1.0 = 1,000,000 lines")
@@ -71,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument(
+        "--no-stages", action="store_true", help="skip the per-stage breakdown (in this process)"
+    )
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "piwbench")
     args = ap.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{master_rss / 1024:.0f} MiB (before ingest {rss_before / 1024:.0f} MiB)"
         )
         print("aim: 100,000 lines/s end to end")
+        if not args.no_stages:
+            stage_breakdown(log, admin, args.batch_size)
     finally:
         if cluster is not None:
             cluster.destroy()

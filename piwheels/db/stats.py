@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,12 @@ def _add_all(table: str, cols: Sequence[str]) -> str:
     return ", ".join(_ADD.format(c=c, t=table) for c in cols)
 
 
-def _store_statement() -> str:
-    """The one statement that stores a staged batch and adds it to every rollup."""
+def _store_statement(insert: bool = True) -> str:
+    """The one statement that stores a staged batch and adds it to every rollup.
+
+    Without *insert* the staged rows only go to the rollups (``rollup_day``
+    stages a day's raw hits and adds them to its emptied rollups).
+    """
     ins = [
         f"ins_{t} AS (INSERT INTO {t} ({', '.join(cols)}) "
         f"SELECT {', '.join(cols)} FROM {_stage(t)})"
@@ -104,14 +109,17 @@ def _store_statement() -> str:
                sum(saved) AS seconds_saved, sum(se) AS searches, sum(ph) AS project_hits,
                sum(jh) AS json_hits
         FROM (
-            SELECT (d.accessed_at AT TIME ZONE 'UTC')::date AS day, d.package,
-                   count(*) AS dl, sum(d.bytes_sent) AS bytes,
-                   coalesce(sum(extract(epoch FROM b.duration)), 0) AS saved,
+            -- Downloads per file first: files and builds are looked up once per file.
+            SELECT d.day, d.package, sum(d.n) AS dl, sum(d.bytes) AS bytes,
+                   coalesce(sum(d.n * extract(epoch FROM b.duration)), 0) AS saved,
                    0 AS se, 0 AS ph, 0 AS jh
-            FROM {sd} d
+            FROM (
+                SELECT {_DAY} AS day, package, filename, count(*) AS n, sum(bytes_sent) AS bytes
+                FROM {sd} WHERE {_NOBOT} GROUP BY 1, package, filename
+            ) d
             LEFT JOIN files f ON f.filename = d.filename
             LEFT JOIN builds b ON b.build_id = f.build_id
-            WHERE d.{_NOBOT} GROUP BY 1, 2
+            GROUP BY 1, 2
             UNION ALL
             SELECT {_DAY}, package, 0, 0, 0, count(*), 0, 0 FROM {ss}
             WHERE {_NOBOT} GROUP BY 1, 2
@@ -184,7 +192,7 @@ def _store_statement() -> str:
         ON CONFLICT (hour, source, kind)
         DO UPDATE SET {_add_all("hourly_totals", ("hits", "bytes_sent"))}
     )"""
-    ctes = ",\n".join([*ins, pkg, client, web, hour, *dels])
+    ctes = ",\n".join([*(ins if insert else []), pkg, client, web, hour, *dels])
     return f"WITH {ctes}\nSELECT 1"
 
 
@@ -199,6 +207,7 @@ def store_batch(
     *,
     source: bytes | None = None,
     batch_id: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> StoreResult:
     """Store one packed batch and add it to the rollups, in one transaction.
 
@@ -217,6 +226,9 @@ def store_batch(
     recorded already is not stored again (``duplicate``, with the count
     stored the first time), so a resend after a lost ACK is exact even
     across a master restart.
+
+    With *timings*, the wall seconds of the COPY and of the rollup statement
+    are added to its ``copy`` and ``statement`` keys (for the benchmark).
     """
     res = StoreResult()
     for table, rows in tables.items():
@@ -237,6 +249,7 @@ def store_batch(
         assert raw is not None
         cur = raw.cursor()
         sql = _STAGE_DDL
+        t0 = time.perf_counter()
         try:
             cur.execute(sql)
             for table, rows in tables.items():
@@ -248,6 +261,7 @@ def store_batch(
             raise DBAPIError.instance(sql, None, exc, psycopg2.Error) from exc
         finally:
             cur.close()
+        t1 = time.perf_counter()
         conn.execute(
             _STORE,
             {
@@ -258,6 +272,9 @@ def store_batch(
                 "x_bytes": list(x[4]),
             },
         )
+        if timings is not None:
+            timings["copy"] = timings.get("copy", 0.0) + t1 - t0
+            timings["statement"] = timings.get("statement", 0.0) + time.perf_counter() - t1
     return res
 
 
@@ -307,73 +324,18 @@ def _rollup_statements() -> list[str]:
         "DELETE FROM hourly_totals WHERE hour >= CAST(:day AS date) "
         "AND hour < CAST(:day AS date) + 1",
         "DELETE FROM daily_totals WHERE day = :day",
-        f"""
-        INSERT INTO daily_package_stats
-            (day, package, downloads, bytes_sent, seconds_saved, searches, project_hits, json_hits)
-        SELECT :day, package, sum(dl), sum(bytes), sum(saved), sum(se), sum(ph), sum(jh)
-        FROM (
-            SELECT d.package, count(*) AS dl, sum(d.bytes_sent) AS bytes,
-                   coalesce(sum(extract(epoch FROM b.duration)), 0) AS saved,
-                   0 AS se, 0 AS ph, 0 AS jh
-            FROM downloads d
-            LEFT JOIN files f ON f.filename = d.filename
-            LEFT JOIN builds b ON b.build_id = f.build_id
-            WHERE d.{_RANGE} AND d.{_NOBOT} GROUP BY d.package
-            UNION ALL
-            SELECT package, 0, 0, 0, count(*), 0, 0 FROM searches
-            WHERE {_RANGE} AND {_NOBOT} GROUP BY package
-            UNION ALL
-            SELECT package, 0, 0, 0, 0, count(*), 0 FROM project_hits
-            WHERE {_RANGE} AND {_NOBOT} GROUP BY package
-            UNION ALL
-            SELECT package, 0, 0, 0, 0, 0, count(*) FROM json_hits
-            WHERE {_RANGE} AND {_NOBOT} GROUP BY package
-        ) s
-        GROUP BY package
-        """,
     ]
-    for source, table in (("download", "downloads"), ("search", "searches")):
+    # The day's raw hits are read once per table, into the staging tables;
+    # the batch statement (without its inserts into the hit tables) then adds
+    # them to the emptied rollups.  Reading each table once per rollup (13
+    # range scans, each a full scan once the BRIN ranges of a table span many
+    # days) made this slow.
+    for table, cols in LOG_TABLES.items():
         stmts.append(
-            f"""
-            INSERT INTO daily_client_stats (day, source, kind, {_DIM_COLS}, hits, bytes_sent)
-            SELECT :day, '{source}', kind, {_DIMS}, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE} GROUP BY kind, {_DIMS}
-            """
+            f"INSERT INTO {_stage(table)} ({', '.join(cols)}) "
+            f"SELECT {', '.join(cols)} FROM {table} WHERE {_RANGE}"
         )
-    for source, table, col in (
-        ("project", "project_hits", "package"),
-        ("json", "json_hits", "package"),
-        ("web", "web_hits", "page"),
-    ):
-        stmts.append(
-            f"""
-            INSERT INTO daily_web_stats (day, source, page, kind, hits, bytes_sent)
-            SELECT :day, '{source}', {col}, kind, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE} GROUP BY {col}, kind
-            """
-        )
-    for source, table in (
-        ("download", "downloads"),
-        ("search", "searches"),
-        ("project", "project_hits"),
-        ("json", "json_hits"),
-        ("web", "web_hits"),
-    ):
-        stmts.append(
-            f"""
-            INSERT INTO hourly_totals (hour, source, kind, hits, bytes_sent)
-            SELECT date_trunc('hour', accessed_at), '{source}', kind, count(*), sum(bytes_sent)
-            FROM {table} WHERE {_RANGE} GROUP BY 1, kind
-            """
-        )
-    cols = ", ".join(_PKG_COLS)
-    stmts.append(
-        f"""
-        INSERT INTO daily_totals (day, {cols})
-        SELECT :day, {", ".join(f"sum({c})" for c in _PKG_COLS)}
-        FROM daily_package_stats WHERE day = :day HAVING count(*) > 0
-        """
-    )
+    stmts.append(_store_statement(insert=False))
     # The day's month again from its days (a day's old figures are gone by now).
     month = "CAST(date_trunc('month', CAST(:day AS date)) AS date)"
     mcols = ", ".join(_MONTH_COLS)
@@ -391,6 +353,9 @@ def _rollup_statements() -> list[str]:
 
 
 _ROLLUP = _rollup_statements()
+_NO_EXTRA: dict[str, list[Any]] = {
+    k: [] for k in ("x_day", "x_source", "x_kind", "x_hits", "x_bytes")
+}
 _STORE = text(_store_statement())
 
 
@@ -403,8 +368,10 @@ def rollup_day(conn: Connection, day: date) -> None:
     with atomic(conn):
         # Rollups use UTC days whatever the session's time zone.
         conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+        conn.execute(text(_STAGE_DDL))
+        params = {"day": day, **_NO_EXTRA}
         for stmt in _ROLLUP:
-            conn.execute(text(stmt), {"day": day})
+            conn.execute(text(stmt), params)
 
 
 def rollup_days(conn: Connection, days: Iterable[date]) -> int:
