@@ -3,8 +3,25 @@
 Requests arrive on the internal ``pages`` socket.  Project rewrites are
 merged: repeated requests for one project within ``[master] page_coalesce``
 become one write, so a burst of builds of one project rewrites its pages once.
-Logs, deletions and site pages are written at once.  Every file is written to
-a temporary name and renamed into place (see :class:`piwheels.web.writer.SiteWriter`).
+Every file is written to a temporary name and renamed into place (see
+:class:`piwheels.web.writer.SiteWriter`).
+
+The task's thread only routes: project pages, the root index, the home page,
+sitemaps and the search index are read, rendered and written by one
+long-lived *site process* (so that work never holds the master's GIL, which
+the dispatcher and file receiver need).  Due projects go to it in batches
+(read with :func:`piwheels.db.projects.get_projects_data` in a fixed number
+of queries); one batch at a time, so while it works later requests gather
+into the next batch, and a later request is always written after an earlier
+one.  Deletions wait for the batch in flight and are done by the thread, so
+nothing the process writes afterwards can undo them.  Logs are written by the
+thread (one small gzip each).
+
+The root index lists every published project (hundreds of thousands at full
+size): it is rewritten only when the set of published names changes (the
+task keeps that set, and each batch says which of its projects are
+published), and at most once per :data:`ROOT_INTERVAL` (longer when a
+rewrite takes long, see :data:`ROOT_SHARE`).
 
 A full rewrite (ALL, from ``piw-rebuild all``) runs beside the task's loop: a
 background thread drives :meth:`SiteWriter.write_all` over every project, with
@@ -18,16 +35,23 @@ the outcome go to the ``rewrite_progress`` address the request names.
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine
 
 from .. import protocols
 from ..db import figures
 from ..db.packages import get_aliases
-from ..db.projects import ProjectLoader, get_project_data
+from ..db.projects import ProjectLoader, get_project_data, get_projects_data
 from ..errors import InvalidName, ProtocolError, TransportError
 from ..tasks import Endpoint, Task
 from ..transport import PULL, PUSH, Context, Socket
@@ -35,10 +59,19 @@ from ..web.render import SiteConfig
 from ..web.writer import PageCoalescer, SiteWriter
 from .env import MasterEnv
 
-__all__ = ["CHUNK_SIZE", "PageWriter"]
+__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "ROOT_INTERVAL", "ROOT_SHARE", "PageWriter"]
 
 #: Projects per chunk of a full rewrite: one bulk read and one unit of work for a worker.
 CHUNK_SIZE = 200
+#: Most projects in one batch for the site process (one bulk read of a few queries).
+BATCH_SIZE = 200
+#: Least time between two rewrites of the root index.  It lists every published project
+#: (600,000 names at full size: seconds of work, and a page pip fetches rarely), so a
+#: steady stream of new projects rewrites it every few seconds, not after every batch.
+ROOT_INTERVAL = 5.0
+#: And at most this share of the site process's time goes to the root index: after a
+#: rewrite that took *t* seconds the next waits at least ``t / ROOT_SHARE``.
+ROOT_SHARE = 0.1
 #: Least time between two PROGRESS reports of a full rewrite.
 PROGRESS_INTERVAL = 0.25
 
@@ -85,16 +118,30 @@ class PageWriter(Task):
         self.chunk_size = CHUNK_SIZE
         self.rewrite: _Rewrite | None = None
         self.replies: dict[str, Socket] = {}
+        self.site = _SiteProcess(self.writer, env.engine)
+        # Due projects not yet handed to the site process (in order; a dict as ordered set).
+        self.waiting: dict[str, None] = {}
+        # The batch the site process is writing: its future and names.
+        self.batch: tuple[Future[tuple[list[str], list[str]]], list[str]] | None = None
+        # Other site-process work in flight (root index, home page, search index).
+        self.jobs: list[tuple[str, Future[Any]]] = []
+        # Published project names (what the root index lists), kept in step with each batch.
+        self.published: set[str] = set()
         self.root_dirty = False
+        self.root_next = 0.0  # monotonic time before which the root is not rewritten
+        self.root_interval = ROOT_INTERVAL
+        self.root_writes = 0  # how many times the root index was rewritten (for tests)
         self.pages = self.socket(PULL, protocols.pages, name="pages")
         self.pages.bind(env.addresses["pages"])
         self.register(self.pages)
         self.every(0.05, self.flush)
-        self.every(60, self.write_home)
-        self.every(3600, self.write_search)
+        self.every(60, lambda: self._job("home", _site_home))
+        self.every(3600, lambda: self._job("search", _site_search))
         self.written = 0
 
     def setup(self) -> None:
+        # Start the site process now: its start is not paid by the first build's pages.
+        self._job("start", _site_ready)
         self.writer.write_static()
         self.write_root()
         self.write_home()
@@ -102,9 +149,11 @@ class PageWriter(Task):
 
     def teardown(self) -> None:
         self.stop_rewrite()
+        self._drain()
 
     def close(self) -> None:
         self.stop_rewrite()
+        self.site.close()
         super().close()
 
     # -- requests ------------------------------------------------------------------------
@@ -114,28 +163,29 @@ class PageWriter(Task):
 
     def do_DELETE_PACKAGE(self, data: dict[str, Any]) -> None:
         name = data["package"]
-        self.coalescer.delete(name)
+        self._forget(name)
         with self.env.engine.connect() as conn:
             aliases = get_aliases(conn, name)
         self.writer.delete_project(name, aliases)
         if self.rewrite is not None:
             self.rewrite.touched.discard(name)
             self.rewrite.deleted[name] = aliases
-        self.root_dirty = True
+        self._set_published(name, False)
         self.log.info("deleted the pages and files of %s", name)
 
     def do_DELETE_VERSION(self, data: dict[str, Any]) -> None:
         name = data["package"]
+        self._forget(name)
         try:
             with self.env.engine.connect() as conn:
                 project = get_project_data(conn, name)
+                published = name in published_among(conn, [name])
         except InvalidName:
             self.do_DELETE_PACKAGE({"package": name})
             return
         removed = self.writer.delete_version(project, data["version"])
-        self.coalescer.delete(name)
         self._touch(name)
-        self.root_dirty = True
+        self._set_published(name, published)
         self.log.info("deleted %s %s (%d files)", name, data["version"], len(removed))
 
     def do_LOG(self, data: dict[str, Any]) -> None:
@@ -145,10 +195,10 @@ class PageWriter(Task):
             self.log.warning("build %d already has a log; kept it", data["build_id"])
 
     def do_HOME(self, data: None) -> None:
-        self.write_home()
+        self._job("home", _site_home)
 
     def do_SEARCH(self, data: None) -> None:
-        self.write_search()
+        self._job("search", _site_search)
 
     def do_ROOT(self, data: None) -> None:
         self.write_root()
@@ -290,33 +340,119 @@ class PageWriter(Task):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def flush(self, *, force: bool = False) -> None:
-        """Write the projects whose coalescing window has passed."""
-        due = self.coalescer.flush(force=force)
-        if due:
-            with self.env.engine.connect() as conn:
-                for name, _kind in due:
-                    try:
-                        project = get_project_data(conn, name)
-                    except InvalidName:
-                        self.log.warning("no project %s to write", name)
-                        continue
-                    self.writer.write_project(project)
-                    self._touch(name)
-                    self.written += 1
+    def _forget(self, name: str) -> None:
+        """Drop pending writes of *name* and wait for the batch in flight (it is being
+        deleted: nothing written before the deletion may land after it)."""
+        self.coalescer.delete(name)
+        self.waiting.pop(name, None)
+        self._drain()
+
+    def _set_published(self, name: str, published: bool) -> None:
+        if published != (name in self.published):
+            if published:
+                self.published.add(name)
+            else:
+                self.published.discard(name)
             self.root_dirty = True
-        if self.root_dirty:
-            self.write_root()
+
+    def flush(self, *, force: bool = False) -> None:
+        """Hand due projects to the site process; take in what it finished.
+
+        With *force*, every pending request is written (and the root index, if it changed)
+        before this returns.
+        """
+        self._collect()
+        for name, _kind in self.coalescer.flush(force=force):
+            self.waiting[name] = None
+        self._submit()
+        while force and (self.batch is not None or self.waiting):
+            self._collect(wait=True)
+            self._submit()
+        rooting = any(kind == "root" for kind, _ in self.jobs)
+        if self.root_dirty and not rooting and (force or time.monotonic() >= self.root_next):
+            self.root_dirty = False
+            self._job("root", _site_root)
+        if force:
+            self._drain()
         if self.rewrite is not None:
             self.check_rewrite()
 
+    def _submit(self) -> None:
+        """Start the next batch if the site process is free (one batch at a time, so the
+        requests that arrive meanwhile gather into the next one)."""
+        if self.batch is not None or not self.waiting:
+            return
+        names = list(itertools.islice(self.waiting, BATCH_SIZE))
+        for name in names:
+            del self.waiting[name]
+            self._touch(name)
+        self.batch = (self.site.submit(_site_projects, names), names)
+
+    def _collect(self, *, wait: bool = False) -> None:
+        """Take in the finished batch and jobs (with *wait*, the batch in flight first)."""
+        if self.batch is not None and (wait or self.batch[0].done()):
+            future, names = self.batch
+            self.batch = None
+            try:
+                written, published = future.result()
+            except BrokenProcessPool as exc:
+                # The process died (e.g. killed): a new one writes these again.
+                self.log.error("the site process died (%s); writing %d again", exc, len(names))
+                self.site.restart()
+                self.waiting = dict.fromkeys([*names, *self.waiting])
+                return
+            done = set(written)
+            for name in names:
+                if name not in done:
+                    self.log.warning("no project %s to write", name)
+            public = set(published)
+            for name in names:
+                self._set_published(name, name in public)
+            self.written += len(written)
+        for job in [j for j in self.jobs if j[1].done()]:
+            self.jobs.remove(job)
+            self._finish_job(*job)
+
+    def _finish_job(self, kind: str, future: Future[Any]) -> None:
+        try:
+            result = future.result()
+        except BrokenProcessPool as exc:
+            self.log.error("the site process died (%s) while writing the %s page", exc, kind)
+            self.site.restart()
+            if kind == "root":
+                self.root_dirty = True
+            return
+        if kind == "root":
+            count, seconds = result
+            self.root_writes += 1
+            self.root_next = time.monotonic() + max(self.root_interval, seconds / ROOT_SHARE)
+            self.log.debug("root index: %d projects in %.2fs", count, seconds)
+
+    def _job(self, kind: str, fn: Callable[[], Any]) -> None:
+        self.jobs.append((kind, self.site.submit(fn)))
+
+    def _drain(self) -> None:
+        """Wait for everything handed to the site process."""
+        while self.batch is not None or self.jobs:
+            self._collect(wait=True)
+            for job in list(self.jobs):
+                self.jobs.remove(job)
+                job[1].exception()  # waits
+                self._finish_job(*job)
+
     def write_root(self) -> None:
+        """Rewrite the root index now, from the database (and take its names as published)."""
+        self._drain()
         start = time.monotonic()
         with self.env.engine.connect() as conn:
             names = figures.published_names(conn)
         self.writer.write_root(names)
+        self.root_writes += 1
+        self.published = set(names)
         self.root_dirty = False
-        self.log.debug("root index: %d projects in %.2fs", len(names), time.monotonic() - start)
+        seconds = time.monotonic() - start
+        self.root_next = time.monotonic() + max(self.root_interval, seconds / ROOT_SHARE)
+        self.log.debug("root index: %d projects in %.2fs", len(names), seconds)
 
     def write_home(self) -> None:
         with self.env.engine.connect() as conn:
@@ -329,3 +465,116 @@ class PageWriter(Task):
         with self.env.engine.connect() as conn:
             entries = figures.search_entries(conn)
         self.writer.write_search_index(entries)
+
+
+def published_among(conn: Connection, names: list[str]) -> set[str]:
+    """Which of *names* the root index lists (the test of :func:`figures.published_names`)."""
+    if not names:
+        return set()
+    rows = conn.execute(
+        text(
+            """
+            SELECT DISTINCT b.package FROM files f JOIN builds b ON b.build_id = f.build_id
+            JOIN packages p ON p.name = b.package
+            WHERE b.package = ANY(:n) AND p.removed_at IS NULL AND p.status <> 'quarantined'
+            """
+        ),
+        {"n": names},
+    )
+    return {r[0] for r in rows}
+
+
+# -- the site process ---------------------------------------------------------------------------
+
+
+class _SiteProcess:
+    """One long-lived process that reads, renders and writes for the page writer.
+
+    Started on first use (forkserver: the master has threads, and a fork of a preloaded
+    server costs far less than a fresh interpreter).  One process runs the work in the
+    order it was handed in.
+    """
+
+    def __init__(self, writer: SiteWriter, engine: Engine) -> None:
+        self.writer = writer
+        self.url = engine.url.render_as_string(hide_password=False)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self.pool is None:
+            ctx = multiprocessing.get_context("forkserver")
+            # Children forked from a server that has already imported the renderer and the
+            # database layer start in milliseconds (ignored if the server is running).
+            ctx.set_forkserver_preload([__name__])
+            self.pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=ctx,
+                initializer=_site_init,
+                initargs=(self.writer, self.url),
+            )
+        return self.pool.submit(fn, *args)
+
+    def restart(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
+
+_site: tuple[SiteWriter, Engine] | None = None
+
+
+def _site_init(writer: SiteWriter, url: str) -> None:
+    global _site
+    _site = (writer, create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True))
+
+
+def _site_state() -> tuple[SiteWriter, Engine]:
+    if _site is None:  # pragma: no cover - the pool always runs the initializer
+        raise RuntimeError("site process not initialised")
+    return _site
+
+
+def _site_ready() -> None:
+    """Nothing: makes the site process start."""
+
+
+def _site_projects(names: list[str]) -> tuple[list[str], list[str]]:
+    """Read and write the pages of *names*; returns (written, published among them)."""
+    writer, engine = _site_state()
+    with engine.connect() as conn:
+        projects = get_projects_data(conn, names)
+        published = published_among(conn, list(projects))
+    for project in projects.values():
+        writer.write_project(project)
+    return list(projects), sorted(published)
+
+
+def _site_root() -> tuple[int, float]:
+    """Rewrite the root index; returns how many projects it lists and the seconds taken."""
+    start = time.monotonic()
+    writer, engine = _site_state()
+    with engine.connect() as conn:
+        names = figures.published_names(conn)
+    writer.write_root(names)
+    return len(names), time.monotonic() - start
+
+
+def _site_home() -> None:
+    writer, engine = _site_state()
+    with engine.connect() as conn:
+        stats = figures.home_stats(conn)
+        names = figures.project_names(conn)
+    writer.write_home(stats)
+    writer.write_sitemaps(names)
+
+
+def _site_search() -> None:
+    writer, engine = _site_state()
+    with engine.connect() as conn:
+        entries = figures.search_entries(conn)
+    writer.write_search_index(entries)

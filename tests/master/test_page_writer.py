@@ -6,6 +6,7 @@ push page requests, one the admin gateway's rewrite_progress socket.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -206,3 +207,71 @@ def test_a_rewrite_without_a_requester_still_runs(rig: Rig) -> None:
     wait_for(lambda: rig.writer.rewrite is not None, drive=(rig.writer,))
     wait_for(lambda: rig.writer.rewrite is None, drive=(rig.writer,), timeout=60)
     assert (rig.output / "project/alpha/index.html").exists()
+
+
+def _root_names(rig: Rig) -> set[str]:
+    doc = json.loads((rig.output / "simple/index.json").read_bytes())
+    return {p["name"] for p in doc["projects"]}
+
+
+def test_root_index_rewritten_only_when_the_published_set_changes(rig: Rig) -> None:
+    rig.add("alpha", "1.0")
+    rig.add("beta", "1.0")
+    rig.writer.write_root()
+    assert _root_names(rig) == set()
+    base = rig.writer.root_writes
+    # Pages of a project without files: the root index lists nothing new.
+    rig.pages.send("PROJECT", {"package": "beta"})
+    wait_for(lambda: (rig.output / "project/beta/index.html").exists(), drive=(rig.writer,))
+    rig.writer.flush(force=True)
+    assert rig.writer.root_writes == base and not rig.writer.root_dirty
+    # alpha gets a wheel: written by the site process, and now listed.
+    with rig.engine.begin() as conn:
+        publish_build(conn, rig.output, "alpha", "1.0")
+    rig.pages.send("PROJECT", {"package": "alpha"})
+    wait_for(lambda: (rig.output / "project/alpha/index.html").exists(), drive=(rig.writer,))
+    rig.writer.flush(force=True)
+    assert rig.writer.root_writes == base + 1
+    assert _root_names(rig) == {"alpha"}
+    assert (
+        "alpha-1.0-cp311-cp311-linux_armv7l.whl"
+        in (rig.output / "simple/alpha/index.html").read_text()
+    )
+    # Written again with the same files: the root index is left alone.
+    rig.pages.send("PROJECT", {"package": "alpha"})
+    rig.pages.send("PROJECT", {"package": "beta"})
+    for _ in range(5):
+        rig.writer.poll(0.01)
+    rig.writer.flush(force=True)
+    assert rig.writer.root_writes == base + 1
+    # A deletion changes the set; the page asked for just before it is not written after it.
+    with rig.engine.begin() as conn:
+        packages.remove_package(conn, "alpha")
+    rig.pages.send("PROJECT", {"package": "alpha"})
+    rig.pages.send("DELETE_PACKAGE", {"package": "alpha"})
+    wait_for(lambda: not (rig.output / "project/alpha").exists(), drive=(rig.writer,))
+    rig.writer.flush(force=True)
+    assert not (rig.output / "project/alpha").exists()
+    assert not (rig.output / "simple/alpha").exists()
+    assert rig.writer.root_writes == base + 2
+    assert _root_names(rig) == set()
+
+
+def test_root_rewrites_are_rate_limited(rig: Rig) -> None:
+    rig.writer.write_root()
+    rig.writer.root_interval = 3600.0  # the next one would be an hour away
+    rig.writer.root_next = float("inf")
+    base = rig.writer.root_writes
+    rig.add("gamma", "1.0")
+    with rig.engine.begin() as conn:
+        publish_build(conn, rig.output, "gamma", "1.0")
+    rig.pages.send("PROJECT", {"package": "gamma"})
+    wait_for(lambda: "gamma" in rig.writer.published, drive=(rig.writer,))
+    for _ in range(5):
+        rig.writer.poll(0.01)
+    # Changed, but not yet due: marked, not written.
+    assert rig.writer.root_dirty and rig.writer.root_writes == base
+    assert "gamma" not in _root_names(rig)
+    rig.writer.root_next = 0.0
+    wait_for(lambda: rig.writer.root_writes == base + 1, drive=(rig.writer,))
+    assert "gamma" in _root_names(rig) and not rig.writer.root_dirty
