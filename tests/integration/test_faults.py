@@ -412,8 +412,18 @@ def restart_master(farm: Farm) -> None:
 def test_master_restart_idle_builders_reconnect(farm: Farm) -> None:
     builders = [start_real(farm), start_real(farm)]
     try:
-        wait_until(lambda: len(farm.dispatcher().snapshot()) == 2, timeout=60, what="two builders")
-        ids = {b.daemon.builder_id for b in builders}
+        # Both sides must know the ids: the master registers a builder before the builder has
+        # read the ACK that tells it its id.
+        ids = wait_until(
+            lambda: (
+                len(farm.dispatcher().snapshot()) == 2
+                and {s.builder_id for s in farm.dispatcher().snapshot().values()}
+                == {b.daemon.builder_id for b in builders}
+                and {b.daemon.builder_id for b in builders}
+            ),
+            timeout=60,
+            what="two builders",
+        )
         restart_master(farm)
         wait_until(
             lambda: {s.builder_id for s in farm.dispatcher().snapshot().values()} == ids,
