@@ -219,3 +219,31 @@ def test_public_key_alone_cannot_serve(keys: Path) -> None:
 def test_secret_key_is_private(keys: Path) -> None:
     mode = (keys / "server" / "master.key_secret").stat().st_mode & 0o777
     assert mode == 0o600
+
+
+def test_inproc_sends_are_checked_by_the_receiver(context: Context) -> None:
+    """Between sockets of one process the receiver's full check is the one that counts:
+    the sender checks only the message name; a tcp sender checks everything."""
+    address = f"inproc://trust-{uuid.uuid4().hex}"
+    pull = context.socket(PULL, protocols.pages)
+    push = context.socket(PUSH, reversed(protocols.pages))
+    try:
+        pull.bind(address)
+        push.connect(address)
+        with pytest.raises(ProtocolError, match="FROB is not allowed"):
+            push.send_msg("FROB", None)
+        push.send_msg("PROJECT", {})  # a bug in our own task: caught on the other side
+        with pytest.raises(ProtocolError, match="missing field"):
+            pull.recv_msg(timeout=5)
+        push.send_msg("PROJECT", {"package": "foo"})
+        assert pull.recv_msg(timeout=5).data == {"package": "foo"}
+    finally:
+        pull.close(0)
+        push.close(0)
+    tcp = context.socket(PUSH, reversed(protocols.pages))
+    try:
+        tcp.connect("tcp://127.0.0.1:9")
+        with pytest.raises(ProtocolError, match="missing field"):
+            tcp.send_msg("PROJECT", {})
+    finally:
+        tcp.close(0)
