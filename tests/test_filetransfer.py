@@ -350,3 +350,72 @@ def test_curve_transfer(tmp_path: Path) -> None:
         router.close(linger=0)
     finally:
         ctx.close()
+
+
+def test_sender_connections_carry_many_files(tmp_path: Path) -> None:
+    """Over CurveZMQ, one kept connection sends file after file; each arrives intact, and
+    a transfer that ended in an ERROR does not hand its connection on."""
+    from piwheels.filetransfer import SenderConnections
+    from piwheels.transport import generate_keys, load_keys
+
+    generate_keys(tmp_path / "server", "master")
+    generate_keys(tmp_path / "clients", "builder")
+    server = load_keys(tmp_path / "server" / "master.key_secret")
+    client = load_keys(tmp_path / "clients" / "builder.key_secret")
+    ctx = Context(authorized_keys=tmp_path / "clients")
+    connections = SenderConnections()
+    try:
+        router = ctx.socket(ROUTER, protocols.files, max_msg_size=2 << 20)
+        router.curve_server(server)
+        router.bind("tcp://127.0.0.1:0")
+        table = TransferTable(tmp_path / "staging", max_size=1 << 20, chunk_size=CHUNK)
+        peers = set()
+        for i in range(3):
+            source = tmp_path / f"src{i}.bin"
+            digest = random_file(source, (i + 1) * CHUNK + 7)
+            token = new_token()
+            transfer = table.expect(token, f"x{i}.bin", source.stat().st_size)
+            sender = FileSender(
+                ctx,
+                router.endpoints[0],
+                source,
+                token,
+                keys=client,
+                server_public=server.public,
+                connections=connections,
+            )
+            result = run_sender(table, router, sender)
+            assert result.ok and result.sha256 == digest == transfer.sha256
+            assert transfer.path.read_bytes() == source.read_bytes()
+            peers.add(transfer.peer)
+        assert connections.opened == 1 and len(peers) == 1
+        # The receiver refuses: that connection is closed, the next transfer opens another.
+        bad = FileSender(
+            ctx,
+            router.endpoints[0],
+            tmp_path / "src0.bin",
+            "nope",
+            keys=client,
+            server_public=server.public,
+            connections=connections,
+        )
+        result = run_sender(table, router, bad)
+        assert not result.ok and result.reason == "unknown transfer nope"
+        assert connections.opened == 1  # it took the kept one...
+        token = new_token()
+        table.expect(token, "again.bin", (tmp_path / "src0.bin").stat().st_size)
+        again = FileSender(
+            ctx,
+            router.endpoints[0],
+            tmp_path / "src0.bin",
+            token,
+            keys=client,
+            server_public=server.public,
+            connections=connections,
+        )
+        assert run_sender(table, router, again).ok
+        assert connections.opened == 2  # ...and did not give it back
+        router.close(linger=0)
+    finally:
+        connections.close()
+        ctx.close()
