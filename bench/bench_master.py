@@ -48,7 +48,7 @@ from piwheels import protocols
 from piwheels.db import abis as db_abis
 from piwheels.db import initdb
 from piwheels.db import versions as db_versions
-from piwheels.filetransfer import FileSender
+from piwheels.filetransfer import FileSender, SenderConnections
 from piwheels.settings import Settings
 from piwheels.transport import DEALER, Context, generate_keys, load_keys, now
 
@@ -175,7 +175,9 @@ def _profile_tasks(folder: Path) -> None:
     plain = Task.run
 
     def run(self: Task) -> None:
-        prof = cProfile.Profile()
+        # The thread's CPU time, not wall time: waits for the GIL, the database and the
+        # disk would otherwise look like work.
+        prof = cProfile.Profile(time.thread_time)
         prof.enable()
         try:
             plain(self)
@@ -187,7 +189,7 @@ def _profile_tasks(folder: Path) -> None:
 
 
 def print_profiles(folder: Path, top: int = 25) -> None:
-    """The busiest functions of each profiled task, by own time."""
+    """The busiest functions of each profiled task (thread CPU time), cumulative."""
     import pstats
 
     for path in sorted(folder.glob("*.prof")):
@@ -195,13 +197,42 @@ def print_profiles(folder: Path, top: int = 25) -> None:
         total = stats.total_tt  # type: ignore[attr-defined]
         if total < 0.05:
             continue
-        print(f"--- profile of {path.stem}: {total:.2f} s")
+        print(f"--- profile of {path.stem}: {total:.2f} s CPU")
         stats.sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top)
 
 
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process under *pid* (the page writer's site process and its forkserver)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of *pid* itself and of its live descendants."""
+    own = proc_cpu(pid)
+    kids = 0.0
+    for kid in descendants(pid):
+        try:
+            kids += proc_cpu(kid)
+        except OSError:
+            pass
+    return own, kids
 
 
 def settle(pid: int, limit: float = 120.0) -> None:
@@ -237,6 +268,7 @@ def sim_builders(
     file: str,
     wheels: dict[str, tuple[str, dict[str, Any]]],
     out: Any,
+    keep_connections: bool = True,
 ) -> None:
     """Run one simulated builder per label in threads; put (builds done, errors) on *out*."""
     context = Context()
@@ -250,6 +282,8 @@ def sim_builders(
         sock = context.socket(DEALER, reversed(protocols.builder))
         sock.curve_client(own, server)
         sock.connect(builder)
+        # One file connection per builder, kept across its transfers (as a builder does).
+        connections = SenderConnections() if keep_connections else None
 
         def ask(msg: str, data: Any) -> Any:
             sock.send_msg(msg, data)
@@ -303,7 +337,13 @@ def sim_builders(
                 )
                 while reply.msg == "SEND":
                     result = FileSender(
-                        context, file, path, reply.data["transfer"], keys=own, server_public=server
+                        context,
+                        file,
+                        path,
+                        reply.data["transfer"],
+                        keys=own,
+                        server_public=server,
+                        connections=connections,
                     ).run()
                     if not result.ok:
                         errors.append(f"{label}: {result.reason}")
@@ -320,6 +360,8 @@ def sim_builders(
             errors.append(f"{label}: {exc!r}")
         finally:
             sock.close(linger=1)
+            if connections is not None:
+                connections.close()
 
     threads = [threading.Thread(target=one, args=(label,)) for label in labels]
     for t in threads:
@@ -370,7 +412,14 @@ def spread(items: list[str], parts: int) -> list[list[str]]:
     return [items[i::parts] for i in range(parts) if items[i::parts]]
 
 
-def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool = False) -> None:
+def throughput(
+    admin: str,
+    builds: int,
+    builders: int,
+    procs: int,
+    profile: bool = False,
+    keep_connections: bool = True,
+) -> None:
     spawn = mp.get_context("spawn")
     root = Path(tempfile.mkdtemp(prefix="piwbench-master-"))
     url = make_url(admin).set(database=f"piwbench_master_{os.getpid()}")
@@ -412,20 +461,31 @@ def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool
     settle(master.pid)
     out = spawn.Queue()
     groups = spread(labels, procs)
-    cpu0 = proc_cpu(master.pid)
+    cpu0, kids0 = tree_cpu(master.pid)
     start = time.perf_counter()
     workers = [
-        spawn.Process(target=sim_builders, args=(g, str(keys), builder, file, wheels, out))
+        spawn.Process(
+            target=sim_builders, args=(g, str(keys), builder, file, wheels, out, keep_connections)
+        )
         for g in groups
     ]
     for w in workers:
         w.start()
     results = [out.get(timeout=3600) for _ in workers]
     elapsed = time.perf_counter() - start
-    cpu = proc_cpu(master.pid) - cpu0
+    cpu, kids = tree_cpu(master.pid)
+    cpu, kids = cpu - cpu0, kids - kids0
     peak = proc_peak_rss(master.pid)
     for w in workers:
         w.join()
+    # Build -> pages latency: each project's last page written (its JSON API) against the
+    # time its file was recorded; the pages may still be on their way when the builds end.
+    www = root / "www" / "project"
+    pages = {n: www / n / "json" / "index.json" for n in names}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(p.exists() for p in pages.values()):
+        time.sleep(0.1)
+    pages_done = time.perf_counter() - start
     stop.set()
     master.join(60)
     done = sum(r[0] for r in results)
@@ -435,6 +495,19 @@ def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool
             text("SELECT count(*) FROM builds WHERE status = 'success'")
         ).scalar_one()
         files = conn.execute(text("SELECT count(*) FROM files")).scalar_one()
+        published_at = dict(
+            conn.execute(
+                text(
+                    "SELECT b.package, max(f.published_at) FROM files f "
+                    "JOIN builds b ON b.build_id = f.build_id GROUP BY b.package"
+                )
+            ).all()
+        )
+    latencies = sorted(
+        p.stat().st_mtime - published_at[n].timestamp()
+        for n, p in pages.items()
+        if p.exists() and n in published_at
+    )
     engine.dispose()
     published = len(list((root / "www" / "simple").rglob("*.whl")))
 
@@ -461,7 +534,9 @@ def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool
     rate = done / elapsed
     raw_rate = trips / raw_elapsed
     raw_builds = raw_rate / ROUND_TRIPS_PER_BUILD
-    print(f"throughput: {builders} simulated builders in {len(groups)} processes, {load()}")
+    how = "one kept file connection each" if keep_connections else "a file connection per file"
+    print(f"throughput: {builders} simulated builders in {len(groups)} processes ({how}), "
+          f"{load()}")  # fmt: skip
     print(
         f"  builds done {done}/{builds}, recorded {recorded}, files {files}, published {published}"
     )
@@ -470,6 +545,14 @@ def throughput(admin: str, builds: int, builders: int, procs: int, profile: bool
     print(f"  master: {rate:,.1f} builds/s ({elapsed:.2f} s), aim 200/s")
     print(f"  master process: {cpu:.2f} s CPU ({cpu / max(done, 1) * 1000:.2f} ms/build), "
           f"peak RSS {peak / 2**20:.0f} MiB")  # fmt: skip
+    print(f"  its child processes (page writer's site process): {kids:.2f} s CPU "
+          f"({kids / max(done, 1) * 1000:.2f} ms/build); together "
+          f"{(cpu + kids) / max(done, 1) * 1000:.2f} ms/build")  # fmt: skip
+    if latencies:
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(f"  build recorded -> pages written: median {statistics.median(latencies):.2f} s, "
+              f"p99 {p99:.2f} s, max {latencies[-1]:.2f} s over {len(latencies)} projects "
+              f"(all pages {pages_done:.2f} s after the start)")  # fmt: skip
     print(f"  raw loopback: {raw_rate:,.0f} round trips/s = {raw_builds:,.0f} builds/s "
           f"at {ROUND_TRIPS_PER_BUILD} round trips per build "
           "(no curve, no checks, no disk)")  # fmt: skip
@@ -602,6 +685,11 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="profile the master's tasks (cProfile) and print"
     )
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="open a file connection per transfer (as FileSender without SenderConnections)",
+    )
     args = parser.parse_args()
     cluster = None
     if args.dsn:
@@ -613,7 +701,14 @@ def main() -> None:
         cluster.start()
         admin = cluster.url()
     try:
-        throughput(admin, max(100, int(5000 * args.scale)), args.builders, args.procs, args.profile)
+        throughput(
+            admin,
+            max(100, int(5000 * args.scale)),
+            args.builders,
+            args.procs,
+            args.profile,
+            not args.new_connections,
+        )
         if not args.skip_overhead:
             overhead(admin, max(1, round(5 * args.scale)), args.sandbox)
     finally:
