@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import io
 import re
@@ -275,17 +276,23 @@ def supported_tags(abi: str, platforms: Iterable[str]) -> frozenset[_tags.Tag]:
     The same lists pip builds for its interpreter (from :mod:`packaging.tags`),
     so ``abi3``, ``none`` and ``py3`` tags count exactly as they do for pip.
     """
+    return _supported_tags(abi, tuple(sorted(set(platforms) - {"any"})))
+
+
+@functools.lru_cache(maxsize=256)
+def _supported_tags(abi: str, plats: tuple[str, ...]) -> frozenset[_tags.Tag]:
+    # Cached: every verified wheel asks for the same few (ABI, platforms), and building
+    # the list costs about a millisecond each time.
     parsed = parse_abi(abi)
-    plats = sorted(set(platforms) - {"any"})
     if parsed.python is None:
         raise InvalidName(f"{abi!r} is not a build ABI (expected e.g. cp311 or pypy310_pp73)")
     found: set[_tags.Tag] = set()
     interpreter = parsed.python_tag
     if parsed.interpreter == "cp":
-        found.update(_tags.cpython_tags(parsed.python, [parsed.tag], plats))
+        found.update(_tags.cpython_tags(parsed.python, [parsed.tag], list(plats)))
     else:
-        found.update(_tags.generic_tags(interpreter, [parsed.tag], plats))
-    found.update(_tags.compatible_tags(parsed.python, interpreter, plats))
+        found.update(_tags.generic_tags(interpreter, [parsed.tag], list(plats)))
+    found.update(_tags.compatible_tags(parsed.python, interpreter, list(plats)))
     return frozenset(found)
 
 
