@@ -20,7 +20,8 @@ children) of each way, the overhead per build, and the farm's time per step
 shared, loaded machine.  Also the sandbox start-up alone.
 
 Run small: ``python bench/bench_build.py --scale 0.2`` (1 build each);
-``--kind cext`` builds a C extension instead (ELF scan and ``dpkg -S`` do work).
+``--kind cext`` builds a C extension instead (the ELF scan has work), ``--kind
+zlib`` one that links libz (``dpkg -S`` too).
 """
 
 from __future__ import annotations
@@ -44,7 +45,17 @@ from piwheels.builder import sandbox_status
 from piwheels.builder.daemon import BuildJob
 from piwheels.builder.sandbox import python_roots, resolve_sandbox, run_limited
 from piwheels.settings import BuilderSettings, Settings
-from tests.sdists import build_requirement_wheels, c_ext_sdist, pure_sdist, write_simple_index
+from tests.sdists import (
+    build_requirement_wheels,
+    c_ext_sdist,
+    pure_sdist,
+    write_simple_index,
+    zlib_sdist,
+)
+
+# pure: no ELF; cext: an extension that links nothing (ELF scan, no dpkg -S);
+# zlib: links libz (dpkg -S on the first build, kept answers after).
+_KINDS = {"pure": pure_sdist, "cext": c_ext_sdist, "zlib": zlib_sdist}
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -66,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 5 builds each way")
     parser.add_argument("--sandbox", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--kind", default="pure", choices=["pure", "cext"])
+    parser.add_argument("--kind", default="pure", choices=list(_KINDS))
     parser.add_argument("--no-import-test", action="store_true", help="skip the import test")
     args = parser.parse_args()
     runs = max(1, round(5 * args.scale))
@@ -74,7 +85,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="piw-bench-build-"))
     build_requirement_wheels(root / "files")
     package = f"piwbench-{args.kind}"
-    (pure_sdist if args.kind == "pure" else c_ext_sdist)(root / "files", package)
+    _KINDS[args.kind](root / "files", package)
     write_simple_index(root)
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root))
@@ -154,12 +165,12 @@ def main() -> None:
     print(f"{'overhead per build':28}{over_wall:+9.3f}{over_cpu:+9.3f}   (aim < 1 s)")
     print(f"{'ratio farm / raw':28}{med(farm_wall) / med(raw_wall):9.2f}"
           f"{med(farm_cpu) / med(raw_cpu):9.2f}")  # fmt: skip
-    print("farm steps (median):")
+    print(f"farm steps (median; max wall; runs that had the step):{'':3}")
     other_wall = other_cpu = 0.0
     for name, values in steps.items():
         walls = [w for w, _ in values] + [0.0] * (runs - len(values))
         cpus = [c for _, c in values] + [0.0] * (runs - len(values))
-        print(f"  {name:26}{med(walls):9.3f}{med(cpus):9.3f}")
+        print(f"  {name:26}{med(walls):9.3f}{med(cpus):9.3f}{max(walls):9.3f}  (in {len(values)})")
         if name != "pip wheel":
             other_wall += med(walls)
             other_cpu += med(cpus)
