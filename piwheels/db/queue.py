@@ -39,6 +39,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from piwheels.errors import DatabaseError
+
 from ._common import atomic
 from .schema import TRANSIENT_FAILURES
 
@@ -197,16 +199,113 @@ def update_package(conn: Connection, package: str) -> int:
     return _recompute(conn, "{t}.package = :q_package", {"q_package": package})
 
 
-def refresh(conn: Connection, *, abi: str | None = None) -> int:
+#: Memory for the full computation's hash joins and sorts, and for its index builds
+#: (set for the refresh only, then restored).
+REFRESH_WORK_MEM = "256MB"
+REFRESH_MAINTENANCE_WORK_MEM = "1GB"
+
+
+def _owns_queue(conn: Connection) -> bool:
+    """Whether the current role may change build_queue's indexes (owner or member)."""
+    return bool(
+        conn.execute(
+            text(
+                "SELECT pg_has_role(current_user, relowner, 'USAGE') "
+                "FROM pg_class WHERE oid = 'build_queue'::regclass"
+            )
+        ).scalar_one()
+    )
+
+
+def _with_memory(conn: Connection) -> dict[str, str]:
+    """Raise work_mem and maintenance_work_mem for this transaction; return the old values."""
+    old: dict[str, str] = {}
+    for name, value in (
+        ("work_mem", REFRESH_WORK_MEM),
+        ("maintenance_work_mem", REFRESH_MAINTENANCE_WORK_MEM),
+    ):
+        old[name] = conn.execute(
+            text("SELECT current_setting(:n), set_config(:n, :v, true)"), {"n": name, "v": value}
+        ).scalar_one()
+    return old
+
+
+def _restore_memory(conn: Connection, old: dict[str, str]) -> None:
+    for name, value in old.items():
+        conn.execute(text("SELECT set_config(:n, :v, true)"), {"n": name, "v": value})
+
+
+def _rebuild(conn: Connection) -> int:
+    """The whole queue, written into an empty table whose indexes are built afterwards.
+
+    Writing millions of rows through two B-trees costs several times the rows
+    themselves; one sort per index after the load is far cheaper.  The table
+    is locked ACCESS EXCLUSIVE from the start: the refresh upgrading a weaker
+    lock at the end would deadlock with a master transaction that read the
+    queue and waits to write it (readers wait instead, for the whole refresh).
+    Indexes and constraints are recreated from their own definitions, so this
+    follows any later migration of the table.
+    """
+    conn.execute(text("LOCK TABLE build_queue IN ACCESS EXCLUSIVE MODE"))
+    constraints = conn.execute(
+        text(
+            "SELECT quote_ident(conname), pg_get_constraintdef(oid), conindid FROM pg_constraint "
+            "WHERE conrelid = 'build_queue'::regclass AND conindid <> 0"
+        )
+    ).all()
+    backing = {r.conindid for r in constraints}
+    indexes = conn.execute(
+        text(
+            "SELECT indexrelid, indexrelid::regclass::text AS name, pg_get_indexdef(indexrelid) "
+            "FROM pg_index WHERE indrelid = 'build_queue'::regclass"
+        )
+    ).all()
+    conn.execute(text("TRUNCATE build_queue"))
+    for name, _, _ in constraints:
+        conn.execute(text(f"ALTER TABLE build_queue DROP CONSTRAINT {name}"))
+    for oid, name, _ in indexes:
+        if oid not in backing:
+            conn.execute(text(f"DROP INDEX {name}"))
+    rules = _RULES.format(vfilter="true", bfilter="true")
+    count = conn.execute(text(f"INSERT INTO build_queue ({_COLUMNS}) {rules}")).rowcount
+    for name, definition, _ in constraints:
+        conn.execute(text(f"ALTER TABLE build_queue ADD CONSTRAINT {name} {definition}"))
+    for oid, _, definition in indexes:
+        if oid not in backing:
+            conn.execute(text(definition))
+    # Fresh statistics, so next_builds trusts the order index at once.
+    conn.execute(text("ANALYZE build_queue"))
+    return count
+
+
+def refresh(conn: Connection, *, abi: str | None = None, rebuild: bool | None = None) -> int:
     """Recompute the whole queue (or one target's); returns rows queued.
 
     Only needed after bulk loads or target changes: every other change keeps
-    the queue current by itself.
+    the queue current by itself.  The whole queue is rebuilt with its indexes
+    dropped and recreated (:func:`_rebuild`) when *rebuild* is true, or by
+    default when the current role owns the table (``piw-initdb``'s role, not
+    the master's, which may not change indexes): then the queue is locked,
+    readers included, until the refresh commits.  Otherwise the rows are
+    deleted and inserted through the indexes, which readers do not wait for.
     """
     with atomic(conn):
-        if abi is None:
-            return _recompute(conn, "true", {})
-        return _recompute(conn, "{a}.abi = :q_abi", {"q_abi": abi})
+        old = _with_memory(conn)
+        if abi is not None:
+            count = _recompute(conn, "{a}.abi = :q_abi", {"q_abi": abi})
+        elif rebuild is None and _owns_queue(conn):
+            count = _rebuild(conn)
+        elif rebuild:
+            if not _owns_queue(conn):
+                raise DatabaseError(
+                    "rebuilding the build queue needs the role that owns build_queue "
+                    "(piw-initdb's), not the master's"
+                )
+            count = _rebuild(conn)
+        else:
+            count = _recompute(conn, "true", {})
+        _restore_memory(conn, old)
+        return count
 
 
 @dataclass(frozen=True)

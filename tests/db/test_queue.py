@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 
 from piwheels.db import abis, builds, packages, queue, versions
-from piwheels.errors import BuildError
+from piwheels.errors import BuildError, DatabaseError
 
 from . import factories as f
 
@@ -251,3 +253,79 @@ def test_deleting_a_build_requeues(db_conn, two):
     assert queued(db_conn, cp39) == []
     assert builds.delete_build(db_conn, build_id) == ["foo-1.0-py3-none-any.whl"]
     assert queued(db_conn, cp39) == [("foo", "1.0")]
+
+
+def _queue_shape(conn) -> tuple[list, list, list]:
+    """build_queue's indexes, constraints and grants, as the catalogue has them."""
+    indexes = conn.execute(
+        text(
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE indrelid = 'build_queue'::regclass ORDER BY 1"
+        )
+    ).all()
+    constraints = conn.execute(
+        text(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'build_queue'::regclass ORDER BY 1"
+        )
+    ).all()
+    grants = conn.execute(
+        text(
+            "SELECT grantee, privilege_type FROM information_schema.role_table_grants "
+            "WHERE table_name = 'build_queue' ORDER BY 1, 2"
+        )
+    ).all()
+    return indexes, constraints, grants
+
+
+@pytest.mark.parametrize("rebuild", [True, False])
+def test_full_refresh_both_ways_equals_incremental(db_conn, two, rebuild):
+    """Rebuilt with its indexes dropped (owner) or rewritten through them (master role):
+    the same rows, and the table keeps its indexes, keys and grants."""
+    cp39, cp311 = two
+    for i in range(6):
+        f.version(db_conn, f"p{i}", "1.0", requires_python=">=3.10" if i == 2 else "")
+    f.build(db_conn, "p0", "1.0", cp39, tags="py3-none-any")
+    f.build(db_conn, "p1", "1.0", cp311, failure="compile_error")
+    f.build(db_conn, "p5", "1.0", cp39, failure="timeout")
+    versions.yank_version(db_conn, "p3", "1.0")
+    before = db_conn.execute(text("SELECT * FROM build_queue ORDER BY 1, 2, 3")).all()
+    shape = _queue_shape(db_conn)
+    assert len(shape[0]) == 2 and shape[2]  # the primary key, the order index; grants
+    # Stale rows (what a bulk load leaves) are replaced, missing ones come back.
+    db_conn.execute(text("DELETE FROM build_queue WHERE package = 'p4'"))
+    db_conn.execute(
+        text(
+            "INSERT INTO build_queue (abi, package, version, priority, demand, released_at, "
+            "not_before, attempt) VALUES (:a, 'p0', '1.0', 0, 0, now(), now(), 1)"
+        ),
+        {"a": cp39},
+    )
+    work_mem = db_conn.execute(text("SHOW work_mem")).scalar_one()
+    assert queue.refresh(db_conn, rebuild=rebuild) == len(before)
+    after = db_conn.execute(text("SELECT * FROM build_queue ORDER BY 1, 2, 3")).all()
+    assert before == after
+    assert len(after) == 6  # p1@cp39, p2@cp311, p4 x 2, p5 x 2 (one waiting for its backoff)
+    assert _queue_shape(db_conn) == shape
+    assert db_conn.execute(text("SHOW work_mem")).scalar_one() == work_mem  # restored
+    assert set(queued(db_conn, cp311)) == {("p2", "1.0"), ("p4", "1.0"), ("p5", "1.0")}
+    with pytest.raises(IntegrityError), db_conn.begin_nested():  # the primary key is back
+        db_conn.execute(text("INSERT INTO build_queue SELECT * FROM build_queue LIMIT 1"))
+
+
+def test_master_role_refreshes_without_ddl(db_url):
+    """The master's role may not drop indexes: its full refresh goes through them,
+    and asking it to rebuild is refused clearly."""
+    engine = create_engine(make_url(db_url).set(username="piwheels"))
+    try:
+        with engine.connect() as conn, conn.begin():
+            cp39 = f.abi(conn, "cp39")
+            f.version(conn, "foo", "1.0")
+            assert queue.refresh(conn) == 1
+            assert queued(conn, cp39) == [("foo", "1.0")]
+            with pytest.raises(DatabaseError, match="owns build_queue"):
+                queue.refresh(conn, rebuild=True)
+            assert queued(conn, cp39) == [("foo", "1.0")]  # nothing lost
+            conn.rollback()
+    finally:
+        engine.dispose()
