@@ -368,6 +368,10 @@ def test_full_build_transfer_and_done(
         assert 'packaging>=20; python_version >= "3.8"' in record["requires_dist"]
         assert record["requires_python"] == ">=3.8"
         assert record["import_ok"] is True, record["import_error"]
+        # The log ends with the time of each step of the build path.
+        steps = next(ln for ln in data["log"].splitlines() if "step times: " in ln)
+        for step in ("pip wheel", "wheel check", "ELF scan", "venv", "install", "import"):
+            assert f"{step} " in steps and "(cpu " in steps, steps
 
         # The dispatcher's part: expect the file, ask the builder to send it.
         token = new_token()
