@@ -200,11 +200,56 @@ def main(argv: list[str] | None = None) -> int:
                     text("SELECT count(*), max(length(sort_key)) FROM versions")
                 ).one(),
             )
+        # The first full computation, both ways: rewritten through the indexes (what
+        # the master's role may do; rolled back), then rebuilt with the indexes
+        # dropped and recreated (the owner's way, kept).  Beside them: raw COPY of
+        # the same rows into a table shaped like build_queue, with and without indexes.
         with engine.begin() as conn:
-            timed(
-                "build queue: first full computation", lambda: queue.refresh(conn), scan, "seq scan"
+            through = timed(
+                "build queue: full computation (through indexes)",
+                lambda: queue.refresh(conn, rebuild=False),
+                scan,
+                "seq scan",
             )
-            print(f"  queue sizes {queue.queue_sizes(conn)}")
+            conn.rollback()
+        with engine.begin() as conn:
+            first = timed(
+                "build queue: first full computation (rebuild)",
+                lambda: queue.refresh(conn, rebuild=True),
+                scan,
+                "seq scan",
+            )
+            sizes = queue.queue_sizes(conn)
+            print(f"  queue sizes {sizes}")
+        n_queue = sum(sizes.values())
+        dump = io.BytesIO()
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            raw.cursor().copy_expert("COPY build_queue TO STDOUT", dump)
+        refs: dict[str, float] = {}
+        for label, indexed in (("with its indexes", True), ("no indexes", False)):
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "CREATE TABLE q_ref (LIKE build_queue INCLUDING "
+                        + ("INDEXES)" if indexed else "DEFAULTS)")
+                    )
+                )
+                raw = conn.connection.dbapi_connection
+                assert raw is not None
+                dump.seek(0)
+                refs[label] = timed(
+                    f"raw COPY of the {n_queue:,} queue rows, {label} (reference)",
+                    lambda raw=raw: raw.cursor().copy_expert("COPY q_ref FROM STDIN", dump),
+                )
+                conn.rollback()
+        print(
+            f"  first full computation {first:.3f} s = {first / refs['with its indexes']:.2f}x "
+            f"raw COPY of its rows with indexes, {first / refs['no indexes']:.2f}x without; "
+            f"through the indexes {through:.3f} s ({through / first:.1f}x the rebuild); "
+            f"linear extrapolation to scale 1.0: {first / args.scale:.0f} s (aim < 30 s)"
+        )
         # What the master's ingest does: one batch of 1,000 new releases from the
         # upstream watcher, then one batch of 1,000 finished builds.
         target = TARGETS[0][0] + "-linux_armv7l"
