@@ -165,8 +165,9 @@ def base_venv(python: str, timeout: float = 60.0, timings: Timings | None = None
         if base is not None and (base.path / "pyvenv.cfg").is_file():
             return base
         if _bases_root is None or not _bases_root.is_dir():
+            if _bases_root is None:
+                atexit.register(_remove_bases)
             _bases_root = Path(tempfile.mkdtemp(prefix="piw-venv-base-"))
-            atexit.register(_remove_bases)
         target = Path(tempfile.mkdtemp(prefix="venv-", dir=_bases_root))
         log_path = target.parent / f"{target.name}.log"
         with open(log_path, "wb") as out:
@@ -393,8 +394,11 @@ def import_test(
         venv = root / "venv"
         home = root / "home"
         home.mkdir()
-        with timings.step("venv"):
-            shutil.copytree(base.path, venv, symlinks=True)
+        try:
+            with timings.step("venv"):
+                shutil.copytree(base.path, venv, symlinks=True)
+        except (OSError, shutil.Error) as exc:
+            raise BuildError(f"cannot copy the base venv {base.path}: {exc}")
         env = {
             "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(home),

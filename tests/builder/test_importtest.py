@@ -24,6 +24,7 @@ from piwheels.builder.importtest import (
     missing_library,
 )
 from piwheels.builder.timing import Timings
+from piwheels.errors import BuildError
 from tests.builder.test_build import _processes_with
 from tests.test_wheels import make_wheel
 
@@ -278,3 +279,8 @@ def test_base_venv_is_made_again_when_removed(built) -> None:  # type: ignore[no
     assert names[0] == "base venv"
     assert names.index("venv") < names.index("install") < names.index("import")
     assert base_venv(sys.executable).path.is_dir()
+
+
+def test_unknown_python_is_a_build_error(built) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BuildError, match="piwtest-no-such-python"):
+        import_test(built("pure").wheels[0], python="/nonexistent/piwtest-no-such-python")
