@@ -52,7 +52,7 @@ from typing import Any
 
 from .. import protocols
 from ..errors import BuildError, ConfigError, InvalidWheel, ProtocolError, TransportTimeout
-from ..filetransfer import FileSender
+from ..filetransfer import FileSender, SenderConnections
 from ..settings import KeysSettings, Settings
 from ..systemd import Notifier
 from ..transport import DEALER, Context, CurveKeys, Received, Socket, load_keys, now
@@ -455,6 +455,9 @@ class BuilderDaemon:
         self.keys, self.server_public = curve_config(settings.keys)
         self.context = context or Context()
         self._own_context = context is None
+        # One file connection kept across builds: a new CurveZMQ connection per file costs
+        # the master a handshake and a key check each time.
+        self.connections = SenderConnections(max_idle=1)
         # The arguments override the settings (tests and embedders use them).
         self.reply_timeout = (
             b.master_timeout.total_seconds() if reply_timeout is None else reply_timeout
@@ -559,6 +562,7 @@ class BuilderDaemon:
                 self.held.release()
                 self.held = None
             self._close()
+            self.connections.close()  # before the context, whose close waits for open sockets
             if self._own_context:
                 self.context.close()
 
@@ -709,6 +713,7 @@ class BuilderDaemon:
                 server_public=self.server_public,
                 give_up=self.reply_timeout,
                 stop=self._stop,
+                connections=self.connections,
             )
             result = sender.run()
             if self.stopping:
