@@ -19,8 +19,10 @@ import argparse
 import io
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from alembic import command
 from alembic.config import Config
@@ -343,6 +345,12 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-n", "--dry-run", action="store_true", help="print the plan and SQL; change nothing"
     )
+    parser.add_argument(
+        "--refresh-queue",
+        action="store_true",
+        help="then rebuild the whole build queue with its indexes dropped and recreated "
+        "(after a bulk import or a change of build targets; the master's builds wait meanwhile)",
+    )
 
 
 def _initdb(args: argparse.Namespace, settings: Settings) -> int:
@@ -359,7 +367,31 @@ def _initdb(args: argparse.Namespace, settings: Settings) -> int:
     if not args.dry_run:
         done = "; ".join(steps) if steps else "already current (grants re-applied)"
         print(f"piw-initdb: {_display(url)}: {done}")
+        if args.refresh_queue:
+            refresh_queue(url)
     return 0
+
+
+def refresh_queue(url: str, stream: TextIO | None = None) -> int:
+    """Rebuild the whole build queue as the table's owner; returns the rows queued."""
+    from . import queue  # the data layer is not needed for plain schema work
+
+    stream = stream or sys.stdout
+    stream.write("piw-initdb: rebuilding the build queue (builds wait until it is done)...\n")
+    stream.flush()
+    start = time.monotonic()
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            count = queue.refresh(conn, rebuild=True)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"{_display(url)}: {_first_line(exc)}") from exc
+    finally:
+        engine.dispose()
+    stream.write(
+        f"piw-initdb: build queue rebuilt: {count:,} entries in {time.monotonic() - start:.1f} s\n"
+    )
+    return count
 
 
 COMMAND = Command(

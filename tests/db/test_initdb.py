@@ -216,3 +216,25 @@ def test_master_role_cannot_read_outside_grants(db_url, master):
 def test_every_table_has_its_grants_decided():
     """A new table must be named in WRITES, or the master's role cannot write to it."""
     assert set(metadata.tables) == set(initdb.WRITES)
+
+
+def test_refresh_queue_option_rebuilds_the_queue(new_database, capsys):
+    """piw-initdb --refresh-queue brings back missing entries and drops stale ones."""
+    from tests.db import factories as f
+
+    url = new_database(template="piwheels_template")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        target = f.abi(conn)
+        for name in ("alpha", "beta"):
+            f.version(conn, name, "1.0")
+        expected = conn.execute(text("SELECT package FROM build_queue ORDER BY 1")).scalars().all()
+        conn.execute(text("DELETE FROM build_queue WHERE package = 'alpha'"))
+    assert expected == ["alpha", "beta"] and target
+    assert initdb.main(["--dsn", url, "--yes", "--refresh-queue"]) == 0
+    out = capsys.readouterr().out
+    assert "build queue rebuilt: 2 entries" in out
+    with engine.connect() as conn:
+        after = conn.execute(text("SELECT package FROM build_queue ORDER BY 1")).scalars().all()
+    engine.dispose()
+    assert after == expected
