@@ -304,12 +304,16 @@ class Follower:
     ) -> None:
         start = self.clock()
         pool = self._executor()
-        window = self.workers * 2
         inflight: dict[Future[_Result], str] = {}
         deferred: list[str] = []
         submitted = 0
         stop = False
         while True:
+            # After a global fault, one request at a time (the one that failed goes first)
+            # probes the upstream until something works: a sick upstream is not flooded,
+            # and a success elsewhere cannot clear the fault while the failing page still
+            # fails, which would log the same fault again and again.
+            window = 1 if self._global_failures else self.workers * 2
             while not stop and state.queue and len(inflight) < window:
                 now = self.clock()
                 if (budget is not None and now - start >= budget) or (
@@ -337,8 +341,12 @@ class Follower:
                     result = future.result()
                 except UpstreamFault as exc:
                     self._fault(exc, summary, name, state)
-                    state.queue.append(name)  # never skipped: retried later
-                    stop = stop or exc.scope == "global"
+                    # Never skipped: retried later, first if it is the probe of a global fault.
+                    if exc.scope == "global":
+                        state.queue.appendleft(name)
+                        stop = True
+                    else:
+                        state.queue.append(name)
                     continue
                 except Exception as exc:
                     # Something this code did not foresee in the data: keep the
