@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -530,6 +531,9 @@ _site: tuple[SiteWriter, Engine] | None = None
 
 def _site_init(writer: SiteWriter, url: str) -> None:
     global _site
+    # Ctrl-C reaches the whole process group: the master decides when this process stops
+    # (it drains the work in hand first), so the interrupt is not for this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _site = (writer, create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True))
 
 

@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -473,6 +474,8 @@ def _worker_init(
     load_many: _LoadMany | None,
 ) -> None:
     global _worker_state
+    # Ctrl-C reaches the whole process group; the parent stops the pool (see _site_init).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     root, config, fsync, threshold, level, skip = settings
     writer = SiteWriter(
         root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level, skip_unchanged=skip
