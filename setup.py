@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(
@@ -45,13 +45,18 @@ setup(
     long_description_content_type="text/x-rst",
     license="BSD-3-Clause",
     python_requires=">=3.11",
-    packages=find_packages(include=["piwheels", "piwheels.*"]) + ["piwheels.sql", "piwheels.sql.versions"],
+    # Namespace search so the data folders (web/templates, web/static) count as packages:
+    # setuptools warns about, and will one day drop, data in folders it does not list.
+    packages=find_namespace_packages(include=["piwheels", "piwheels.*"])
+    + ["piwheels.sql", "piwheels.sql.versions"],
     package_dir={"piwheels.sql": "sql"},
     # The alembic migrations live in sql/ at the top of the tree and are
     # installed as the piwheels.sql package so the code can find them.
     include_package_data=True,
     package_data={
-        "piwheels": ["py.typed", "web/templates/*.pt", "web/static/*"],
+        "piwheels": ["py.typed"],
+        "piwheels.web.templates": ["*.pt"],
+        "piwheels.web.static": ["*"],
         "piwheels.sql": ["script.py.mako"],
     },
     install_requires=COMMON + MASTER + BUILDER + MONITOR + REPORT,
