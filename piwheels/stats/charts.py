@@ -3,28 +3,36 @@
 Drawing is most of a report's time, so the charts are kept cheap: one
 :class:`~matplotlib.figure.Figure` per chart size, cleared and reused; fixed
 margins instead of ``tight_layout`` (which lays every label out again);
-text in SVG kept as text (not glyph paths); fast PNG compression; at most
-:data:`MAX_TICKS` tick labels on an axis.  Both formats are written because
-the HTML report shows the PNG and links to the SVG.  With ``defer=True``
-charts are only queued, and :meth:`Charts.finish` draws them in as many
-forked processes as there are CPUs (a report's charts are independent).
+the bars of a chart are one collection (one artist, not one rectangle
+each); text in SVG kept as text (not glyph paths); fast PNG compression; at
+most :data:`MAX_TICKS` tick labels on an axis.  Both formats are written
+because the HTML report shows the PNG and links to the SVG.  With
+``defer=True`` charts are only queued, and :meth:`Charts.finish` draws them
+in as many forked processes as there are CPUs (a report's charts are
+independent), handing out one chart at a time, the costliest first.
 
-matplotlib is imported on first use, with ``MPLCONFIGDIR`` pointed at a
-temporary folder when unset so that it never writes into the home folder.
+matplotlib is imported on first use (only the figure, the Agg and SVG
+backends and the ticker; never pyplot), or in the background with
+:func:`preload_charts`.  When ``MPLCONFIGDIR`` is unset it points at a
+folder of the user's own under the temporary folder, so that matplotlib
+never writes into the home folder and its font cache is built once, not
+at every report (building it costs about half a second).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import stat
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FORMATS", "Charts"]
+__all__ = ["FORMATS", "Charts", "preload_charts"]
 
 FORMATS = ("png", "svg")
 #: Slices smaller than this share are merged into "other" in share charts.
@@ -39,11 +47,33 @@ WIDE = (10.0, 4.5)
 _MARGINS = {"left": 0.11, "right": 0.98, "bottom": 0.22, "top": 0.9}
 
 
+def _config_dir() -> str:
+    """A matplotlib config/cache folder only this user can write, kept across runs."""
+    path = os.path.join(tempfile.gettempdir(), f"piw-mpl-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="piw-mpl-")
+    st = os.lstat(path)
+    # Someone else's folder (or a link) in a shared /tmp: not ours to trust.
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return tempfile.mkdtemp(prefix="piw-mpl-")
+    return path
+
+
 def _matplotlib() -> tuple[Any, Any]:
     """matplotlib's Figure class and its ``rcParams``, set for fast output."""
     if not os.environ.get("MPLCONFIGDIR"):
-        os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="piw-mpl-")
+        os.environ["MPLCONFIGDIR"] = _config_dir()
     import matplotlib
+
+    # savefig would import the backends itself, once in each drawing process.
+    import matplotlib.backends.backend_agg
+    import matplotlib.backends.backend_svg
+    import matplotlib.collections
+    import matplotlib.ticker
     from matplotlib.figure import Figure
 
     rc = matplotlib.rcParams
@@ -51,6 +81,17 @@ def _matplotlib() -> tuple[Any, Any]:
     rc["svg.hashsalt"] = "piwheels"  # the same figures give the same SVG
     rc["path.simplify"] = True
     return Figure, rc
+
+
+def preload_charts() -> threading.Thread:
+    """Import matplotlib in a background thread (join it before drawing).
+
+    A report's queries wait on PostgreSQL with the GIL released, so an
+    import started before them costs no wall time.
+    """
+    thread = threading.Thread(target=_matplotlib, name="import-matplotlib", daemon=True)
+    thread.start()
+    return thread
 
 
 def merge_small(values: Mapping[str, int], min_share: float = MIN_SHARE) -> dict[str, int]:
@@ -86,8 +127,10 @@ class Charts:
         folder.mkdir(parents=True, exist_ok=True)
         # Imported here even when deferring: forked workers then inherit it.
         self._Figure, _rc = _matplotlib()
+        from matplotlib.collections import PolyCollection
         from matplotlib.ticker import FuncFormatter
 
+        self._PolyCollection = PolyCollection
         self._formatter = FuncFormatter(_thousands)
         self._figures: dict[tuple[float, float], Any] = {}
 
@@ -109,10 +152,10 @@ class Charts:
                 getattr(self, f"_{kind}")(*args, **kwargs)
             return
         ctx = multiprocessing.get_context("fork")
-        chunks = [queue[i::workers] for i in range(workers)]
+        # One chart per task, costliest first, so neither process idles at the end.
+        queue.sort(key=_cost, reverse=True)
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            for done in [pool.submit(_draw, self.folder, self.formats, c) for c in chunks]:
-                done.result()
+            list(pool.map(_draw, [(self.folder, self.formats, job) for job in queue]))
 
     def _axes(self, size: tuple[float, float], margins: Mapping[str, float] = _MARGINS) -> Any:
         """Fresh axes on the (reused) figure of *size*."""
@@ -128,6 +171,22 @@ class Charts:
         for fmt in self.formats:
             kwargs: dict[str, Any] = {"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}
             fig.savefig(self.folder / f"{name}.{fmt}", format=fmt, dpi=100, **kwargs)
+
+    def _bar_collection(
+        self,
+        ax: Any,
+        values: Sequence[float],
+        bottom: Sequence[float],
+        color: str,
+        label: str | None = None,
+    ) -> None:
+        """Vertical bars 0.8 wide at x = 0, 1, ..., drawn as one artist."""
+        verts = [
+            ((i - 0.4, b), (i - 0.4, b + v), (i + 0.4, b + v), (i + 0.4, b))
+            for i, (v, b) in enumerate(zip(values, bottom, strict=True))
+        ]
+        coll = self._PolyCollection(verts, facecolors=color, edgecolors="none", label=label)
+        ax.add_collection(coll, autolim=False)
 
     def _xlabels(self, ax: Any, labels: Sequence[str]) -> None:
         step = max(1, -(-len(labels) // MAX_TICKS))
@@ -191,7 +250,9 @@ class Charts:
         lines: Sequence[float] = (),
     ) -> None:
         ax = self._axes(WIDE)
-        ax.bar(range(len(labels)), values, color=BAR, width=0.8)
+        self._bar_collection(ax, values, [0.0] * len(values), BAR)
+        top = max([*values, *lines, 0])
+        ax.set_ylim(0, top * 1.05 or 1)
         self._xlabels(ax, labels)
         for y in lines:
             ax.axhline(y, color="#555", linewidth=0.8, linestyle="--")
@@ -255,11 +316,11 @@ class Charts:
         ylabel: str,
     ) -> None:
         ax = self._axes(WIDE)
-        x = range(len(labels))
         bottom = [0.0] * len(labels)
-        for key, values in stacks.items():
-            ax.bar(x, values, bottom=bottom, label=key)
+        for i, (key, values) in enumerate(stacks.items()):
+            self._bar_collection(ax, values, bottom, f"C{i % 10}", label=key)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_ylim(0, max(bottom, default=0) * 1.05 or 1)
         self._xlabels(ax, labels)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
@@ -267,13 +328,29 @@ class Charts:
         self._save(ax, name)
 
 
-def _draw(
-    folder: Path, formats: Sequence[str], jobs: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
-) -> None:
-    """Worker: draw *jobs* (queued by a deferring :class:`Charts`) into *folder*."""
-    charts = Charts(folder, formats=formats)
-    for kind, args, kwargs in jobs:
-        getattr(charts, f"_{kind}")(*args, **kwargs)
+_Job = tuple[str, tuple[Any, ...], dict[str, Any]]
+#: A worker's Charts (its figures are reused from one chart to the next).
+_worker: Charts | None = None
+
+
+def _cost(job: _Job) -> int:
+    """A rough cost of drawing *job*: its points and labels (for ordering only)."""
+    kind, args, _kwargs = job
+    if kind == "shares":
+        return 2 * len(args[1])
+    data = args[2]
+    if isinstance(data, Mapping):
+        return sum(len(v) for v in data.values())
+    return len(data)
+
+
+def _draw(task: tuple[Path, Sequence[str], _Job]) -> None:
+    """Worker: draw one job (queued by a deferring :class:`Charts`) into its folder."""
+    global _worker
+    folder, formats, (kind, args, kwargs) = task
+    if _worker is None or _worker.folder != folder or _worker.formats != tuple(formats):
+        _worker = Charts(folder, formats=formats)
+    getattr(_worker, f"_{kind}")(*args, **kwargs)
 
 
 def day_labels(days: Sequence[date]) -> list[str]:

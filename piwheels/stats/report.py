@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -20,7 +21,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from . import queries, spike
-from .charts import Charts
+from .charts import Charts, preload_charts
 from .queries import SECONDS_PER_YEAR, Figures, Period
 
 __all__ = ["Block", "build", "figures_json", "human_bytes", "write_report"]
@@ -414,16 +415,34 @@ def write_report(
     thresholds: Sequence[int] | None = None,
     charts: bool = True,
     spike_factor: float = 2.0,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Path]:
-    """Write the report of *period* into *out*; returns what was written by kind."""
+    """Write the report of *period* into *out*; returns what was written by kind.
+
+    With *timings*, the wall seconds of each phase are added to its keys:
+    ``queries`` (every figure), ``spikes`` (spike scan and analysis),
+    ``import`` (waiting for matplotlib after the queries), ``draw`` (every
+    chart, PNG and SVG) and ``write`` (Markdown, HTML, JSON).
+    """
+    clock = _Clock(timings)
     out.mkdir(parents=True, exist_ok=True)
+    # matplotlib is imported in a thread while the queries run: they wait on
+    # PostgreSQL (the GIL is free meanwhile), so the import costs no wall time.
+    loader = preload_charts() if charts else None
     f = queries.collect(conn, period, thresholds=thresholds)
+    clock.lap("queries")
     spikes = spike.scan(conn, period.start, period.end, factor=spike_factor)
-    # Charts are queued while the blocks are built, then drawn in parallel.
-    ch = Charts(out / "images", defer=True) if charts else None
+    clock.lap("spikes")
+    ch = None
+    if loader is not None:
+        loader.join()
+        clock.lap("import")
+        # Charts are queued while the blocks are built, then drawn in parallel.
+        ch = Charts(out / "images", defer=True)
     blocks = build(f, charts=ch, spikes=spikes)
     if ch is not None:
         ch.finish()
+        clock.lap("draw")
     written: dict[str, Path] = {}
     if "markdown" in formats:
         written["markdown"] = out / "report.md"
@@ -441,4 +460,19 @@ def write_report(
     ]  # fmt: skip
     written["json"] = out / "report.json"
     written["json"].write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    clock.lap("write")
     return written
+
+
+class _Clock:
+    """Adds the wall seconds since the last lap to a phase of *timings* (if given)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.timings is not None:
+            self.timings[phase] = self.timings.get(phase, 0.0) + now - self.last
+        self.last = now
