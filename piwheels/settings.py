@@ -488,9 +488,10 @@ class MasterSettings:
         256 << 10, converter=SIZE, help="Size of each chunk of a file transfer."
     )
     page_coalesce: dt.timedelta = setting(
-        dt.timedelta(seconds=2),
+        dt.timedelta(milliseconds=50),
         converter=DURATION,
-        help="Requests to rewrite the same page within this window are merged.",
+        help="A project's pages are written at once when first asked for; further requests "
+        "for them within this window of that write are merged into one write at its end.",
     )
     page_workers: int = setting(
         converter=POSITIVE_INT,

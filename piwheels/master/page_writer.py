@@ -1,8 +1,13 @@
 """The page writer: the only task that writes the published site.
 
-Requests arrive on the internal ``pages`` socket.  Project rewrites are
-merged: repeated requests for one project within ``[master] page_coalesce``
-become one write, so a burst of builds of one project rewrites its pages once.
+Requests arrive on the internal ``pages`` socket.  A request for a project
+goes to the site process at once when that project was not written in the last
+``[master] page_coalesce`` (so a finished build's pages are replaced within
+milliseconds on an idle master); repeated requests for it within that window
+are merged into one write at the window's end, and requests arriving while a
+batch is being written gather into the next batch, so a burst of builds of one
+project rewrites its pages at most twice (see
+:class:`piwheels.web.writer.PageCoalescer`).
 Every file is written to a temporary name and renamed into place (see
 :class:`piwheels.web.writer.SiteWriter`).
 
@@ -60,7 +65,7 @@ from ..web.render import SiteConfig
 from ..web.writer import PageCoalescer, SiteWriter
 from .env import MasterEnv
 
-__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "ROOT_INTERVAL", "ROOT_SHARE", "PageWriter"]
+__all__ = ["BATCH_SIZE", "CHUNK_SIZE", "ROOT_INTERVAL", "ROOT_SHARE", "TICK", "PageWriter"]
 
 #: Projects per chunk of a full rewrite: one bulk read and one unit of work for a worker.
 CHUNK_SIZE = 200
@@ -73,6 +78,8 @@ ROOT_INTERVAL = 5.0
 #: And at most this share of the site process's time goes to the root index: after a
 #: rewrite that took *t* seconds the next waits at least ``t / ROOT_SHARE``.
 ROOT_SHARE = 0.1
+#: Seconds between two looks at due requests and finished batches.
+TICK = 0.01
 #: Least time between two PROGRESS reports of a full rewrite.
 PROGRESS_INTERVAL = 0.25
 
@@ -135,7 +142,9 @@ class PageWriter(Task):
         self.pages = self.socket(PULL, protocols.pages, name="pages")
         self.pages.bind(env.addresses["pages"])
         self.register(self.pages)
-        self.every(0.05, self.flush)
+        # The tick hands over requests whose window ended and takes in finished batches (the
+        # next batch starts only then): short, as it bounds the wait of a merged request.
+        self.every(TICK, self.flush)
         self.every(60, lambda: self._job("home", _site_home))
         self.every(3600, lambda: self._job("search", _site_search))
         self.written = 0
@@ -161,6 +170,10 @@ class PageWriter(Task):
 
     def do_PROJECT(self, data: dict[str, Any]) -> None:
         self.coalescer.request(data["package"])
+        due = self.coalescer.next_due()
+        if due is not None and due <= self.coalescer.clock():
+            # Due now (not written lately): hand it over at once rather than at the next tick.
+            self.flush()
 
     def do_DELETE_PACKAGE(self, data: dict[str, Any]) -> None:
         name = data["package"]

@@ -17,6 +17,7 @@ for the same project.
 from __future__ import annotations
 
 import gzip
+import heapq
 import itertools
 import multiprocessing
 import os
@@ -496,15 +497,27 @@ PageKind = Literal["simple", "project", "both"]
 class PageCoalescer:
     """Merge repeated requests to rewrite the same project's pages within *window* seconds.
 
-    The first request for a project starts its timer; later ones only widen what is to be
-    written (``simple`` + ``project`` = ``both``), so a steady stream of requests still gets
-    the page written every *window* seconds.  :meth:`flush` returns what is due.
+    A request for a project whose pages were not handed out in the last *window* seconds is
+    due at once, so an idle writer starts on a finished build's pages without delay.  A request
+    that arrives within *window* of the project's last hand-out waits for that window to end,
+    and every further request meanwhile merges into it (kinds widen: ``simple`` + ``project``
+    = ``both``).  So a burst of requests for one project is written twice at most (its first
+    request at once, the rest together at the end of the window), and a steady stream is
+    written once per window, never postponed forever.  :meth:`flush` returns what is due.
     """
 
-    def __init__(self, window: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+        if window < 0:
+            raise ValueError(f"coalescing window must not be negative: {window!r}")
         self.window = window
         self.clock = clock
+        # Pending requests: name -> (due, kind); a heap of (due, seq, name) finds the due ones
+        # without scanning every pending name (entries for names since flushed are stale).
         self._pending: dict[str, tuple[float, PageKind]] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        # When each recently handed-out name left, oldest first (pruned after *window*).
+        self._released: dict[str, float] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -514,11 +527,16 @@ class PageCoalescer:
         if kind not in ("simple", "project", "both"):
             raise ValueError(f"unknown page kind: {kind!r:.40}")
         old = self._pending.get(name)
-        if old is None:
-            self._pending[name] = (self.clock() + self.window, kind)
-        else:
+        if old is not None:
             due, was = old
             self._pending[name] = (due, was if was == kind else "both")
+            return
+        now = self.clock()
+        self._prune(now)
+        last = self._released.get(name)
+        due = now if last is None else max(now, last + self.window)
+        self._pending[name] = (due, kind)
+        heapq.heappush(self._heap, (due, next(self._seq), name))
 
     def delete(self, name: str) -> bool:
         """Forget pending writes of *name* (it is being deleted); True if there were any."""
@@ -526,12 +544,41 @@ class PageCoalescer:
 
     def next_due(self) -> float | None:
         """The clock time at which the next request falls due, or None if none is pending."""
-        return min((due for due, _ in self._pending.values()), default=None)
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else None
 
     def flush(self, *, force: bool = False) -> list[tuple[str, PageKind]]:
-        """Remove and return the (name, kind) requests that are due (all with *force*)."""
+        """Remove and return the (name, kind) requests that are due (all with *force*),
+        earliest first."""
         now = self.clock()
-        due = [(name, kind) for name, (at, kind) in self._pending.items() if force or at <= now]
-        for name, _ in due:
+        due: list[tuple[str, PageKind]] = []
+        heap = self._heap
+        while heap and (force or heap[0][0] <= now):
+            at, _, name = heapq.heappop(heap)
+            entry = self._pending.get(name)
+            if entry is None or entry[0] != at:
+                continue  # deleted, or already handed out
             del self._pending[name]
+            due.append((name, entry[1]))
+            # Re-insert so the dict stays in release order for _prune.
+            self._released.pop(name, None)
+            self._released[name] = now
         return due
+
+    def _drop_stale(self) -> None:
+        heap = self._heap
+        while heap:
+            at, _, name = heap[0]
+            entry = self._pending.get(name)
+            if entry is not None and entry[0] == at:
+                return
+            heapq.heappop(heap)
+
+    def _prune(self, now: float) -> None:
+        """Forget hand-outs older than the window (they no longer delay a request)."""
+        released = self._released
+        while released:
+            name = next(iter(released))
+            if now - released[name] < self.window:
+                return
+            del released[name]

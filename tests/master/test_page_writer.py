@@ -23,6 +23,7 @@ from piwheels.master import page_writer as page_writer_mod
 from piwheels.master.env import MasterEnv
 from piwheels.master.page_writer import PageWriter
 from piwheels.transport import PULL, PUSH, Context, Received
+from piwheels.web.writer import PageCoalescer
 from tests.admin.harness import fresh_engine, make_env, publish_build
 from tests.peer import ScriptedPeer, wait_for
 
@@ -275,3 +276,30 @@ def test_root_rewrites_are_rate_limited(rig: Rig) -> None:
     rig.writer.root_next = 0.0
     wait_for(lambda: rig.writer.root_writes == base + 1, drive=(rig.writer,))
     assert "gamma" in _root_names(rig) and not rig.writer.root_dirty
+
+
+def test_first_request_is_written_at_once_and_repeats_are_merged(rig: Rig) -> None:
+    """A project not written lately is written without waiting for the window; requests
+    within the window of that write become one write at the window's end."""
+    now = [1000.0]
+    rig.writer.coalescer = PageCoalescer(window=60.0, clock=lambda: now[0])
+    rig.add("alpha", "1.0")
+    rig.pages.send("PROJECT", {"package": "alpha"})
+    # Only polls, no forced flush: the window (a minute of a clock that stands still) is
+    # not waited for.
+    wait_for(lambda: (rig.output / "project/alpha/index.html").exists(), drive=(rig.writer,))
+    wait_for(lambda: rig.writer.written == 1 and rig.writer.batch is None, drive=(rig.writer,))
+    rig.add("alpha", "2.0")
+    rig.add("beta", "1.0")
+    for name in ("alpha", "alpha", "beta", "alpha"):
+        rig.pages.send("PROJECT", {"package": name})
+    # beta (not written lately) goes at once; alpha's three requests wait, merged into one.
+    wait_for(lambda: (rig.output / "project/beta/index.html").exists(), drive=(rig.writer,))
+    wait_for(lambda: rig.writer.written == 2 and rig.writer.batch is None, drive=(rig.writer,))
+    wait_for(lambda: len(rig.writer.coalescer) == 1, drive=(rig.writer,))
+    rig.writer.poll(0)
+    assert "2.0" not in rig.page("alpha")
+    now[0] += 60.0  # the window ends: the next tick writes alpha once
+    wait_for(lambda: "2.0" in rig.page("alpha"), drive=(rig.writer,))
+    wait_for(lambda: rig.writer.batch is None and not rig.writer.waiting, drive=(rig.writer,))
+    assert rig.writer.written == 3 and len(rig.writer.coalescer) == 0

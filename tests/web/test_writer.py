@@ -171,20 +171,49 @@ class Clock:
         return self.now
 
 
-def test_coalescer_merges_and_flushes_when_due() -> None:
+def test_coalescer_first_request_is_due_at_once() -> None:
     clock = Clock()
     c = PageCoalescer(window=2.0, clock=clock)
     c.request("foo", "simple")
-    clock.now += 1
+    assert c.next_due() == 100.0
+    assert c.flush() == [("foo", "simple")]  # idle: no waiting for a window
+    assert c.next_due() is None and len(c) == 0
+
+
+def test_coalescer_merges_repeats_within_the_window() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=2.0, clock=clock)
+    c.request("foo", "simple")
+    assert c.flush() == [("foo", "simple")]
+    # Three more requests for foo within the window of that write: one write at its end.
+    clock.now += 0.5
+    c.request("foo", "simple")
+    c.request("bar")  # another project is not held back by foo's window
+    clock.now += 0.5
     c.request("foo", "project")
-    c.request("bar")
-    assert c.flush() == [] and len(c) == 2
-    assert c.next_due() == 102.0
-    clock.now = 102.0
-    assert c.flush() == [("foo", "both")]  # merged; bar's window started later
-    clock.now = 103.0
+    c.request("foo", "project")
     assert c.flush() == [("bar", "both")]
-    assert c.next_due() is None
+    assert len(c) == 1 and c.next_due() == 102.0
+    clock.now = 101.999
+    assert c.flush() == []
+    clock.now = 102.0
+    assert c.flush() == [("foo", "both")]  # merged into one, kinds widened
+    assert c.flush() == [] and len(c) == 0
+    # Long after the window, a request is due at once again.
+    clock.now = 110.0
+    c.request("foo", "project")
+    assert c.flush() == [("foo", "project")]
+
+
+def test_coalescer_zero_window_never_waits() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=0.0, clock=clock)
+    for _ in range(3):
+        c.request("foo")
+        c.request("foo")  # still merged while pending
+        assert c.flush() == [("foo", "both")]
+    with pytest.raises(ValueError):
+        PageCoalescer(window=-1.0)
 
 
 def test_coalescer_steady_stream_still_writes() -> None:
@@ -195,7 +224,28 @@ def test_coalescer_steady_stream_still_writes() -> None:
         c.request("busy", "simple")
         clock.now += 0.1
         written += c.flush()
-    assert len(written) >= 4  # a request every 0.1 s does not postpone the write forever
+    # A request every 0.1 s for 5 s: written at once, then once per window (not 50 times,
+    # and not postponed forever).
+    assert 4 <= len(written) <= 6
+    assert all(w == ("busy", "simple") for w in written)
+
+
+def test_coalescer_many_names_in_order() -> None:
+    clock = Clock()
+    c = PageCoalescer(window=1.0, clock=clock)
+    names = [f"p{i}" for i in range(1000)]
+    for name in names:
+        c.request(name)
+    assert [n for n, _ in c.flush()] == names  # earliest first
+    for name in names:
+        c.request(name)  # all within the window: held
+    assert c.flush() == []
+    clock.now += 1.0
+    assert len(c.flush()) == 1000
+    clock.now += 5.0
+    c.request("p1")
+    assert c.flush() == [("p1", "both")]
+    assert len(c._released) == 1  # old hand-outs are forgotten, not kept forever
 
 
 def test_coalescer_delete_purges_and_bad_kind() -> None:
@@ -205,6 +255,10 @@ def test_coalescer_delete_purges_and_bad_kind() -> None:
     c.request("bar", "simple")
     assert c.delete("foo") is True and c.delete("foo") is False
     assert c.flush(force=True) == [("bar", "simple")]
+    assert c.flush(force=True) == [] and c.next_due() is None
+    # Within bar's window a new request waits; force hands it out at once.
+    c.request("bar")
+    assert c.flush() == [] and c.flush(force=True) == [("bar", "both")]
     with pytest.raises(ValueError):
         c.request("foo", "everything")  # type: ignore[arg-type]
 
