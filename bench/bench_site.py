@@ -20,12 +20,15 @@
    ``SiteWriter.write_all`` in one process and in the pool (each worker with its own
    connection), beside the bulk read alone, the per-project loader, and the render-only and
    raw temp+rename figures of part 1, with ratios.
+   Then the latency from a finished build to its pages being replaced through the page
+   writer task with its default settings (coalescing window, site process): median and 99th
+   percentile for builds one at a time, a stream of builds, and bursts for one project.
 4. ``uv pip compile`` of a package with 20 dependencies from this index served by a private
    nginx, with and without ``.metadata`` files, beside the same HTTP requests made one by one
    with http.client (the loopback floor).
 
 Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers N] [--no-uv]
-       [--no-db] [--dsn SUPERUSER-URL]
+       [--no-db] [--latency-only] [--samples N] [--dsn SUPERUSER-URL]
 """
 
 from __future__ import annotations
@@ -428,7 +431,12 @@ def fill_database(conn: Connection, count: int) -> None:
 
 
 def bench_database(
-    base: Path, count: int, workers: int, rates: dict[str, float], dsn: str | None
+    base: Path,
+    count: int,
+    workers: int,
+    rates: dict[str, float] | None,
+    dsn: str | None,
+    latency_samples: int = 300,
 ) -> None:
     print(f"== full rewrite from the database (piw-rebuild all's path): {count} projects")
     cluster = None
@@ -448,6 +456,10 @@ def bench_database(
         with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text("VACUUM ANALYZE"))
         print(f"  (filling the database with COPY: {count / (time.perf_counter() - t0):.0f}/s)")
+        if rates is None:  # --latency-only
+            engine.dispose()
+            bench_task_latency(base, url, count, latency_samples)
+            return
         names = [f"project-{i}" for i in range(count)]
         sample = names[: max(1, min(count, 200))]
         with engine.connect() as conn:
@@ -501,6 +513,7 @@ def bench_database(
             f"{pool_rate / 2000:.0%} of it"
         )
         engine.dispose()
+        bench_task_latency(base, url, count, latency_samples)
     finally:
         if cluster is not None:
             cluster.destroy()
@@ -509,6 +522,153 @@ def bench_database(
             with eng.connect() as conn:
                 conn.execute(text('DROP DATABASE IF EXISTS "piwbench_site" WITH (FORCE)'))
             eng.dispose()
+
+
+def _add_build(conn: Connection, name: str, version: str) -> None:
+    """What a finished build leaves in the database: a version built for one target, with
+    its wheel (not timed; the benchmark starts its clock when the page request is sent)."""
+    dist = name.replace("-", "_")
+    key = db_versions.sort_key(version)
+    conn.execute(
+        text(
+            "INSERT INTO versions (package, version, sort_key, valid, prerelease, released_at) "
+            "VALUES (:p, :v, :k, true, false, now()) ON CONFLICT DO NOTHING"
+        ),
+        {"p": name, "v": version, "k": key},
+    )
+    abi = ABIS[0]
+    build_id = conn.execute(
+        text(
+            "INSERT INTO builds (package, version, abi, status, duration) "
+            "VALUES (:p, :v, :a, 'success', '00:01:00') RETURNING build_id"
+        ),
+        {"p": name, "v": version, "a": f"{abi}-linux_armv7l"},
+    ).scalar_one()
+    wheel = f"{dist}-{version}-{abi}-{abi}-linux_armv7l.whl"
+    sha = hashlib.sha256(wheel.encode()).hexdigest()
+    conn.execute(
+        text(
+            "INSERT INTO files (filename, build_id, size, sha256, metadata_sha256, name_tag, "
+            "version_tag, python_tag, abi_tag, platform_tag, py_min, py_max, requires_python, "
+            "import_test) VALUES (:f, :b, 1000, :s, :s, :n, :v, :a, :a, 'linux_armv7l', 0, -1, "
+            "'>=3.9', 'passed')"
+        ),
+        {"f": wheel, "b": build_id, "s": sha, "n": dist, "v": version, "a": abi},
+    )
+
+
+def bench_task_latency(base: Path, url: str, count: int, samples: int) -> None:
+    """Finished build -> its pages replaced, through the page writer task as the master runs
+    it (default settings: ``[master] page_coalesce``, the site process, one batch at a time).
+
+    Each sample commits a new built version of a project (untimed), sends the PROJECT
+    request the build loop sends, and waits for the project's last page (its JSON API) to
+    list that version.  Three patterns: one build at a time; a stream of builds of different
+    projects (50 a second); and bursts of three builds of one project (its three targets
+    finishing together), where the later requests merge into the window after the first write.
+    """
+    import random
+    import threading
+
+    from piwheels import protocols
+    from piwheels.master.env import MasterEnv
+    from piwheels.master.page_writer import PageWriter
+    from piwheels.settings import Settings
+    from piwheels.transport import PUSH, Context
+
+    print("== latency through the page writer task: finished build -> pages replaced")
+    engine = create_engine(url)
+    output = base / "tasksite"
+    settings = Settings().replace("master", output_path=output)
+    window = settings.master.page_coalesce.total_seconds() * 1000
+    env = MasterEnv(
+        settings=settings,
+        addresses={"pages": "inproc://bench-pages"},
+        output_path=output,
+        engine=engine,
+    )
+    context = Context()
+    writer = PageWriter(context, env)
+    thread = threading.Thread(target=writer.run, name="page_writer", daemon=True)
+    thread.start()
+    push = context.socket(PUSH, reversed(protocols.pages))
+    push.connect("inproc://bench-pages")
+    rng = random.Random(5)
+    serial = iter(range(1, 1 << 30))
+    cpu0 = _cpu()
+
+    def page(name: str) -> Path:
+        return output / "project" / name / "json" / "index.json"
+
+    def shows(name: str, version: str) -> bool:
+        try:
+            return f'"version":"{version}"' in page(name).read_text()
+        except FileNotFoundError:
+            return False
+
+    def run(pattern: list[list[str]], gap: float) -> list[float]:
+        """Send each group's builds back to back, *gap* seconds between groups; return each
+        build's latency in ms (waiting for all of them at the end)."""
+        outstanding: list[tuple[str, str, float]] = []
+        done: list[float] = []
+
+        def check() -> None:
+            now = time.perf_counter()
+            for item in list(outstanding):
+                if shows(item[0], item[1]):
+                    outstanding.remove(item)
+                    done.append((now - item[2]) * 1000)
+
+        for group in pattern:
+            next_at = time.perf_counter() + gap
+            for name in group:
+                version = f"99.{next(serial)}"
+                with engine.begin() as conn:
+                    _add_build(conn, name, version)
+                outstanding.append((name, version, time.perf_counter()))
+                push.send_msg("PROJECT", {"package": name})
+            while time.perf_counter() < next_at or (gap == 0 and outstanding):
+                check()
+                time.sleep(0.0005)
+        deadline = time.perf_counter() + 60
+        while outstanding and time.perf_counter() < deadline:
+            check()
+            time.sleep(0.0005)
+        if outstanding:
+            print(f"  {len(outstanding)} builds never reached their pages within 60 s")
+        return sorted(done)
+
+    try:
+        # Let the start-up work (static pages, root index, site process) finish first.
+        warm = f"project-{count - 1}"
+        run([[warm]], 0)
+        names = [f"project-{i}" for i in range(count)]
+        patterns = {
+            "one build at a time": ([[rng.choice(names)] for _ in range(samples)], 0.0),
+            "a stream of 50 builds/s": ([[rng.choice(names)] for _ in range(samples)], 0.02),
+            "bursts of 3 builds of one project": (
+                [[n, n, n] for n in (rng.choice(names) for _ in range(samples // 3))],
+                0.1,
+            ),
+        }
+        for label, (pattern, gap) in patterns.items():
+            got = run(pattern, gap)
+            if got:
+                p99 = got[min(len(got) - 1, int(len(got) * 0.99))]
+                print(
+                    f"  {label:34}: median {statistics.median(got):6.1f} ms, p99 {p99:6.1f} ms, "
+                    f"max {got[-1]:6.1f} ms over {len(got)} builds"
+                )
+        print(
+            f"  (page_coalesce {window:.0f} ms; aim: median under 100 ms; the bench's own "
+            f"CPU incl. its DB inserts {(_cpu() - cpu0):.1f} s)"
+        )
+    finally:
+        push.close()
+        writer.send_control("QUIT")
+        thread.join(60)
+        context.close()
+        engine.dispose()
 
 
 def bench_latency(base: Path, projects: list[ProjectData], fsync: bool) -> None:
@@ -623,6 +783,14 @@ def main() -> None:
     parser.add_argument("--no-uv", action="store_true", help="skip the uv pip compile part")
     parser.add_argument("--no-db", action="store_true", help="skip the database part")
     parser.add_argument(
+        "--latency-only",
+        action="store_true",
+        help="only the build -> pages latency through the page writer task",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=300, help="builds per pattern in the latency part"
+    )
+    parser.add_argument(
         "--dsn", help="a PostgreSQL superuser URL to use instead of a private cluster"
     )
     args = parser.parse_args()
@@ -634,11 +802,14 @@ def main() -> None:
     os.chmod(base, 0o755)
     try:
         count = max(1, int(100_000 * args.scale))
+        if args.latency_only:
+            bench_database(base, count, args.workers, None, args.dsn, args.samples)
+            return
         projects, rates = bench_rewrite(base, count, args.fsync, args.workers)
         bench_latency(base, projects, args.fsync)
         del projects
         if not args.no_db:
-            bench_database(base, count, args.workers, rates, args.dsn)
+            bench_database(base, count, args.workers, rates, args.dsn, args.samples)
         if not args.no_uv:
             bench_uv(base, args.repeats)
     finally:
