@@ -66,10 +66,32 @@ def make_log(workdir: Path, lines: int, seed: int) -> Path:
     return path
 
 
+def _stat(pid: int) -> list[str]:
+    # Fields after the command name: [0] state, [1] ppid, ... [11] utime, [12] stime,
+    # [13] cutime, [14] cstime (children waited for).
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _backend_cpu(pid: int) -> float:
     """CPU seconds (user + system) of one PostgreSQL backend so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cluster_cpu(postmaster: int) -> float:
+    """CPU seconds of a whole PostgreSQL server: the postmaster, its live children, and
+    (through its cutime/cstime) the children that exited."""
+    fields = _stat(postmaster)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                f = _stat(int(entry))
+            except OSError:
+                continue
+            if int(f[1]) == postmaster:
+                ticks += int(f[11]) + int(f[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
@@ -77,7 +99,8 @@ def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
     from sqlalchemy import text
 
     from piwheels import protocols, transport
-    from piwheels.db.stats import rollup_day, store_batch
+    from piwheels.db.downloads import store_log_batch
+    from piwheels.db.stats import rollup_day
     from piwheels.logger.anonymise import Anonymiser
     from piwheels.logger.batch import BatchEncoder
     from piwheels.logger.classify import Classifier
@@ -151,7 +174,7 @@ def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
             b0, t = _backend_cpu(pid), cpu()
             for data in batches:
                 with conn.begin():
-                    store_batch(
+                    store_log_batch(
                         conn,
                         data["tables"],
                         data["extra"],
@@ -160,10 +183,11 @@ def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
                         timings=timings,
                     )
             t_master, b_store = cpu() - t, _backend_cpu(pid) - b0
-            out.append(("COPY into staging", timings["copy"], "wall"))
-            out.append(("rollup statement (hit tables + rollups)", timings["statement"], "wall"))
-            out.append(("  master process CPU for both", t_master, "cpu"))
-            out.append(("  PostgreSQL backend CPU for both", b_store, "cpu"))
+            out.append(("COPY into the hit tables", timings["copy"], "wall"))
+            out.append(("tally of the rollups (master, Python)", timings["tally"], "cpu"))
+            out.append(("rollup upserts (one statement)", timings["statement"], "wall"))
+            out.append(("  master process CPU for all three", t_master, "cpu"))
+            out.append(("  PostgreSQL backend CPU for all three", b_store, "cpu"))
             day = conn.execute(
                 text(
                     "SELECT (accessed_at AT TIME ZONE 'UTC')::date FROM downloads "
@@ -237,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         task = LogIngest(context, env, rollup_interval=3600)
         task.start()
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        postmaster = cluster.pid if cluster is not None else None
+        pg0 = _cluster_cpu(postmaster) if postmaster else 0.0
+        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         proc = subprocess.run(
             [
@@ -247,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             cwd=ROOT, capture_output=True, text=True, check=False,
         )  # fmt: skip
         t_send = time.perf_counter() - t0
+        cpu_master = time.process_time() - cpu0
+        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The logger and its parser workers (waited for by it) are our only children here.
+        cpu_logger = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
+        cpu_pg = _cluster_cpu(postmaster) - pg0 if postmaster else None
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             return 1
@@ -301,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"peak RSS: logger {logger_rss / 1024:.0f} MiB, master side (this process) "
             f"{master_rss / 1024:.0f} MiB (before ingest {rss_before / 1024:.0f} MiB)"
+        )
+        us = 1e6 / nlines
+        pg_text = f"{cpu_pg * us:.1f}" if cpu_pg is not None else "n/a (--dsn)"
+        print(
+            f"CPU per line: logger (incl. workers) {cpu_logger * us:.1f} us, master "
+            f"{cpu_master * us:.1f} us, PostgreSQL (whole server) {pg_text} us"
         )
         print("aim: 100,000 lines/s end to end")
         if not args.no_stages:

@@ -1,10 +1,11 @@
 """The log ingest: batches of access-log records from piw-logger into PostgreSQL.
 
 Each BATCH carries its rows as COPY text per hit table, checked once per
-batch by the protocol; it is stored in one transaction (COPY, then one
-statement into the hit tables and the rollups, see
-:func:`piwheels.db.stats.store_batch`) and acknowledged only after the
-commit.  A batch seen before (same logger identity and batch id: a resend
+batch by the protocol; it is stored in one transaction (each row COPYed once,
+straight into its hit table, and what the batch adds to each rollup tallied
+here and added by one statement of upserts, see
+:func:`piwheels.db.downloads.store_log_batch`) and acknowledged only after
+the commit.  A batch seen before (same logger identity and batch id: a resend
 whose ACK was lost) is acknowledged again without being stored twice: each
 stored batch is recorded in ``log_batches`` in its own transaction, so this
 holds across a master restart between the commit and the ACK (recent batch
@@ -32,7 +33,8 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from .. import protocols
-from ..db.stats import batch_days, prune_batches, rollup_day, store_batch
+from ..db.downloads import store_log_batch
+from ..db.stats import batch_days, prune_batches, rollup_day
 from ..tasks import Endpoint, Task
 from ..transport import ROUTER, Context
 from .env import MasterEnv
@@ -118,7 +120,7 @@ class LogIngest(Task):
             return
         try:
             with self.env.engine.begin() as conn:
-                res = store_batch(
+                res = store_log_batch(
                     conn, data["tables"], data["extra"], source=peer[0], batch_id=batch_id
                 )
         except (DataError, IntegrityError) as exc:
