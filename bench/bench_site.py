@@ -2,15 +2,15 @@
 """Benchmark the site writer, and resolution from the index it writes.
 
 1. Full rewrite: write every project's four pages (simple HTML + JSON, project page, project
-   JSON API, and the .gz twins of those over the threshold) for synthetic projects (scale 1.0 =
-   100,000 projects, 10 versions, 3 files each): the render-only rate of each page kind, what
-   gzip costs at levels 1, 6 and 9, and the rewrite rate in one process and in a pool
-   (``SiteWriter.write_all``), with and without the read-back of skip-unchanged and without
-   twins, each beside the raw rate of replacing the same files, byte for byte, on the same
-   disk the way an atomic writer must (a new temporary file renamed over the old one: the
-   physical limit), in one process and in as many as the pool, and the ratio.  Wall time
-   depends on what else the machine runs; CPU time per project (user + system, children
-   included) is printed beside it.
+   JSON API, and the .gz twins of the simple pages over the threshold) for synthetic projects
+   (scale 1.0 = 100,000 projects, 10 versions, 3 files each): the render-only rate of each page
+   kind, what gzip costs at levels 1, 6 and 9, and the rewrite rate in one process and in a pool
+   (``SiteWriter.write_all``), with and without the read-back of skip-unchanged, with the
+   project pages twinned too and without twins, each beside the raw rate of replacing the same
+   files, byte for byte, on the same disk the way an atomic writer must (a new temporary file
+   renamed over the old one: the physical limit), in one process and in as many as the pool, and
+   the ratio. Wall time depends on what else the machine runs; CPU time per project (user +
+   system, children included) is printed beside it.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
 3. The production full rewrite, from the database: the same shape of synthetic projects
@@ -118,13 +118,18 @@ PAGE_KINDS = (
 Pages = list[tuple[str, bytes]]  # (path relative to the site, content)
 
 
+#: Page kinds with a precompressed twin (SiteWriter's default: the simple pages only).
+TWINNED = ("simple html ", "simple json ")
+
+
 def project_pages(p: ProjectData, threshold: int, level: int) -> Pages:
-    """The files the site writer writes for *p*: its four pages and their twins."""
+    """The files the site writer writes for *p*: its four pages and the twins of its simple
+    pages (those over the threshold)."""
     out: Pages = []
-    for _, pattern, fn in PAGE_KINDS:
+    for label, pattern, fn in PAGE_KINDS:
         page = fn(p)
         rel = pattern.format(p.name)
-        if len(page) >= threshold:
+        if label in TWINNED and len(page) >= threshold:
             out.append((rel + ".gz", zlib.compress(page, level, 31)))
         out.append((rel, page))
     return out
@@ -259,13 +264,14 @@ def bench_rewrite(
     nfiles = nbytes = 0
     for p in projects:
         for label, _pattern, fn in PAGE_KINDS:
-            t0 = time.perf_counter()
+            # CPU time: the render figures are subtracted from the writer's CPU time below.
+            t0 = time.process_time()
             page = fn(p)
-            render_time[label] += time.perf_counter() - t0
+            render_time[label] += time.process_time() - t0
             page_bytes[label] += len(page)
             nfiles += 1
             nbytes += len(page)
-            if len(page) >= threshold:
+            if label in TWINNED and len(page) >= threshold:
                 twin_bytes += len(page)
                 nfiles += 1
                 for level in gzip_time:
@@ -277,7 +283,7 @@ def bench_rewrite(
                         nbytes += n
     for label, _, _ in PAGE_KINDS:
         print(
-            f"  render {label}: {count / render_time[label]:9.0f} pages/s, "
+            f"  render {label}: {count / render_time[label]:9.0f} pages per CPU second, "
             f"{page_bytes[label] / count / 1024:5.1f} KiB each"
         )
     print(f"  render all four : {count / sum(render_time.values()):9.0f} projects/s")
@@ -322,9 +328,12 @@ def bench_rewrite(
     rawn_wall, rawn_cpu = raw_rewrite_pool(raw_root, count, 0, settings, workers)
     figures.append((f"raw temp+rename, same files, {workers} procs", rawn_wall, rawn_cpu))
     shutil.rmtree(raw_root, ignore_errors=True)
+    twins = SiteWriter(base / "site", CONFIG, fsync=fsync, project_twins=True)
+    twins.write_all(projects)  # adds the project pages' twins (not timed)
+    run("  same, project pages twinned too", lambda: twins.write_all(changed))
     nogz = SiteWriter(base / "site", CONFIG, fsync=fsync, gzip_threshold=1 << 40)
     nogz.write_all(projects)  # removes the twins (not timed)
-    run("rewrite changed, no .gz twins, 1 process", lambda: nogz.write_all(changed))
+    run("  same, no .gz twins at all", lambda: nogz.write_all(changed))
 
     width = max(len(label) for label, _, _ in figures)
     for label, wall, cpu in figures:
@@ -343,6 +352,12 @@ def bench_rewrite(
         f"{nfiles / count:.0f} files per project caps one core at "
         f"{count / raw1[1]:.0f} projects/s"
     )
+    render_cpu = sum(render_time.values()) / count * 1000
+    print(
+        f"  CPU per project, 1 process: render {render_cpu:.2f} ms, everything else the "
+        f"writer does (gzip, read-back, files) {one[1] / count * 1000 - render_cpu:.2f} ms, "
+        f"of which the raw file replacement {raw1[1] / count * 1000:.2f} ms"
+    )
     print(f"  aim: 2,000 projects/s; the pool reaches {count / pool[0] / 2000:.0%} of it")
     print(
         f"  (machine check: pure CPU work in {workers} processes runs "
@@ -350,6 +365,8 @@ def bench_rewrite(
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
     rates = {
+        "render CPU ms per project": render_cpu,
+        "writer CPU ms per project": one[1] / count * 1000 - render_cpu,
         "render only, 1 process": count / sum(render_time.values()),
         "rewrite from memory, 1 process": count / one[0],
         f"rewrite from memory, pool of {workers}": count / pool[0],
@@ -464,12 +481,13 @@ def bench_database(
         sample = names[: max(1, min(count, 200))]
         with engine.connect() as conn:
             one_by_one = timed(lambda: [db_projects.get_project_data(conn, n) for n in sample])
-            bulk_read = timed(
+            bulk_read, bulk_cpu = measured(
                 lambda: [
                     db_projects.get_projects_data(conn, names[i : i + 200])
                     for i in range(0, count, 200)
                 ]
             )
+            server_cpu = _backend_cpu(conn)
         figures = [
             ("read only, per-project loader", len(sample) / one_by_one),
             ("read only, bulk loader (200 a chunk)", count / bulk_read),
@@ -490,9 +508,16 @@ def bench_database(
         width = max(len(label) for label in [*rates, *(f for f, _ in figures)])
         for label, rate in figures:
             print(f"  {label:{width}}: {rate:8.0f} projects/s")
+        print(
+            f"  CPU per project: loader {bulk_cpu / count * 1000:.2f} ms in Python + "
+            f"{server_cpu / count * 1000:.2f} ms in PostgreSQL (whole session, both reads), "
+            f"render {rates['render CPU ms per project']:.2f} ms, writer "
+            f"{rates['writer CPU ms per project']:.2f} ms"
+        )
         print("  beside part 1 (no database):")
         for label, rate in rates.items():
-            print(f"  {label:{width}}: {rate:8.0f} projects/s")
+            if "CPU" not in label:
+                print(f"  {label:{width}}: {rate:8.0f} projects/s")
         pool_rate = count / in_pool
         raw_pool = rates[f"raw temp+rename, {workers} procs"]
         print(
@@ -555,6 +580,16 @@ def _add_build(conn: Connection, name: str, version: str) -> None:
         ),
         {"f": wheel, "b": build_id, "s": sha, "n": dist, "v": version, "a": abi},
     )
+
+
+def _backend_cpu(conn: Connection) -> float:
+    """CPU seconds (user + system) this connection's PostgreSQL backend has used so far."""
+    pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")  # a server elsewhere (--dsn)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_task_latency(base: Path, url: str, count: int, samples: int) -> None:

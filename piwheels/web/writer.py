@@ -2,10 +2,21 @@
 
 Each file is written to a temporary name in its own directory, given mode 0644 (nginx workers
 run as another user), optionally fsynced, and renamed over the old one, so nginx never serves a
-partial file.  Index pages larger than ``gzip_threshold`` get a precompressed ``.gz`` twin for
-nginx's ``gzip_static``; a twin that would go stale is removed.  Twins are made with zlib at
-``gzip_level`` (1 by default: on these pages, mostly hex hashes, level 6 saves under a tenth of
-the bytes for about twice the time; ``bench/bench_site.py`` prints the figures).
+partial file.  Without *fsync* (the default, and what a full rewrite uses: one fsync per file
+would cost more than the rest of the write) a page is durable only once the kernel writes it
+back, within seconds.  After a power loss a page may hold its previous content (ext4 writes a
+file's data before a rename that replaces another file lands) or, for a page written for the
+first time just before, be empty; pages are derived data, and ``piw-rebuild`` writes them
+again.  A running system never sees anything but whole pages.
+
+Index pages larger than ``gzip_threshold`` get a precompressed ``.gz`` twin for nginx's
+``gzip_static`` where one pays: the simple pages, which every pip and uv run fetches, and the
+site-wide pages.  The project page and its JSON API get none unless *project_twins* is set:
+they are read far less than they are rewritten (every build), and each extra file costs an
+inode, the dearest step of a write; nginx compresses them on the fly.  A twin that would go
+stale is removed.  Twins are made with zlib at ``gzip_level`` (1 by default: on these pages,
+mostly hex hashes, level 6 saves under a tenth of the bytes for about twice the time;
+``bench/bench_site.py`` prints the figures).
 
 :meth:`SiteWriter.write_all` rewrites many projects, in a pool of processes when asked: the
 parent only hands out chunks; each worker renders and writes its projects itself.
@@ -50,8 +61,9 @@ class SiteWriter:
     """Writes pages and files under *output_path* (created if missing).
 
     *fsync* makes every write durable before its rename; *gzip_threshold* and *gzip_level*
-    govern the ``.gz`` twins; with *skip_unchanged* (the default) a file that already holds
-    exactly the new bytes (and whose twin is right) is left alone.
+    govern the ``.gz`` twins, and *project_twins* whether the project page and JSON API get
+    them; with *skip_unchanged* (the default) a file that already holds exactly the new bytes
+    (and whose twin is right) is left alone.
     """
 
     def __init__(
@@ -63,6 +75,7 @@ class SiteWriter:
         gzip_threshold: int = 4096,
         gzip_level: int = 1,
         skip_unchanged: bool = True,
+        project_twins: bool = False,
     ) -> None:
         if not 1 <= gzip_level <= 9:
             raise ValueError(f"gzip level must be 1 to 9: {gzip_level!r:.20}")
@@ -72,6 +85,7 @@ class SiteWriter:
         self.gzip_threshold = gzip_threshold
         self.gzip_level = gzip_level
         self.skip_unchanged = skip_unchanged
+        self.project_twins = project_twins
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._root = str(self.root)
 
@@ -87,7 +101,7 @@ class SiteWriter:
     def write_file(self, relpath: str, data: bytes, *, gz: bool = False) -> Path:
         """Atomically replace *relpath* with *data*; with *gz*, keep a ``.gz`` twin in step."""
         target = self.path(relpath)
-        self._write_page(str(target), data, gz)
+        self._write_page(str(target), data, True if gz else None)
         return target
 
     def gzip(self, data: bytes) -> bytes:
@@ -97,28 +111,33 @@ class SiteWriter:
         """
         return zlib.compress(data, self.gzip_level, 31)
 
-    def _write_page(self, target: str, data: bytes, gz: bool) -> bool:
-        """Write *target* (and its twin); False if both already held exactly this."""
+    def _write_page(self, target: str, data: bytes, gz: bool | None) -> bool:
+        """Write *target* and keep its twin right; False if both already were.
+
+        *gz* True: a twin when the page reaches the threshold, none below it; False: never a
+        twin (a leftover one is removed); None: twins are none of this file's business.
+        """
         # Plain string paths: pathlib costs more than the system calls on this hot path.
         twin = target + ".gz"
+        big = gz is True and len(data) >= self.gzip_threshold
         if self.skip_unchanged and _holds(target, data):
             # Creating a file is the dearest step of a write; reading is cheap.  Skipping also
             # keeps the page's mtime, so nginx's ETag stays valid and clients get 304s.
-            if not gz:
+            if gz is None:
                 return False
-            if len(data) >= self.gzip_threshold:
+            if big:
                 if _twin_holds(twin, data):
                     return False
             elif not os.path.lexists(twin):
                 return False
-        if gz:
-            if len(data) >= self.gzip_threshold:
-                self._atomic(twin, self.gzip(data))
-            else:
-                try:
-                    os.unlink(twin)
-                except FileNotFoundError:
-                    pass
+        if big:
+            self._atomic(twin, self.gzip(data))
+        elif gz is not None:
+            # Gone before the page changes: nginx would go on serving a stale twin.
+            try:
+                os.unlink(twin)
+            except FileNotFoundError:
+                pass
         self._atomic(target, data)
         return True
 
@@ -184,10 +203,11 @@ class SiteWriter:
         simple = f"{self._root}/{layout.simple_dir(name)}"
         proj = f"{self._root}/{layout.project_dir(name)}"
         write = self._write_page
+        twins = self.project_twins
         write(f"{simple}/index.html", render.render_simple_project_html(project), True)
         write(f"{simple}/index.json", render.render_simple_project_json(project), True)
-        write(f"{proj}/index.html", render.render_project_html(project, self.config), True)
-        write(f"{proj}/json/index.json", render.render_project_json(project, self.config), True)
+        write(f"{proj}/index.html", render.render_project_html(project, self.config), twins)
+        write(f"{proj}/json/index.json", render.render_project_json(project, self.config), twins)
         for alias in project.aliases:
             if alias != name:
                 # nginx redirects other spellings before it looks at the disk (see
@@ -368,6 +388,7 @@ class SiteWriter:
             self.gzip_threshold,
             self.gzip_level,
             self.skip_unchanged,
+            self.project_twins,
         )
         done = 0
         with ProcessPoolExecutor(
@@ -470,16 +491,22 @@ _worker_state: tuple[SiteWriter, _Load | None, _LoadMany | None] | None = None
 
 
 def _worker_init(
-    settings: tuple[str, SiteConfig, bool, int, int, bool],
+    settings: tuple[str, SiteConfig, bool, int, int, bool, bool],
     load: _Load | None,
     load_many: _LoadMany | None,
 ) -> None:
     global _worker_state
     # Ctrl-C reaches the whole process group; the parent stops the pool (see _site_init).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    root, config, fsync, threshold, level, skip = settings
+    root, config, fsync, threshold, level, skip, twins = settings
     writer = SiteWriter(
-        root, config, fsync=fsync, gzip_threshold=threshold, gzip_level=level, skip_unchanged=skip
+        root,
+        config,
+        fsync=fsync,
+        gzip_threshold=threshold,
+        gzip_level=level,
+        skip_unchanged=skip,
+        project_twins=twins,
     )
     _worker_state = (writer, load, load_many)
 

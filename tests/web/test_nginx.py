@@ -229,11 +229,31 @@ def test_logs_served_gzipped(demo_nginx: PrivateNginx, demo_site: Any) -> None:
 
 def test_big_index_served_precompressed(demo_nginx: PrivateNginx, demo_site: Any) -> None:
     root, _ = demo_site
-    twin = root / "project/alpha/index.html.gz"
-    assert twin.exists()
-    resp = get(demo_nginx, "/project/alpha/", Accept_Encoding="gzip")
-    assert resp.getheader("Content-Encoding") == "gzip"
-    assert resp.body == twin.read_bytes()  # the .gz file itself, not compressed on the fly
+    for accept, name in (("text/html", "index.html"), (JSON, "index.json")):
+        twin = root / "simple/alpha" / f"{name}.gz"
+        assert twin.exists(), twin
+        resp = get(demo_nginx, "/simple/alpha/", Accept=accept, Accept_Encoding="gzip")
+        assert resp.getheader("Content-Encoding") == "gzip"
+        assert resp.body == twin.read_bytes()  # the .gz file itself, not compressed on the fly
+        assert gzip.decompress(resp.body) == (root / "simple/alpha" / name).read_bytes()
+
+
+def test_project_pages_compressed_on_the_fly(demo_nginx: PrivateNginx, demo_site: Any) -> None:
+    """The project page and JSON API have no twins: nginx compresses them as it sends them,
+    and sends them plain to a client that does not take gzip."""
+    root, _ = demo_site
+    for url, rel in (
+        ("/project/alpha/", "project/alpha/index.html"),
+        ("/project/alpha/json/", "project/alpha/json/index.json"),
+    ):
+        page = root / rel
+        assert not Path(f"{page}.gz").exists()
+        assert len(page.read_bytes()) > 1024  # above nginx's gzip_min_length
+        resp = get(demo_nginx, url, Accept_Encoding="gzip")
+        assert resp.status == 200 and resp.getheader("Content-Encoding") == "gzip", url
+        assert gzip.decompress(resp.body) == page.read_bytes()
+        plain = get(demo_nginx, url)
+        assert plain.getheader("Content-Encoding") is None and plain.body == page.read_bytes()
 
 
 def test_access_log_format(demo_nginx: PrivateNginx) -> None:

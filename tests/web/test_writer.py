@@ -299,7 +299,9 @@ def test_write_all_matches_write_project(tmp_path: Path, workers: int) -> None:
     assert count == 23
     assert seen and seen[-1] == 23 and seen == sorted(seen)
     expected = _pages(one.root)
-    assert len(expected) == 23 * 8  # four pages and four twins each
+    # four pages each, and twins of the two simple pages (not of the project pages)
+    assert len(expected) == 23 * 6
+    assert not list(many.root.glob("project/**/*.gz"))
     assert _pages(many.root) == expected
     assert not list(many.root.rglob("*.tmp"))
     # ProjectData items need no loader
@@ -353,7 +355,8 @@ def test_write_all_stops_when_asked(tmp_path: Path) -> None:
     assert len(list((tmp_path / "www/project").iterdir())) == 4
 
 
-def test_unchanged_pages_are_left_alone(site: SiteWriter) -> None:
+def test_unchanged_pages_are_left_alone(tmp_path: Path) -> None:
+    site = SiteWriter(tmp_path / "www", gzip_threshold=512, project_twins=True)
     project = ProjectData("foo", "Foo", summary="x" * 2000)
     site.write_project(project)
     page = site.root / "project/foo/index.html"
@@ -393,3 +396,26 @@ def test_gzip_level_and_deterministic_twins(tmp_path: Path) -> None:
     for bad in (0, 10):
         with pytest.raises(ValueError):
             SiteWriter(tmp_path / "bad", gzip_level=bad)
+
+
+def test_project_pages_get_twins_only_when_asked(tmp_path: Path) -> None:
+    """Simple pages keep precompressed twins; the project page and JSON API have none by
+    default (nginx compresses them on the fly), and a twin left by a site written with
+    project_twins is removed at the next write, even of an unchanged page."""
+    project = ProjectData("foo", "Foo", summary="x" * 2000)
+    old = SiteWriter(tmp_path / "www", gzip_threshold=100, project_twins=True)
+    old.write_project(project)
+    proj_twins = [
+        tmp_path / "www/project/foo/index.html.gz",
+        tmp_path / "www/project/foo/json/index.json.gz",
+    ]
+    assert all(t.exists() for t in proj_twins)
+    new = SiteWriter(tmp_path / "www", gzip_threshold=100)
+    new.write_project(project)  # same bytes: the pages stay, the twins go
+    assert not any(t.exists() for t in proj_twins)
+    assert (tmp_path / "www/simple/foo/index.html.gz").exists()
+    assert (tmp_path / "www/simple/foo/index.json.gz").exists()
+    # The setting reaches pool workers too.
+    pooled = SiteWriter(tmp_path / "pool", gzip_threshold=100, project_twins=True)
+    assert pooled.write_all(["p1", "p2", "p3"], workers=2, load=_load, chunk_size=1) == 3
+    assert len(list((tmp_path / "pool/project").glob("*/**/*.gz"))) == 6
