@@ -4,12 +4,16 @@ Each BATCH carries its rows as COPY text per hit table, checked once per
 batch by the protocol; it is stored in one transaction (each row COPYed once,
 straight into its hit table, and what the batch adds to each rollup tallied
 here and added by one statement of upserts, see
-:func:`piwheels.db.downloads.store_log_batch`) and acknowledged only after
-the commit.  A batch seen before (same logger identity and batch id: a resend
-whose ACK was lost) is acknowledged again without being stored twice: each
-stored batch is recorded in ``log_batches`` in its own transaction, so this
-holds across a master restart between the commit and the ACK (recent batch
-ids are also remembered in memory, which spares the database a query).  When
+:func:`piwheels.db.downloads.store_log_batches`) and acknowledged only after
+the commit.  Batches that arrive while one is stored wait in the socket and
+are then stored together, in one transaction (each still recorded and
+acknowledged on its own; if PostgreSQL refuses the group, each is stored
+alone so that only the bad one is refused).  A batch seen before (same
+logger identity and batch id: a resend whose ACK was lost) is acknowledged
+again without being stored twice: each stored batch is recorded in
+``log_batches`` in the transaction of its rows, so this holds across a
+master restart between the commit and the ACK (recent batch ids are also
+remembered in memory, which spares the database a query).  When
 PostgreSQL cannot be reached the answer is NACK with a ``retry_after``: the
 logger keeps the batch and sends it again, so nothing is lost.  A batch
 PostgreSQL refuses (a row the protocol's pattern lets through but the
@@ -33,10 +37,11 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from .. import protocols
-from ..db.downloads import store_log_batch
+from ..db.downloads import LogBatch, store_log_batches
 from ..db.stats import batch_days, prune_batches, rollup_day
+from ..errors import ProtocolError
 from ..tasks import Endpoint, Task
-from ..transport import ROUTER, Context
+from ..transport import ROUTER, Context, Socket
 from .env import MasterEnv
 
 #: Batch keys remembered for deduplication (a logger keeps far fewer unacknowledged).
@@ -44,6 +49,10 @@ DEDUP_LIMIT = 100_000
 #: First retry_after sent while the database is down; doubles up to MAX_RETRY.
 RETRY_AFTER = 1.0
 MAX_RETRY = 30.0
+#: Batches waiting at once are stored in one transaction: at most this many,
+GROUP_BATCHES = 16
+#: or this many records.
+GROUP_RECORDS = 100_000
 
 
 class LogIngest(Task):
@@ -78,6 +87,7 @@ class LogIngest(Task):
         self.today = self.clock().date()
         self.stored = 0  # records stored since start
         self.batches = 0
+        self.groups = 0  # transactions that stored batches
         self.duplicates = 0
         self.refused = 0
         self.rejected = 0  # batches PostgreSQL refused
@@ -109,60 +119,118 @@ class LogIngest(Task):
 
     # -- batches -------------------------------------------------------------------
 
-    def do_BATCH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
-        batch_id = data["batch_id"]
-        key = (peer[0], batch_id)
-        stored = self._seen.get(key)
-        if stored is not None:
-            self.duplicates += 1
-            self.log.debug("batch %d from %r again: already stored", batch_id, peer[0])
-            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": stored})
+    def dispatch(self, sock: Socket) -> None:
+        """Receive a BATCH and every one waiting behind it (up to a group), store them together.
+
+        Batches that queue up while one is stored (the logger keeps several
+        unacknowledged) are stored in one transaction: one COPY per table and
+        one rollup statement for all of them, so a busy ingest does fewer,
+        larger transactions and fewer upserts per record.  Each is still
+        recorded in ``log_batches`` and acknowledged once the group commits.
+        """
+        if sock is not self.logger:
+            super().dispatch(sock)
             return
+        group: list[tuple[dict[str, Any], tuple[bytes, ...]]] = []
+        records = 0
+        while True:
+            try:
+                received = sock.recv_msg()
+            except ProtocolError as exc:
+                self.log.warning("%s", exc)
+                self.on_bad_message(sock, exc)
+            else:
+                if received.msg == "BATCH" and received.peer is not None:
+                    group.append((received.data, received.peer))
+                    records += received.data["records"]
+                else:
+                    self.handle_message(sock, received)
+            if len(group) >= GROUP_BATCHES or records >= GROUP_RECORDS or not sock.poll(0):
+                break
+        if group:
+            self.store_group(group)
+
+    def do_BATCH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
+        self.store_group([(data, peer)])
+
+    def store_group(self, group: list[tuple[dict[str, Any], tuple[bytes, ...]]]) -> None:
+        """Store batches in one transaction and answer each (ACK, or NACK if the DB is down)."""
+        todo: list[tuple[dict[str, Any], tuple[bytes, ...]]] = []
+        for data, peer in group:
+            stored = self._seen.get((peer[0], data["batch_id"]))
+            if stored is None:
+                todo.append((data, peer))
+                continue
+            self.duplicates += 1
+            self.log.debug("batch %d from %r again: already stored", data["batch_id"], peer[0])
+            self._reply(peer, "ACK", {"batch_id": data["batch_id"], "stored": stored})
+        if not todo:
+            return
+        batches = [
+            LogBatch(data["tables"], data["extra"], peer[0], data["batch_id"])
+            for data, peer in todo
+        ]
         try:
             with self.env.engine.begin() as conn:
-                res = store_log_batch(
-                    conn, data["tables"], data["extra"], source=peer[0], batch_id=batch_id
-                )
+                results = store_log_batches(conn, batches)
         except (DataError, IntegrityError) as exc:
+            if len(todo) > 1:
+                # One batch spoils the group: store each alone, so only that one is refused.
+                for item in todo:
+                    self.store_group([item])
+                return
+            data, peer = todo[0]
             self.rejected += 1
             self.log.error(
                 "batch %d from %r refused by the database, not stored: %s",
-                batch_id,
+                data["batch_id"],
                 peer[0],
                 str(exc.orig).splitlines()[0] if exc.orig else exc,
             )
-            self._seen[key] = 0
-            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": 0})
+            self._remember((peer[0], data["batch_id"]), 0)
+            self._reply(peer, "ACK", {"batch_id": data["batch_id"], "stored": 0})
             return
         except (OperationalError, DBAPIError) as exc:
-            self.refused += 1
+            self.refused += len(todo)
             if not self._db_down:
                 self.log.error("cannot store log batches: %s", str(exc).splitlines()[0])
             self._db_down = True
             retry = self._retry
             self._retry = min(MAX_RETRY, self._retry * 2)
-            self._reply(
-                peer,
-                "NACK",
-                {"batch_id": batch_id, "reason": "database unavailable", "retry_after": retry},
-            )
+            for data, peer in todo:
+                self._reply(
+                    peer,
+                    "NACK",
+                    {
+                        "batch_id": data["batch_id"],
+                        "reason": "database unavailable",
+                        "retry_after": retry,
+                    },
+                )
             return
+        self.groups += 1
         if self._db_down:
             self.log.warning("storing log batches again")
             self._db_down = False
             self._retry = RETRY_AFTER
-        self._seen[key] = res.stored
+        for (data, peer), res in zip(todo, results, strict=True):
+            batch_id = data["batch_id"]
+            self._remember((peer[0], batch_id), res.stored)
+            if res.duplicate:
+                self.duplicates += 1
+                self.log.info(
+                    "batch %d from %r was stored before: not stored again", batch_id, peer[0]
+                )
+            else:
+                self.touched |= batch_days(data["tables"], data["extra"])
+                self.stored += res.stored
+                self.batches += 1
+            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
+
+    def _remember(self, key: tuple[bytes, int], stored: int) -> None:
+        self._seen[key] = stored
         if len(self._seen) > DEDUP_LIMIT:
             self._seen.popitem(last=False)
-        if res.duplicate:
-            self.duplicates += 1
-            self.log.info("batch %d from %r was stored before: not stored again", batch_id, peer[0])
-            self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
-            return
-        self.touched |= batch_days(data["tables"], data["extra"])
-        self.stored += res.stored
-        self.batches += 1
-        self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
 
     def _reply(self, peer: tuple[bytes, ...], msg: str, data: dict[str, Any]) -> None:
         try:

@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 
 from piwheels import protocols
 from piwheels.db import initdb
-from piwheels.db.stats import prune_batches, rollup_day, store_batch
+from piwheels.db.downloads import store_log_batch as store_batch
+from piwheels.db.stats import prune_batches, rollup_day
 from piwheels.logger.batch import encode as encode_batch
 from piwheels.logger.classify import AccessRecord
 from piwheels.master.log_ingest import LogIngest
@@ -364,3 +365,39 @@ def test_database_restart_loses_nothing(tmp_path: Path) -> None:
         assert downloads == truth["kinds"]["download"]
     finally:
         cluster.destroy()
+
+
+def test_waiting_batches_are_stored_together(
+    engine: Engine, context: Context, tmp_short: Path
+) -> None:
+    """Batches queued behind one another go in one transaction; a resend in the same group
+    counts once; one bad batch in a group refuses only itself."""
+    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
+    )
+    good = batch([{}, {"kind": "index", "target": "index", "filename": None}])
+    bad_rows = good["tables"]["downloads"].replace(b"2021-10-01", b"2021-02-30")
+    bad = {**good, "tables": {**good["tables"], "downloads": bad_rows}}
+    try:
+        # Sent before the task runs: all five wait in its socket.
+        for batch_id in (1, 2, 3, 4, 2):
+            peer.send("BATCH", {"batch_id": batch_id, **good})
+        for batch_id in (1, 2, 3, 4, 2):
+            peer.expect("ACK", {"batch_id": batch_id, "stored": 2})
+        assert (task.groups, task.batches, task.duplicates, task.stored) == (1, 4, 1, 8)
+        assert count(engine, "downloads") == 4 and count(engine, "searches") == 4
+        with engine.connect() as conn:
+            totals = conn.execute(
+                text("SELECT sum(downloads), sum(searches) FROM daily_totals")
+            ).one()
+        assert tuple(totals) == (4, 4)
+        for batch_id, payload in ((5, good), (6, bad), (7, good), (5, good)):
+            peer.send("BATCH", {"batch_id": batch_id, **payload})
+        for batch_id, stored in ((5, 2), (6, 0), (7, 2), (5, 2)):
+            peer.expect("ACK", {"batch_id": batch_id, "stored": stored})
+        assert task.rejected == 1 and task.batches == 6 and task.duplicates == 2
+        assert count(engine, "downloads") == 6
+    finally:
+        peer.close()
+        task.close()
