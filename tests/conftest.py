@@ -26,8 +26,12 @@ MASTER_ROLE = "piwheels"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Keep matplotlib and friends from writing into the real home.
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="piwtest-mpl-"))
+    # Keep matplotlib and friends from writing into the real home.  The process
+    # that makes the folder removes it; xdist workers inherit it.
+    if not os.environ.get("MPLCONFIGDIR"):
+        mpl_dir = tempfile.mkdtemp(prefix="piwtest-mpl-")
+        os.environ["MPLCONFIGDIR"] = mpl_dir
+        config._piwheels_mpl_dir = mpl_dir  # type: ignore[attr-defined]
     if hasattr(config, "workerinput"):
         return
     if not os.environ.get(DSN_VAR):
@@ -70,6 +74,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         cluster.destroy()
         os.environ.pop(DSN_VAR, None)
         os.environ.pop("PIWHEELS_TEST_CLUSTER_OWNED", None)
+    mpl_dir = getattr(config, "_piwheels_mpl_dir", None)
+    if mpl_dir is not None:
+        shutil.rmtree(mpl_dir, ignore_errors=True)
+        os.environ.pop("MPLCONFIGDIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,7 @@ def test_defaults() -> None:
     assert settings.master.builder_timeout == td(minutes=5)
     assert settings.master.build_timeout == td(hours=3)
     assert settings.master.max_file_size == 1 << 30
-    assert settings.master.page_coalesce == td(seconds=2)
+    assert settings.master.page_coalesce == td(milliseconds=50)
     assert settings.master.base_url is None
     assert settings.master.dev_mode is False
     assert settings.upstream.url is None
