@@ -46,7 +46,8 @@ _LOGGER = """
 import resource, sys
 from piwheels.logger.main import COMMAND
 rc = COMMAND.run(sys.argv[1:], system_config=None, user_config=None, environ={})
-print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+me = resource.getrusage(resource.RUSAGE_SELF)
+print("RSS", me.ru_maxrss, "CPU", me.ru_utime + me.ru_stime, file=sys.stderr)
 sys.exit(rc)
 """
 
@@ -76,6 +77,42 @@ def _backend_cpu(pid: int) -> float:
     """CPU seconds (user + system) of one PostgreSQL backend so far."""
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class TreeCPU:
+    """CPU seconds of a process and its descendants, sampled from /proc while they run
+    (the parser workers are the forkserver's children: no rusage reaches us)."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.ticks: dict[int, int] = {}
+
+    def sample(self) -> None:
+        todo = [self.root]
+        while todo:
+            pid = todo.pop()
+            try:
+                fields = _stat(pid)
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    todo += map(int, Path(f"/proc/{pid}/task/{tid}/children").read_text().split())
+            except OSError:
+                continue
+            used = int(fields[11]) + int(fields[12])
+            self.ticks[pid] = max(self.ticks.get(pid, 0), used)
+
+    def seconds(self, exclude: int | None = None) -> float:
+        ticks = sum(t for pid, t in self.ticks.items() if pid != exclude)
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _thread_cpu(native_id: int) -> float:
+    """CPU seconds of one thread of this process."""
+    fields = _stat_path(Path(f"/proc/self/task/{native_id}/stat"))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stat_path(path: Path) -> list[str]:
+    return path.read_text().rsplit(")", 1)[1].split()
 
 
 def _cluster_cpu(postmaster: int) -> float:
@@ -263,27 +300,34 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         postmaster = cluster.pid if cluster is not None else None
         pg0 = _cluster_cpu(postmaster) if postmaster else 0.0
-        kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu0 = time.process_time()
+        cpu0 = _thread_cpu(task.native_id)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [
                 sys.executable, "-c", _LOGGER, str(log), "--log-endpoint", address,
                 "--secret-file", str(tmp / "secret"), "--batch-size", str(args.batch_size),
                 "--max-pending", "8", "--workers", str(args.workers),
             ],
-            cwd=ROOT, capture_output=True, text=True, check=False,
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        tree = TreeCPU(proc.pid)
+        while True:
+            tree.sample()
+            try:
+                _out, err = proc.communicate(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
         t_send = time.perf_counter() - t0
-        cpu_master = time.process_time() - cpu0
-        kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # The logger and its parser workers (waited for by it) are our only children here.
-        cpu_logger = kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime
+        cpu_master = _thread_cpu(task.native_id) - cpu0  # type: ignore[arg-type]
         cpu_pg = _cluster_cpu(postmaster) - pg0 if postmaster else None
         if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
+            print(err, file=sys.stderr)
             return 1
-        logger_rss = int(proc.stderr.rsplit("RSS", 1)[1].split()[0])
+        logger_rss = int(err.rsplit("RSS", 1)[1].split()[0])
+        # The logger's own CPU exactly (it reports it), its workers' as last sampled.
+        cpu_logger = float(err.rsplit("CPU", 1)[1].split()[0])
+        cpu_workers = tree.seconds(exclude=proc.pid)
         # The rollups are current at every ACK (one statement per batch): nothing is left.
         days = len(task.touched)
         t_total = time.perf_counter() - t0
@@ -309,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 dumps[table] = buf.getvalue()
                 cur.execute(f"CREATE TABLE raw_{table} (LIKE {table} INCLUDING ALL)")
             raw.commit()
+            pg1 = _cluster_cpu(postmaster) if postmaster else 0.0
             t3 = time.perf_counter()
             rows = 0
             for table, data in dumps.items():
@@ -316,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += data.count("\n")
             raw.commit()
             t_copy = time.perf_counter() - t3
+            cpu_pg_copy = _cluster_cpu(postmaster) - pg1 if postmaster else None
         finally:
             raw.close()
         engine.dispose()
@@ -337,9 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         us = 1e6 / nlines
         pg_text = f"{cpu_pg * us:.1f}" if cpu_pg is not None else "n/a (--dsn)"
+        copy_text = f"{cpu_pg_copy * 1e6 / rows:.1f}" if cpu_pg_copy is not None else "n/a"
         print(
-            f"CPU per line: logger (incl. workers) {cpu_logger * us:.1f} us, master "
-            f"{cpu_master * us:.1f} us, PostgreSQL (whole server) {pg_text} us"
+            f"CPU per line: logger {(cpu_logger + cpu_workers) * us:.1f} us "
+            f"(main {cpu_logger * us:.1f} + parser workers {cpu_workers * us:.1f}), "
+            f"master (ingest thread) {cpu_master * us:.1f} us, "
+            f"PostgreSQL (whole server) {pg_text} us; raw COPY: PostgreSQL {copy_text} us/row"
         )
         print("aim: 100,000 lines/s end to end")
         if not args.no_stages:
