@@ -7,10 +7,11 @@ grows with the days and projects of its period, not with its downloads:
 plus the ``daily_package_stats`` of partial months (top projects),
 ``daily_client_stats`` (every share in one pass), ``daily_web_stats`` and
 ``hourly_totals``.  The one exception is :func:`package_clients`, the
-clients behind a spike's few driving packages on one day: no rollup keeps
-project x client detail (it would cost the ingest a row per project and
-client), so it reads those packages' rows of that day through the
-``(package, accessed_at)`` index, in one pass.
+clients behind a spike's few driving packages on one day (``piw-report
+spike --date`` and the daily spike job ask it; a report does not): no
+rollup keeps project x client detail (it would cost the ingest a row per
+project and client), so it reads those packages' rows of that day through
+the ``(package, accessed_at)`` index, in one pass.
 
 Downloads, searches and hits never include bots.  A *period* is a half-open
 range of UTC days ``[start, end)``.

@@ -96,8 +96,15 @@ def analyse(
     baseline_days: int = BASELINE_DAYS,
     after_days: int = 7,
     min_share: float = MIN_SHARE,
+    details: bool = True,
 ) -> SpikeReport:
-    """Compare *day* with its baseline and name what drives the difference."""
+    """Compare *day* with its baseline and name what drives the difference.
+
+    With *details*, also the clients behind the drivers (Python versions,
+    installers, distributions: read from the raw downloads of those packages
+    that day, the one statistic no rollup keeps) and the series without
+    them; without, only rollups are read (what a report lists).
+    """
     start = day - timedelta(days=baseline_days)
     series = queries.daily_series(conn, start, day + timedelta(days=after_days + 1))
     totals = {d: v.downloads for d, v in series.items()}
@@ -140,7 +147,7 @@ def analyse(
         drivers=drivers,
         series=totals,
     )
-    if drivers:
+    if drivers and details:
         names = report.packages
         clients = queries.package_clients_all(
             conn, names, day, ("py_version", "installer_name", "distro_name")
@@ -152,7 +159,7 @@ def analyse(
             conn, start, day + timedelta(days=after_days + 1), exclude=names
         )
         report.series_without = {d: v.downloads for d, v in without.items()}
-    else:
+    elif not drivers:
         report.series_without = dict(totals)
     return report
 
@@ -164,11 +171,15 @@ def is_spike(conn: Connection, day: date, factor: float) -> tuple[bool, float, i
     return _flag(series, day, _baseline_days(conn, day, BASELINE_DAYS), factor)
 
 
-def scan(conn: Connection, start: date, end: date, *, factor: float = 2.0) -> list[SpikeReport]:
-    """Every spike day in ``[start, end)``, analysed.
+def scan(
+    conn: Connection, start: date, end: date, *, factor: float = 2.0, details: bool = False
+) -> list[SpikeReport]:
+    """Every spike day in ``[start, end)``, analysed (with *details*: see :func:`analyse`).
 
     The daily totals of the period and its first baseline are read once;
-    only flagged days are analysed further.
+    only flagged days are analysed further.  Without *details* (a report's
+    list of spikes: days, baselines and driving packages) only rollups are
+    read, so a spike of a million downloads costs no more than a quiet day.
     """
     series = queries.daily_series(conn, start - timedelta(days=BASELINE_DAYS), end)
     first = _first_day(conn)
@@ -178,7 +189,7 @@ def scan(conn: Connection, start: date, end: date, *, factor: float = 2.0) -> li
         base_days = _baseline_days(conn, d, BASELINE_DAYS, first)
         flagged, _base, _n = _flag(series, d, base_days, factor)
         if flagged:
-            out.append(analyse(conn, d))
+            out.append(analyse(conn, d, details=details))
         d += timedelta(days=1)
     return out
 

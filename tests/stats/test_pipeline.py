@@ -187,6 +187,40 @@ def test_spike_found_by_report(farm: dict[str, Any]) -> None:
         assert names == set(SPIKE_PACKAGES)
 
 
+def test_report_reads_only_rollups(farm: dict[str, Any], tmp_path: Path) -> None:
+    """With every raw hit row gone (in a rolled-back transaction) the report is the same,
+    and none of its statements names a raw hit table (spike days included)."""
+    import re
+
+    from sqlalchemy import event
+
+    from piwheels.protocols import LOG_TABLES
+    from piwheels.stats import queries, report
+
+    statements: list[str] = []
+
+    def record(_conn: Any, _cur: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    with farm["engine"].connect() as conn:
+        tx = conn.begin()
+        try:
+            for table in LOG_TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+            event.listen(conn, "before_cursor_execute", record)
+            report.write_report(
+                conn, queries.month(2021, 10), tmp_path, charts=False, spike_factor=1.5
+            )
+        finally:
+            tx.rollback()
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again == farm["report"]
+    assert again["spikes"] and again["totals"]["downloads"] > 0
+    raw = re.compile(r"\b(?:FROM|JOIN)\s+(?:" + "|".join(LOG_TABLES) + r")\b", re.I)
+    assert statements
+    assert [s for s in statements if raw.search(s)] == []
+
+
 def test_spike_command(farm: dict[str, Any]) -> None:
     day = farm["truth"]["spike"]["days"][0]
     code, out = run_report(["spike", "--date", day, "-o", str(farm["out"] / "spike")], farm["url"])
