@@ -91,11 +91,11 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 def _snapshot(conn: Connection, tables: tuple[str, ...]) -> dict[str, list[Any]]:
+    def row(r: Any) -> tuple[Any, ...]:
+        return tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
+
     return {
-        t: sorted(
-            (tuple(r) for r in conn.execute(text(f"SELECT * FROM {t}")).all()),
-            key=repr,
-        )
+        t: sorted((row(r) for r in conn.execute(text(f"SELECT * FROM {t}")).all()), key=repr)
         for t in tables
     }
 
