@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import protocols
+from .anonymise import HASH_CHARS
 from .classify import BOT, INDEX, OTHER, AccessRecord, _ua_tail
 from .parse import MAX_LINE, MalformedLine, _unescape_json, unescape_log_field
 from .useragent import AGENT_BOT, AGENT_DIRECT, decode_user_agent
@@ -53,6 +54,7 @@ KIND_OF_INSTALLER = {"pip": "pip", "uv": "uv"}
 _EXTRA = frozenset(protocols.LOG_EXTRA_SOURCES)
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _CLIENT_RE = re.compile(r"(?:[0-9a-f]{16,128}|[0-9A-Fa-f.:]{2,39}/\d{1,3})?")
+_HASH_RE = re.compile(f"[0-9a-f]{{{HASH_CHARS}}}")
 _ZERO = timedelta(0)
 _WITH_INFO = frozenset({"downloads", "searches"})
 # Fields 9 to 18 of an AccessRecord are the client description, in LOG_TABLES' order.
@@ -410,7 +412,12 @@ class BatchEncoder:
 
     def _fast_client(self, key: tuple[int, bytes], when: datetime) -> str:
         anonymiser = self._fast_reader.classifier.anonymiser  # type: ignore[union-attr]
-        client = self._client(anonymiser.client(key[1].decode("utf-8", "replace"), when))
+        value = anonymiser.client(key[1].decode("utf-8", "replace"), when)
+        if anonymiser.mode == "hash" and _HASH_RE.fullmatch(value):
+            # Each client of the day is new: checked here without churning _client's cache.
+            client = value
+        else:
+            client = self._client(value)
         if len(self._fast_clients) >= self._CACHE_LIMIT:
             self._fast_clients.clear()
         self._fast_clients[key] = client
