@@ -7,7 +7,6 @@ rewrite).  Both feed the same assembly, so a project looks the same whichever re
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,23 +28,39 @@ __all__ = ["ProjectLoader", "get_project_data", "get_projects_data", "iter_proje
 RECENT_DAYS = 30
 
 
+# Normalised rows, whichever loader read them (plain tuples: cheap to make and to read).
+#: (version, released_at, yanked, yank_reason, prerelease, skip_reason), newest first.
+_Ver = tuple[str, Any, bool, str, bool, str]
+#: (build_id, status, failure_class, duration) of the latest build of a (version, target).
+_Latest = tuple[int, str, Any, Any]
+#: (version, build_id, filename, size, sha256, published_at, abi_tag, platform_tag,
+#: requires_python, metadata_sha256, import_test, import_error), in file name order.
+_File = tuple[str, int, str, int, str, Any, str, str, str, Any, str, str]
+
+
 @dataclass
 class _Rows:
     """The rows one project's page is made from (however they were read)."""
 
-    vers: list[versions.VersionInfo] = field(default_factory=list)
-    # Latest build per (version, target).
-    latest: dict[tuple[str, str], Any] = field(default_factory=dict)
-    # version -> target -> the successful build whose file serves it (a pure wheel serves many).
-    served: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    vers: list[_Ver] = field(default_factory=list)
+    latest: dict[tuple[str, str], _Latest] = field(default_factory=dict)
+    # version -> target -> the successful build whose file serves it (a pure wheel serves
+    # many; when two builds' files serve the same target the newest build wins).
+    served: dict[str, dict[str, int]] = field(default_factory=dict)
     queued: set[tuple[str, str]] = field(default_factory=set)
-    exclusions: list[Any] = field(default_factory=list)
-    files: list[Any] = field(default_factory=list)
-    deps: dict[str, dict[str, list[str]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(list))
-    )
+    # (version or None for the whole project, target, kind, reason)
+    exclusions: list[tuple[str | None, str, str, str]] = field(default_factory=list)
+    files: list[_File] = field(default_factory=list)
+    # file name -> tool -> requirements (sorted)
+    deps: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     downloads: tuple[int, int] = (0, 0)
     aliases: list[str] = field(default_factory=list)
+
+    def serve(self, version: str, abi: str, build_id: int) -> None:
+        """Record that *build_id*'s file serves *abi* for *version* (newest build wins)."""
+        by_abi = self.served.setdefault(version, {})
+        if by_abi.get(abi, -1) < build_id:
+            by_abi[abi] = build_id
 
 
 def get_project_data(conn: Connection, name: str) -> ProjectData:
@@ -54,11 +69,16 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
     pkg = packages.get_package(conn, canon)
     if pkg is None:
         raise InvalidName(f"no such project: {canon}")
-    targets = [a for a in abis_mod.list_abis(conn) if a.enabled]
-    rows = _Rows(vers=versions.get_versions(conn, canon))
+    targets = [a.abi for a in abis_mod.list_abis(conn) if a.enabled]
+    rows = _Rows(
+        vers=[
+            (v.version, v.released_at, v.yanked, v.yank_reason, v.prerelease, v.skip_reason)
+            for v in versions.get_versions(conn, canon)
+        ]
+    )
     p = {"p": canon}
     rows.latest = {
-        (r.version, r.abi): r
+        (r.version, r.abi): (r.build_id, r.status, r.failure_class, r.duration)
         for r in conn.execute(
             text(
                 """
@@ -81,13 +101,14 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
         ),
         p,
     ):
-        rows.served[r.version][r.abi] = r.build_id
+        rows.serve(r.version, r.abi, r.build_id)
     rows.queued = {
         (r.version, r.abi)
         for r in conn.execute(text("SELECT version, abi FROM build_queue WHERE package = :p"), p)
     }
-    rows.exclusions = list(
-        conn.execute(
+    rows.exclusions = [
+        (r.version, r.abi, r.kind, r.reason)
+        for r in conn.execute(
             text(
                 "SELECT version, abi, kind, reason FROM version_exclusions WHERE package = :p "
                 "UNION ALL SELECT NULL, abi, 'skip', reason FROM package_abi_skips "
@@ -95,7 +116,7 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             ),
             p,
         )
-    )
+    ]
     for r in conn.execute(
         text(
             "SELECT d.filename, d.tool, d.requirement FROM dependencies d "
@@ -104,107 +125,163 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
         ),
         p,
     ):
-        rows.deps[r.filename][r.tool].append(r.requirement)
-    rows.files = list(
-        conn.execute(
+        rows.deps.setdefault(r.filename, {}).setdefault(r.tool, []).append(r.requirement)
+    rows.files = [
+        (
+            r.version,
+            r.build_id,
+            r.filename,
+            r.size,
+            r.sha256,
+            r.published_at,
+            r.abi_tag,
+            r.platform_tag,
+            r.requires_python,
+            r.metadata_sha256,
+            r.import_test,
+            r.import_error,
+        )
+        for r in conn.execute(
             text(
                 "SELECT b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
                 "WHERE b.package = :p ORDER BY f.filename"
             ),
             p,
         )
-    )
+    ]
     rows.downloads = downloads.download_counts(conn, canon, RECENT_DAYS)
     rows.aliases = packages.get_aliases(conn, canon)
-    return _assemble(pkg, targets, rows)
+    return _assemble(pkg.name, pkg, targets, rows)
+
+
+# The bulk read: one query per table for a whole chunk, each ordered by package so the rows
+# of one project come together.  Plain DB-API cursor: rows are tuples, read by position.
+_BULK_PACKAGES = """
+SELECT name, display_name, summary, status, status_reason, skip_reason
+FROM packages WHERE name = ANY(%(n)s)
+"""
+_BULK_VERSIONS = """
+SELECT package, version, released_at, yanked, yank_reason, prerelease, skip_reason
+FROM versions WHERE package = ANY(%(n)s)
+ORDER BY package, sort_key DESC, version DESC
+"""
+_BULK_LATEST = """
+SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
+       failure_class, duration
+FROM builds WHERE package = ANY(%(n)s)
+ORDER BY package, version, abi, build_id DESC
+"""
+# Each file with the targets it serves and its dependencies by tool, so no separate reads
+# (and no join of the whole files table) are needed.  The targets come from ``abis`` (a
+# handful of rows) per file; dependencies from their primary key.
+_BULK_FILES = f"""
+SELECT b.package, b.version, b.build_id, f.filename, f.size, f.sha256, f.published_at,
+       f.abi_tag, f.platform_tag, f.requires_python, f.metadata_sha256, f.import_test,
+       f.import_error,
+       CASE WHEN b.status = 'success'
+            THEN ARRAY(SELECT a.abi FROM abis a WHERE {SERVES}) END,
+       d.apt, d.pip, d.lib
+FROM builds b JOIN files f ON f.build_id = b.build_id
+LEFT JOIN LATERAL (
+    SELECT array_agg(requirement ORDER BY requirement) FILTER (WHERE tool = 'apt') AS apt,
+           array_agg(requirement ORDER BY requirement) FILTER (WHERE tool = 'pip') AS pip,
+           array_agg(requirement ORDER BY requirement) FILTER (WHERE tool = 'missing-lib')
+               AS lib
+    FROM dependencies WHERE filename = f.filename
+) d ON true
+WHERE b.package = ANY(%(n)s)
+ORDER BY b.package, f.filename
+"""
+_BULK_QUEUED = "SELECT package, version, abi FROM build_queue WHERE package = ANY(%(n)s)"
+_BULK_EXCLUSIONS = """
+SELECT package, version, abi, kind, reason FROM version_exclusions WHERE package = ANY(%(n)s)
+UNION ALL
+SELECT package, NULL, abi, 'skip', reason FROM package_abi_skips WHERE package = ANY(%(n)s)
+"""
+_BULK_DOWNLOADS = f"""
+SELECT package,
+       coalesce(sum(downloads) FILTER (WHERE day >= current_date - {RECENT_DAYS}), 0),
+       coalesce(sum(downloads), 0)
+FROM daily_package_stats WHERE package = ANY(%(n)s) GROUP BY package
+"""
+_BULK_ALIASES = """
+SELECT package, alias FROM package_aliases WHERE package = ANY(%(n)s)
+ORDER BY package, last_seen DESC, alias
+"""
+_DEP_TOOLS = ("apt", "pip", "missing-lib")
+
+
+def _fetch(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run one bulk query on the DB-API cursor *cur*; all its rows."""
+    cur.execute(query, params)
+    rows: list[tuple[Any, ...]] = cur.fetchall()
+    return rows
 
 
 def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, ProjectData]:
     """The pages of every project of *names* that exists, in a fixed number of queries.
 
-    Keys are canonical names; a name with no project (e.g. deleted meanwhile) is left out.
-    Each value equals what :func:`get_project_data` returns for that name.  Meant for
-    batches of a few hundred names: every query reads the whole batch with ``= ANY``.
+    Keys are canonical names, in sorted order; a name with no project (e.g. deleted
+    meanwhile) is left out.  Each value equals what :func:`get_project_data` returns for
+    that name.  Meant for chunks of up to a few thousand names: every query reads the whole
+    chunk with ``= ANY`` through the indexes on the package name (and the files by build id).
     """
     canons = sorted({canonical(n) for n in names})
     if not canons:
         return {}
+    targets = [a.abi for a in abis_mod.list_abis(conn) if a.enabled]
+    raw = conn.connection.dbapi_connection
+    if raw is None:  # pragma: no cover - a live Connection always has one
+        raise RuntimeError("connection is closed")
     q = {"n": canons}
-    pkgs = {
-        r.name: packages._row(r)
-        for r in conn.execute(text("SELECT * FROM packages WHERE name = ANY(:n)"), q)
+    cur = raw.cursor()
+    try:
+        pkgs = {r[0]: r for r in _fetch(cur, _BULK_PACKAGES, q)}
+        if not pkgs:
+            return {}
+        rows = {name: _Rows() for name in pkgs}
+        empty = _Rows()  # sink for rows of a project not (or no longer) in pkgs
+
+        for r in _fetch(cur, _BULK_VERSIONS, q):
+            rows.get(r[0], empty).vers.append(r[1:])  # type: ignore[arg-type]
+        for r in _fetch(cur, _BULK_LATEST, q):
+            rows.get(r[0], empty).latest[(r[1], r[2])] = r[3:]  # type: ignore[assignment]
+        for r in _fetch(cur, _BULK_FILES, q):
+            got = rows.get(r[0], empty)
+            version, build_id, filename = r[1], r[2], r[3]
+            got.files.append(r[1:13])  # type: ignore[arg-type]
+            if r[13]:
+                for abi in r[13]:
+                    got.serve(version, abi, build_id)
+            deps = {tool: reqs for tool, reqs in zip(_DEP_TOOLS, r[14:17], strict=True) if reqs}
+            if deps:
+                got.deps[filename] = deps
+        for r in _fetch(cur, _BULK_QUEUED, q):
+            rows.get(r[0], empty).queued.add((r[1], r[2]))
+        for r in _fetch(cur, _BULK_EXCLUSIONS, q):
+            rows.get(r[0], empty).exclusions.append(r[1:])  # type: ignore[arg-type]
+        for r in _fetch(cur, _BULK_DOWNLOADS, q):
+            rows.get(r[0], empty).downloads = (int(r[1]), int(r[2]))
+        for r in _fetch(cur, _BULK_ALIASES, q):
+            rows.get(r[0], empty).aliases.append(r[1])
+    finally:
+        cur.close()
+    return {
+        name: _assemble(name, _PkgRow(*pkgs[name][1:]), targets, rows[name])
+        for name in canons
+        if name in pkgs
     }
-    if not pkgs:
-        return {}
-    targets = [a for a in abis_mod.list_abis(conn) if a.enabled]
-    rows: dict[str, _Rows] = {name: _Rows() for name in pkgs}
 
-    def each(query: str) -> Iterator[tuple[_Rows, Any]]:
-        # fetchall: one call for the batch instead of one per row.
-        for r in conn.execute(text(query), q).all():
-            got = rows.get(r.package)
-            if got is not None:
-                yield got, r
 
-    for got, r in each(
-        "SELECT * FROM versions WHERE package = ANY(:n) "
-        "ORDER BY package, sort_key DESC, version DESC"
-    ):
-        got.vers.append(versions._row(r))
-    for got, r in each(
-        """
-        SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
-               failure_class, duration
-        FROM builds WHERE package = ANY(:n)
-        ORDER BY package, version, abi, build_id DESC
-        """
-    ):
-        got.latest[(r.version, r.abi)] = r
-    for got, r in each(
-        f"""
-        SELECT b.package, b.version, a.abi, b.build_id
-        FROM builds b JOIN files f ON f.build_id = b.build_id CROSS JOIN abis a
-        WHERE b.package = ANY(:n) AND b.status = 'success' AND ({SERVES})
-        """
-    ):
-        got.served[r.version][r.abi] = r.build_id
-    for got, r in each("SELECT package, version, abi FROM build_queue WHERE package = ANY(:n)"):
-        got.queued.add((r.version, r.abi))
-    for got, r in each(
-        "SELECT package, version, abi, kind, reason FROM version_exclusions "
-        "WHERE package = ANY(:n) UNION ALL SELECT package, NULL, abi, 'skip', reason "
-        "FROM package_abi_skips WHERE package = ANY(:n)"
-    ):
-        got.exclusions.append(r)
-    # One row per (file, tool), its requirements in the order the per-project read gives.
-    for got, r in each(
-        "SELECT b.package, d.filename, d.tool, array_agg(d.requirement ORDER BY d.requirement) "
-        "AS reqs FROM dependencies d "
-        "JOIN files f ON f.filename = d.filename JOIN builds b ON b.build_id = f.build_id "
-        "WHERE b.package = ANY(:n) GROUP BY b.package, d.filename, d.tool"
-    ):
-        got.deps[r.filename][r.tool] = list(r.reqs)
-    for got, r in each(
-        "SELECT b.package, b.version, f.* FROM files f JOIN builds b ON b.build_id = f.build_id "
-        "WHERE b.package = ANY(:n) ORDER BY f.filename"
-    ):
-        got.files.append(r)
-    for got, r in each(
-        f"""
-        SELECT package,
-               coalesce(sum(downloads) FILTER (WHERE day >= current_date - {RECENT_DAYS}), 0)
-                   AS recent,
-               coalesce(sum(downloads), 0) AS total
-        FROM daily_package_stats WHERE package = ANY(:n) GROUP BY package
-        """
-    ):
-        got.downloads = (int(r.recent), int(r.total))
-    for got, r in each(
-        "SELECT package, alias FROM package_aliases WHERE package = ANY(:n) "
-        "ORDER BY package, last_seen DESC, alias"
-    ):
-        got.aliases.append(r.alias)
-    return {name: _assemble(pkgs[name], targets, rows[name]) for name in canons if name in pkgs}
+@dataclass(frozen=True)
+class _PkgRow:
+    """The package columns a page shows (what :class:`packages.Package` has of them)."""
+
+    display_name: str
+    summary: str
+    status: str
+    status_reason: str
+    skip_reason: str
 
 
 def iter_projects_data(
@@ -255,77 +332,97 @@ class ProjectLoader:
             return list(get_projects_data(conn, names).values())
 
 
-def _assemble(pkg: packages.Package, targets: list[abis_mod.Abi], rows: _Rows) -> ProjectData:
+def _assemble(
+    name: str, pkg: packages.Package | _PkgRow, targets: list[str], rows: _Rows
+) -> ProjectData:
     """A project's page from its rows: each target's status per version, and the files."""
-    excluded = {(r.version, r.abi): r.reason for r in rows.exclusions}
+    excluded = {(r[0], r[1]): r[3] for r in rows.exclusions}
     # Requires-Python outranks a pure wheel built elsewhere: installers will not use it.
-    py_excluded = {(r.version, r.abi) for r in rows.exclusions if r.kind == "requires_python"}
-    served, queued = rows.served, rows.queued
-    files_by_version: dict[str, list[FileData]] = defaultdict(list)
-    for r in rows.files:
-        d = rows.deps.get(r.filename, {})
-        files_by_version[r.version].append(
-            FileData(
-                filename=r.filename,
-                size=r.size,
-                sha256=r.sha256,
-                upload_time=r.published_at,
-                abi_tag=r.abi_tag,
-                platform_tag=r.platform_tag,
-                requires_python=r.requires_python or None,
-                metadata_sha256=r.metadata_sha256,
-                builder_abis=tuple(
-                    a.abi
-                    for a in targets
-                    if served.get(r.version, {}).get(a.abi) == r.build_id
-                    and (r.version, a.abi) not in py_excluded
-                ),
-                import_ok=None if r.import_test == "untested" else r.import_test == "passed",
-                import_error=r.import_error or None,
-                missing_libraries=tuple(d.get("missing-lib", ())),
-                apt_dependencies=tuple(d.get("apt", ())),
-                pip_dependencies=tuple(d.get("pip", ())),
-            )
+    py_excluded = {(r[0], r[1]) for r in rows.exclusions if r[2] == "requires_python"}
+    served, queued, latest = rows.served, rows.queued, rows.latest
+    # (version, build id) -> the targets that build's file serves, in target order.
+    serves: dict[tuple[str, int], list[str]] = {}
+    for version, by_abi in served.items():
+        for abi in targets:
+            build_id = by_abi.get(abi)
+            if build_id is not None and (version, abi) not in py_excluded:
+                serves.setdefault((version, build_id), []).append(abi)
+    files_by_version: dict[str, list[FileData]] = {}
+    no_deps: dict[str, list[str]] = {}
+    for (
+        version,
+        build_id,
+        filename,
+        size,
+        sha256,
+        published_at,
+        abi_tag,
+        platform_tag,
+        requires_python,
+        metadata_sha256,
+        import_test,
+        import_error,
+    ) in rows.files:
+        d = rows.deps.get(filename, no_deps)
+        entry = FileData(
+            filename=filename,
+            size=size,
+            sha256=sha256,
+            upload_time=published_at,
+            abi_tag=abi_tag,
+            platform_tag=platform_tag,
+            requires_python=requires_python or None,
+            metadata_sha256=metadata_sha256,
+            builder_abis=tuple(serves.get((version, build_id), ())),
+            import_ok=None if import_test == "untested" else import_test == "passed",
+            import_error=import_error or None,
+            missing_libraries=tuple(d.get("missing-lib", ())),
+            apt_dependencies=tuple(d.get("apt", ())),
+            pip_dependencies=tuple(d.get("pip", ())),
         )
+        got = files_by_version.get(version)
+        if got is None:
+            files_by_version[version] = [entry]
+        else:
+            got.append(entry)
     out = []
-    for v in rows.vers:
-        skip = v.skip_reason or pkg.skip_reason or None
+    for version, released_at, yanked, yank_reason, prerelease, v_skip in rows.vers:
+        skip = v_skip or pkg.skip_reason or None
         statuses: dict[str, AbiStatus] = {}
-        for a in targets:
-            key = (v.version, a.abi)
-            b = rows.latest.get(key)
+        by_abi = served.get(version, {})
+        for abi in targets:
+            key = (version, abi)
+            b = latest.get(key)
             if key in py_excluded:
-                statuses[a.abi] = AbiStatus("skipped", reason=excluded[key])
-            elif v.version in served and a.abi in served[v.version]:
-                statuses[a.abi] = AbiStatus("built", build_id=served[v.version][a.abi])
-            elif b is not None and b.status in ("pending", "building"):
-                statuses[a.abi] = AbiStatus("building", build_id=b.build_id)
-            elif skip or key in excluded or (None, a.abi) in excluded:
-                reason = skip or excluded.get(key) or excluded.get((None, a.abi))
-                statuses[a.abi] = AbiStatus("skipped", reason=reason)
-            elif b is not None and b.status == "failed" and key not in queued:
-                statuses[a.abi] = AbiStatus(
-                    "failed", build_id=b.build_id, reason=b.failure_class, duration=b.duration
-                )
+                statuses[abi] = AbiStatus("skipped", reason=excluded[key])
+            elif abi in by_abi:
+                statuses[abi] = AbiStatus("built", build_id=by_abi[abi])
+            elif b is not None and b[1] in ("pending", "building"):
+                statuses[abi] = AbiStatus("building", build_id=b[0])
+            elif skip or key in excluded or (None, abi) in excluded:
+                reason = skip or excluded.get(key) or excluded.get((None, abi))
+                statuses[abi] = AbiStatus("skipped", reason=reason)
+            elif b is not None and b[1] == "failed" and key not in queued:
+                statuses[abi] = AbiStatus("failed", build_id=b[0], reason=b[2], duration=b[3])
             elif key in queued:
-                statuses[a.abi] = AbiStatus("pending")
+                statuses[abi] = AbiStatus("pending")
             else:
-                statuses[a.abi] = AbiStatus("skipped", reason="not built")
+                statuses[abi] = AbiStatus("skipped", reason="not built")
         out.append(
             VersionData(
-                version=v.version,
-                released=v.released_at,
-                yanked=v.yanked,
-                yank_reason=v.yank_reason or None,
-                prerelease=v.prerelease,
+                version=version,
+                released=released_at,
+                yanked=yanked,
+                yank_reason=yank_reason or None,
+                prerelease=prerelease,
                 skip_reason=skip,
                 builds=statuses,
-                files=tuple(files_by_version.get(v.version, ())),
+                files=tuple(files_by_version.get(version, ())),
             )
         )
     recent, total = rows.downloads
     return ProjectData(
-        name=pkg.name,
+        name=name,
         display_name=pkg.display_name,
         summary=pkg.summary,
         status=pkg.status,  # type: ignore[arg-type]
@@ -335,5 +432,5 @@ def _assemble(pkg: packages.Package, targets: list[abis_mod.Abi], rows: _Rows) -
         downloads_30d=recent,
         downloads_all=total,
         skip_reason=pkg.skip_reason or None,
-        abis=tuple(a.abi for a in targets),
+        abis=tuple(targets),
     )

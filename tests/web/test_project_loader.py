@@ -1,0 +1,116 @@
+"""The bulk project loader (the full rewrite's read) against the per-project loader."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from piwheels.db import projects
+from piwheels.web.writer import SiteWriter
+from tests.conftest import TEMPLATE_DB
+from tests.db import factories as f
+from tests.db.test_projects import _varied
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.fixture
+def bench_site() -> Any:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_site
+
+        yield bench_site
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_bulk_equals_per_project_on_bench_data(db_conn: Any, bench_site: Any) -> None:
+    # The shape the benchmark measures: 10 versions x 3 targets, dependencies, downloads.
+    bench_site.fill_database(db_conn, 12)
+    names = [f"project-{i}" for i in range(12)]
+    bulk = projects.get_projects_data(db_conn, names)
+    assert list(bulk) == sorted(names)
+    for name, data in bulk.items():
+        assert data == projects.get_project_data(db_conn, name), name
+    one = bulk["project-3"]
+    assert len(one.versions) == 10 and len(one.files) == 30
+    assert one.files[0].apt_dependencies == ("libc6", "libffi8")
+    assert all(s.status == "built" for v in one.versions for s in v.builds.values())
+    assert one.downloads_all == 30
+
+
+def test_bulk_equals_per_project_on_every_state(db_conn: Any) -> None:
+    names = _varied(db_conn)
+    bulk = projects.get_projects_data(db_conn, names)
+    for name, data in bulk.items():
+        assert data == projects.get_project_data(db_conn, name), name
+
+
+def test_newest_build_serves_a_target_two_files_serve(db_conn: Any) -> None:
+    # Two pure wheels of one version (built on different targets) both serve both
+    # targets: whichever order the rows come in, the newest build's file serves them.
+    cp39 = f.abi(db_conn, "cp39")
+    cp311 = f.abi(db_conn, "cp311")
+    f.version(db_conn, "pure", "1.0")
+    f.build(db_conn, "pure", "1.0", cp39, tags="py3-none-any")
+    newer = f.build(db_conn, "pure", "1.0", cp311, tags="py2.py3-none-any")
+    for data in (
+        projects.get_projects_data(db_conn, ["pure"])["pure"],
+        projects.get_project_data(db_conn, "pure"),
+    ):
+        (version,) = data.versions
+        assert {abi: s.build_id for abi, s in version.builds.items()} == {
+            cp39: newer,
+            cp311: newer,
+        }
+        served = {fd.filename: fd.builder_abis for fd in version.files}
+        assert served == {
+            "pure-1.0-py2.py3-none-any.whl": (cp39, cp311),
+            "pure-1.0-py3-none-any.whl": (),
+        }
+
+
+def test_bulk_reads_a_chunk_in_a_fixed_number_of_queries(
+    db_conn: Any, bench_site: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench_site.fill_database(db_conn, 30)
+    calls: list[str] = []
+    real = projects._fetch
+
+    def counting(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        calls.append(query)
+        return real(cur, query, params)
+
+    monkeypatch.setattr(projects, "_fetch", counting)
+    counts = []
+    for n in (1, 30):
+        calls.clear()
+        got = projects.get_projects_data(db_conn, [f"project-{i}" for i in range(n)])
+        assert len(got) == n
+        counts.append(len(calls))
+    assert counts[0] == counts[1] > 0
+
+
+def test_loader_feeds_write_all(new_database: Any, bench_site: Any, tmp_path: Path) -> None:
+    # In this process (engine) and in a pool (URL, a connection per worker): same pages.
+    url = new_database(template=TEMPLATE_DB, prefix="piwload")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            bench_site.fill_database(conn, 7)
+        names = [f"project-{i}" for i in range(7)] + ["never-was"]
+        one = SiteWriter(tmp_path / "one")
+        loader = projects.ProjectLoader(engine=engine)
+        assert one.write_all(names, load_many=loader, chunk_size=3) == 7
+        two = SiteWriter(tmp_path / "two")
+        pooled = projects.ProjectLoader(url)
+        assert two.write_all(names, load_many=pooled, chunk_size=3, workers=2) == 7
+    finally:
+        engine.dispose()
+    for rel in ("simple/project-6/index.json", "project/project-0/json/index.json"):
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
