@@ -25,13 +25,14 @@ the logger.
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import protocols
-from .anonymise import HASH_CHARS
+from .anonymise import HASH_CHARS, _canonical
 from .classify import BOT, INDEX, OTHER, AccessRecord, _ua_tail
 from .parse import MAX_LINE, MalformedLine, _unescape_json, unescape_log_field
 from .useragent import AGENT_BOT, AGENT_DIRECT, decode_user_agent
@@ -54,7 +55,6 @@ KIND_OF_INSTALLER = {"pip": "pip", "uv": "uv"}
 _EXTRA = frozenset(protocols.LOG_EXTRA_SOURCES)
 _ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r", "\x00": ""})
 _CLIENT_RE = re.compile(r"(?:[0-9a-f]{16,128}|[0-9A-Fa-f.:]{2,39}/\d{1,3})?")
-_HASH_RE = re.compile(f"[0-9a-f]{{{HASH_CHARS}}}")
 _ZERO = timedelta(0)
 _WITH_INFO = frozenset({"downloads", "searches"})
 # Fields 9 to 18 of an AccessRecord are the client description, in LOG_TABLES' order.
@@ -74,6 +74,8 @@ _Q = rb'[^"\\]*(?:\\.[^"\\]*)*'  # a quoted value, escapes allowed
 _JSON_PARTS = 13
 _UTC_SECOND = re.compile(rb"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\+00:00")
 _JSON_ENDS = (b'"}', b'"}\n', b'"}\r\n')
+# ":MM:SS" of every second of an hour (a leap second goes the general way, as before).
+_MIN_SEC = frozenset(f":{m:02d}:{sec:02d}".encode() for m in range(60) for sec in range(60))
 _FAST_COMBINED = re.compile(
     rb'([!-~]+) [!-~]+ (?:[!-~]+|"[^"]*") \[([^\]]*)\] "([A-Z]{1,16}) ([!#-\[\]-~]+) '
     rb'HTTP/[0-9.]{1,5}" (\d{3}) (\d{1,15}|-)(?: "' + _Q + rb'" "(' + _Q + rb')")?'
@@ -218,6 +220,7 @@ class BatchEncoder:
         stats = reader.stats
         clf_match = _FAST_COMBINED.fullmatch
         times = self._fast_times
+        hours, min_sec = self._fast_days, _MIN_SEC
         json_agents, clf_agents = self._json_agents, self._clf_agents
         routes, clients = self._fast_routes, self._fast_clients
         rows = self.rows
@@ -269,7 +272,13 @@ class BatchEncoder:
                 if ua is None:
                     ua = b"-"
                 agents = clf_agents
-            tm = times.get(t)
+            tm: tuple[str, str, int, datetime] | None
+            hour = hours.get(t[:13]) if agents is json_agents else None
+            if hour is not None and t[13:19] in min_sec and t[19:] == b"+00:00":
+                # A checked UTC hour (see _fast_time): the stamp is the first 19 characters.
+                tm = (t[:19].decode() + "+00", *hour)
+            else:
+                tm = times.get(t)
             if tm is None:
                 tm = self._fast_time(t, agents is json_agents)
                 if tm is None:
@@ -334,7 +343,7 @@ class BatchEncoder:
     def _fast_reset(self) -> None:
         # (stamp, UTC day text, day ordinal, UTC datetime) per raw time text.
         self._fast_times: dict[bytes, tuple[str, str, int, datetime]] = {}
-        # (day text, ordinal, UTC midnight) per checked raw day.
+        # (day text, ordinal, UTC midnight) per checked raw hour ("YYYY-MM-DDTHH").
         self._fast_days: dict[bytes, tuple[str, int, datetime]] = {}
         # (agent, client kind, escaped client columns or None) per raw UA.
         self._json_agents: dict[bytes, tuple[str, str, str | None]] = {}
@@ -343,24 +352,31 @@ class BatchEncoder:
         self._fast_routes: dict[bytes, tuple[str, str | None, str | None]] = {}
         # Stored client per (day ordinal, raw address): hashes are salted per day.
         self._fast_clients: dict[tuple[int, bytes], str] = {}
+        # The anonymiser's salt per day ordinal.
+        self._salts: dict[int, bytes] = {}
 
     def _fast_time(self, raw: bytes, is_json: bool) -> tuple[str, str, int, datetime] | None:
         times = self._fast_times
         if len(times) >= self._CACHE_LIMIT:
             times.clear()
-        if is_json and _UTC_SECOND.fullmatch(raw):
-            # nginx's $time_iso8601 in UTC: the stamp is its first 19 characters, and
-            # only the day needs checking as a date (once per day; Feb 30 is not one).
-            day = self._fast_days.get(raw[:10])
-            if day is None:
+        if is_json and raw[19:] == b"+00:00" and raw[13:19] in _MIN_SEC:
+            # nginx's $time_iso8601 in UTC: nearly every line has a second of its own,
+            # so only the hour (raw[:13]) is checked, once, as a date and an hour
+            # (Feb 30 is not a date); minutes and seconds are one set lookup, and the
+            # stamp is the first 19 characters.  The result is not cached (no reuse).
+            hour = self._fast_days.get(raw[:13])
+            if hour is None:
+                if not _UTC_SECOND.fullmatch(raw):
+                    return None
                 try:
                     d = date.fromisoformat(raw[:10].decode())
                 except ValueError:
                     return None
                 midnight = datetime(d.year, d.month, d.day, tzinfo=UTC)
-                day = self._fast_days[raw[:10]] = (d.isoformat(), d.toordinal(), midnight)
-            hit = times[raw] = (raw[:19].decode() + "+00", day[0], day[1], day[2])
-            return hit
+                if len(self._fast_days) >= self._CACHE_LIMIT:
+                    self._fast_days.clear()
+                hour = self._fast_days[raw[:13]] = (d.isoformat(), d.toordinal(), midnight)
+            return (raw[:19].decode() + "+00", hour[0], hour[1], hour[2])
         parser = self._fast_reader.parser  # type: ignore[union-attr]
         text = raw.decode("utf-8", "replace")
         try:
@@ -412,12 +428,19 @@ class BatchEncoder:
 
     def _fast_client(self, key: tuple[int, bytes], when: datetime) -> str:
         anonymiser = self._fast_reader.classifier.anonymiser  # type: ignore[union-attr]
-        value = anonymiser.client(key[1].decode("utf-8", "replace"), when)
-        if anonymiser.mode == "hash" and _HASH_RE.fullmatch(value):
-            # Each client of the day is new: checked here without churning _client's cache.
-            client = value
+        addr = key[1].decode("utf-8", "replace")
+        if anonymiser.mode == "hash":
+            # Anonymiser.client's value, without its cache (this one is keyed alike): each
+            # client of the day is new, and its hash (hex) needs no check.
+            salt = self._salts.get(key[0])
+            if salt is None:
+                if len(self._salts) > 64:
+                    self._salts.clear()
+                salt = self._salts[key[0]] = anonymiser.salt(when.date())
+            digest = hmac.digest(salt, _canonical(addr), "sha256")
+            client = digest.hex()[:HASH_CHARS]
         else:
-            client = self._client(value)
+            client = self._client(anonymiser.client(addr, when))
         if len(self._fast_clients) >= self._CACHE_LIMIT:
             self._fast_clients.clear()
         self._fast_clients[key] = client
