@@ -22,6 +22,7 @@ import csv
 import functools
 import hashlib
 import io
+import os
 import re
 import struct
 import zipfile
@@ -32,7 +33,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from packaging import tags as _tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name
@@ -344,6 +345,13 @@ def parse_wheel_filename(filename: str) -> WheelFilename:
     """
     if not isinstance(filename, str):
         raise InvalidWheel(f"wheel filename must be a string, not {type(filename).__name__}")
+    return _parse_checked(filename)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_checked(filename: str) -> WheelFilename:
+    # The master parses each received name several times (EXPECT, ABI checks, the
+    # archive check): the answer is immutable, so it is remembered.  Refusals are not.
     shown = repr(filename[:80])
     if not filename:
         raise InvalidWheel("wheel filename is empty")
@@ -408,6 +416,8 @@ _ZIP64_LOCATOR_SIG = b"PK\x06\x07"
 _ZIP64_EOCD_SIG = b"PK\x06\x06"
 _LOCAL_SIG = b"PK\x03\x04"
 _CHUNK = 1 << 16
+#: Archives up to this size are read into memory once and checked from there.
+IN_MEMORY_LIMIT = 32 << 20
 _HASHES = {"sha256", "sha384", "sha512"}
 # Extension suffixes that make a file importable as a top-level module.
 _MODULE_FILE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z0-9_-]+)*\.(py|so|pyd|pyc)$")
@@ -418,67 +428,66 @@ def _bad(filename: str, why: str) -> InvalidWheel:
     return InvalidWheel(f"{filename}: {why}")
 
 
-def _check_zip_layout(data_path: Path, size: int, filename: str, zf: zipfile.ZipFile) -> None:
-    """Refuse archives that different readers could read differently."""
-    with open(data_path, "rb") as fh:
-        tail_len = min(size, 65535 + 22)
-        fh.seek(size - tail_len)
-        tail = fh.read(tail_len)
-        pos = tail.rfind(_EOCD_SIG)
-        if pos < 0 or len(tail) - pos < 22:
-            raise _bad(filename, "no end of central directory record")
-        eocd_at = size - tail_len + pos
-        (_, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len) = struct.unpack(
-            "<4sHHHHIIH", tail[pos : pos + 22]
+def _check_zip_layout(fh: BinaryIO, size: int, filename: str, zf: zipfile.ZipFile) -> None:
+    """Refuse archives that different readers could read differently (*fh*: the archive)."""
+    tail_len = min(size, 65535 + 22)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(_EOCD_SIG)
+    if pos < 0 or len(tail) - pos < 22:
+        raise _bad(filename, "no end of central directory record")
+    eocd_at = size - tail_len + pos
+    (_, disk, cd_disk, n_here, n_total, cd_size, cd_offset, comment_len) = struct.unpack(
+        "<4sHHHHIIH", tail[pos : pos + 22]
+    )
+    if eocd_at + 22 + comment_len != size:
+        raise _bad(filename, "data after the end of the zip archive")
+    if disk != 0 or cd_disk != 0 or n_here != n_total:
+        raise _bad(filename, "multi-disk zip archives are not accepted")
+    cd_end = eocd_at
+    if eocd_at >= 20:
+        fh.seek(eocd_at - 20)
+        locator = fh.read(20)
+        if locator[:4] == _ZIP64_LOCATOR_SIG:
+            (z64_at,) = struct.unpack("<Q", locator[8:16])
+            fh.seek(z64_at)
+            rec = fh.read(56)
+            if rec[:4] != _ZIP64_EOCD_SIG:
+                raise _bad(filename, "broken zip64 end of central directory")
+            cd_size, cd_offset = struct.unpack("<QQ", rec[40:56])
+            cd_end = z64_at
+    if cd_offset + cd_size != cd_end:
+        raise _bad(
+            filename,
+            "the central directory is not where its end record says "
+            "(data added before or inside the archive)",
         )
-        if eocd_at + 22 + comment_len != size:
-            raise _bad(filename, "data after the end of the zip archive")
-        if disk != 0 or cd_disk != 0 or n_here != n_total:
-            raise _bad(filename, "multi-disk zip archives are not accepted")
-        cd_end = eocd_at
-        if eocd_at >= 20:
-            fh.seek(eocd_at - 20)
-            locator = fh.read(20)
-            if locator[:4] == _ZIP64_LOCATOR_SIG:
-                (z64_at,) = struct.unpack("<Q", locator[8:16])
-                fh.seek(z64_at)
-                rec = fh.read(56)
-                if rec[:4] != _ZIP64_EOCD_SIG:
-                    raise _bad(filename, "broken zip64 end of central directory")
-                cd_size, cd_offset = struct.unpack("<QQ", rec[40:56])
-                cd_end = z64_at
-        if cd_offset + cd_size != cd_end:
-            raise _bad(
-                filename,
-                "the central directory is not where its end record says "
-                "(data added before or inside the archive)",
-            )
-        # Local headers must start at 0, follow each other without overlap, and
-        # name the same file as the central directory.
-        infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
-        expected = 0
-        for info in infos:
-            if info.header_offset < expected:
-                raise _bad(filename, f"entry {info.filename!r} overlaps the previous one")
-            if info.header_offset != expected and not (
-                expected and info.header_offset - expected in (12, 16, 20, 24)
-            ):
-                # Gaps other than a data descriptor hide data from some readers.
-                raise _bad(filename, f"unexplained data before entry {info.filename!r}")
-            fh.seek(info.header_offset)
-            header = fh.read(30)
-            if len(header) < 30 or header[:4] != _LOCAL_SIG:
-                raise _bad(filename, f"entry {info.filename!r} has no local header")
-            name_len, extra_len = struct.unpack("<HH", header[26:30])
-            raw_name = fh.read(name_len)
-            central = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
-            if raw_name != central:
-                raise _bad(filename, f"local and central names differ for {info.filename!r}")
-            expected = info.header_offset + 30 + name_len + extra_len + info.compress_size
-        if infos and expected > cd_offset:
-            raise _bad(filename, "the last entry overlaps the central directory")
-        if infos and expected != cd_offset and cd_offset - expected not in (12, 16, 20, 24):
-            raise _bad(filename, "unexplained data before the central directory")
+    # Local headers must start at 0, follow each other without overlap, and
+    # name the same file as the central directory.
+    infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
+    expected = 0
+    for info in infos:
+        if info.header_offset < expected:
+            raise _bad(filename, f"entry {info.filename!r} overlaps the previous one")
+        if info.header_offset != expected and not (
+            expected and info.header_offset - expected in (12, 16, 20, 24)
+        ):
+            # Gaps other than a data descriptor hide data from some readers.
+            raise _bad(filename, f"unexplained data before entry {info.filename!r}")
+        fh.seek(info.header_offset)
+        header = fh.read(30)
+        if len(header) < 30 or header[:4] != _LOCAL_SIG:
+            raise _bad(filename, f"entry {info.filename!r} has no local header")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        raw_name = fh.read(name_len)
+        central = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        if raw_name != central:
+            raise _bad(filename, f"local and central names differ for {info.filename!r}")
+        expected = info.header_offset + 30 + name_len + extra_len + info.compress_size
+    if infos and expected > cd_offset:
+        raise _bad(filename, "the last entry overlaps the central directory")
+    if infos and expected != cd_offset and cd_offset - expected not in (12, 16, 20, 24):
+        raise _bad(filename, "unexplained data before the central directory")
 
 
 def _check_member_name(filename: str, name: str) -> None:
@@ -536,16 +545,28 @@ def read_wheel(path: str | Path) -> WheelInfo:
     path = Path(path)
     fn = parse_wheel_filename(path.name)
     filename = fn.filename
+    whole = hashlib.sha256()
     try:
-        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > IN_MEMORY_LIMIT:
+                while chunk := fh.read(1 << 20):
+                    whole.update(chunk)
+                return _read_archive(fn, fh, size, whole.hexdigest())
+            # Most wheels are small: read once, then hash and check the bytes in memory
+            # (one open and one read instead of a pass per check).
+            data = fh.read()
     except OSError as exc:
         raise _bad(filename, f"cannot read: {exc.strerror}")
-    whole = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            whole.update(chunk)
+    whole.update(data)
+    return _read_archive(fn, io.BytesIO(data), len(data), whole.hexdigest())
+
+
+def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> WheelInfo:
+    """The checks of :func:`read_wheel` on the open archive *fh* of *size* bytes."""
+    filename = fn.filename
     try:
-        zf = zipfile.ZipFile(path)
+        zf = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
         raise _bad(filename, f"not a valid zip archive ({exc})")
     with zf:
@@ -557,7 +578,7 @@ def read_wheel(path: str | Path) -> WheelInfo:
             if name in seen:
                 raise _bad(filename, f"duplicate entry {name!r}")
             seen.add(name)
-        _check_zip_layout(path, size, filename, zf)
+        _check_zip_layout(fh, size, filename, zf)
 
         dist_infos = sorted(
             {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
@@ -674,7 +695,7 @@ def read_wheel(path: str | Path) -> WheelInfo:
         modules=_top_level_modules(names, dist_info),
         files=tuple(names),
         size=size,
-        sha256=whole.hexdigest(),
+        sha256=sha256,
     )
 
 

@@ -434,6 +434,30 @@ def test_verify_refuses(tmp_path: Path, kind: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_large_wheel_checked_streamed_like_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over IN_MEMORY_LIMIT the archive is read from disk: same facts, same refusals."""
+    from piwheels import wheels
+
+    good = make_wheel(tmp_path)
+    in_memory = read_wheel(good)
+    monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
+    assert read_wheel(good) == in_memory
+    with_tail = tmp_path / "tail" / good.name
+    with_tail.parent.mkdir()
+    with_tail.write_bytes(good.read_bytes() + b"junk")
+    with pytest.raises(InvalidWheel, match="data after the end of the zip archive"):
+        read_wheel(with_tail)
+    for kind, (knobs, reason) in BAD_WHEELS.items():
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        path = make_wheel(folder, **knobs)  # type: ignore[arg-type]
+        with pytest.raises(InvalidWheel) as err:
+            verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311")
+        assert reason in str(err.value), kind
+
+
 def test_verify_refuses_not_a_zip(tmp_path: Path) -> None:
     path = tmp_path / "demo_pkg-1.0-py3-none-any.whl"
     path.write_bytes(b"this is not a zip archive\n" * 10)
