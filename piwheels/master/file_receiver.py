@@ -17,12 +17,19 @@ archive (:func:`piwheels.wheels.verify_wheel`).  PUBLISH links the file into
 ``simple/<canonical name>/`` (a hard link, which never replaces an existing
 file, so a published filename never changes content) and writes its
 ``.metadata`` beside it.  A refused transfer leaves nothing behind.
+
+Durability: PUBLISHED is answered only after the wheel's and the
+``.metadata``'s bytes were fsynced before they got their names, and the
+folders holding the new names were fsynced after; a burst of PUBLISH requests
+shares each round of fsyncs (run side by side).  So a file the master
+acknowledges as published, and then records, is there after a crash.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +109,9 @@ class FileReceiver(Task):
             window=window,
         )
         self.table.clear_staging()
+        if not self.simple_path.is_dir():
+            self.simple_path.mkdir(parents=True, exist_ok=True)
+            _fsync(self.output_path)  # the index folder itself survives a crash too
         self.idle_limit = master.builder_timeout.total_seconds()
         self.expected: dict[str, _Expected] = {}
         # token -> (code, reason, when): answers for transfers that are gone.
@@ -281,8 +291,16 @@ class FileReceiver(Task):
         self._publish([(peer, data["transfer"])])
 
     def _publish(self, requests: list[tuple[tuple[bytes, ...], str]]) -> None:
-        """Verify, make durable, then link each file into the index and answer."""
-        ready: list[tuple[tuple[bytes, ...], _Expected, Path, Path]] = []
+        """Verify, make durable, link each file into the index, make the links durable, answer.
+
+        Three rounds for the whole burst, whatever its size: (1) verify each file,
+        create its project folder and stage its ``.metadata``; (2) fsync every wheel,
+        every staged ``.metadata`` and, when a project folder was created, the index
+        folder, side by side; (3) link each file under its published name, then fsync
+        every project folder touched.  Only then is PUBLISHED sent: a file the master
+        acknowledges (and then records) is on disk under its name and survives a crash.
+        """
+        ready: list[tuple[tuple[bytes, ...], _Expected, Path, Path, bool]] = []
         seen: set[str] = set()
         repeats = []
         for peer, token in requests:
@@ -298,26 +316,52 @@ class FileReceiver(Task):
             assert transfer is not None
             folder = self.simple_path / exp.info.name
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                created = _mkdir(folder)
                 os.chmod(transfer.path, 0o644)
                 tmp = self._stage_metadata(folder, token, exp.filename, exp.info.metadata)
             except OSError as exc:
                 self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
                 continue
-            ready.append((peer, exp, transfer.path, tmp))
-        # Durable before visible: every wheel and .metadata of the burst at once.
-        failed = self._fsync_all([p for _, _, path, tmp in ready for p in (path, tmp)])
-        for peer, exp, path, tmp in ready:
+            ready.append((peer, exp, transfer.path, tmp, created))
+        # Durable before visible: every wheel and .metadata of the burst at once, and the
+        # index folder's entries for the project folders made just now.
+        new_folders = any(created for *_, created in ready)
+        failed = self._fsync_all(
+            [p for _, _, path, tmp, _ in ready for p in (path, tmp)]
+            + ([self.simple_path] if new_folders else [])
+        )
+        linked: list[tuple[tuple[bytes, ...], _Expected, Path, bool]] = []
+        for peer, exp, path, tmp, created in ready:
             problem = failed.get(path) or failed.get(tmp)
+            if problem is None and created:
+                problem = failed.get(self.simple_path)
             if problem is None:
-                self._link(peer, exp, path, tmp)
+                existed = self._link(peer, exp, path, tmp)
+                if existed is not None:
+                    linked.append((peer, exp, tmp.parent, existed))
                 continue
             _unlink(tmp)
             self._refuse(peer, exp.token, "disk", f"cannot publish {exp.filename}: {problem}")
+        # The new names themselves: one fsync per project folder of the burst.
+        failed = self._fsync_all(sorted({folder for _, _, folder, _ in linked}))
+        for peer, exp, folder, existed in linked:
+            problem = failed.get(folder)
+            if problem is not None:
+                if not existed:
+                    # Not known to be durable: withdrawn, so nothing unrecorded stays.
+                    _unlink(folder / exp.filename)
+                    _unlink(folder / f"{exp.filename}.metadata")
+                self._refuse(peer, exp.token, "disk", f"cannot publish {exp.filename}: {problem}")
+                continue
+            self._published(peer, exp, existed)
         if repeats:
             self._publish(repeats)
 
-    def _link(self, peer: tuple[bytes, ...], exp: _Expected, path: Path, tmp: Path) -> None:
+    def _link(self, peer: tuple[bytes, ...], exp: _Expected, path: Path, tmp: Path) -> bool | None:
+        """Put a durable file under its published name; whether it was there already.
+
+        None after refusing it (a different file of that name is published, or the disk).
+        """
         info = exp.info
         assert info is not None
         token = exp.token
@@ -339,15 +383,28 @@ class FileReceiver(Task):
                         f"{exp.filename} is already published with different content "
                         f"(sha256 {digest}); a published file is never replaced",
                     )
-                    return
+                    return None
                 existed = True
             os.replace(tmp, folder / f"{exp.filename}.metadata")
         except OSError as exc:
             _unlink(tmp)
             self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
-            return
+            return None
+        # The staging name goes (the published link stays): two calls, not a tree walk.
+        transfer = self.table.release(token)
+        if transfer is not None:
+            _unlink(transfer.path)
+            try:
+                os.rmdir(transfer.folder)
+            except OSError:
+                shutil.rmtree(transfer.folder, ignore_errors=True)
+        return existed
+
+    def _published(self, peer: tuple[bytes, ...], exp: _Expected, existed: bool) -> None:
+        info = exp.info
+        assert info is not None
+        token = exp.token
         facts = self._facts(exp)
-        self.table.discard(token)  # removes the staging link; the published one stays
         self.expected.pop(token, None)
         self.tombstones[token] = ("unknown", f"transfer {token} is published", time.monotonic())
         self.log.info(
@@ -499,6 +556,18 @@ def _serves(tags: frozenset[Any], build: str | tuple[str, str]) -> bool:
     return bool(abis_served(tags, [build]))
 
 
+def _mkdir(folder: Path) -> bool:
+    """Make a project folder; whether it was made now."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        return False
+    except FileNotFoundError:
+        # The index folder itself went away (an operator's doing): made again.
+        folder.mkdir(parents=True, exist_ok=True)
+    return True
+
+
 def _unlink(path: Path) -> None:
     try:
         path.unlink()
@@ -507,7 +576,7 @@ def _unlink(path: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """Make *path*'s contents durable before it becomes visible under its published name."""
+    """Make *path*'s contents (a file's bytes, a folder's names) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

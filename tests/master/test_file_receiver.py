@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import hashlib
 import io
 import os
@@ -199,6 +200,56 @@ def test_same_content_again_is_idempotent(harness: Harness, tmp_path: Path) -> N
         assert published.msg == "PUBLISHED" and published.data["existed"] is existed
     assert len(harness.published()) == 2  # the wheel and its .metadata
     assert harness.staged() == []
+
+
+def test_published_only_after_bytes_then_names_are_synced(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes are fsynced before their names exist; the new names before PUBLISHED."""
+    from piwheels.master import file_receiver
+
+    wheel = make_wheel(tmp_path / "src")
+    target = harness.output / "simple" / "foo" / wheel.name
+    synced: list[tuple[Path, bool]] = []  # (path, published name visible at that moment)
+    plain = file_receiver._fsync
+
+    def spy(path: Path) -> None:
+        synced.append((path, target.exists()))
+        plain(path)
+
+    monkeypatch.setattr(file_receiver, "_fsync", spy)
+    token, _ = harness.expect(wheel)
+    assert harness.send(wheel, token).ok
+    assert harness.request("PUBLISH", {"transfer": token}).msg == "PUBLISHED"
+    order = {path: (i, visible) for i, (path, visible) in enumerate(synced)}
+    wheel_sync = next(v for p, v in order.items() if p.name == wheel.name)
+    meta_sync = next(v for p, v in order.items() if p.name.startswith(f".{wheel.name}.metadata"))
+    folder_sync = order[target.parent]
+    index_sync = order[harness.output / "simple"]  # the project folder is new
+    assert not wheel_sync[1] and not meta_sync[1] and not index_sync[1]
+    assert folder_sync[1]  # synced after linking, before the answer
+    assert folder_sync[0] > max(wheel_sync[0], meta_sync[0], index_sync[0])
+
+
+def test_folder_sync_failure_withdraws_the_file(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from piwheels.master import file_receiver
+
+    wheel = make_wheel(tmp_path / "src")
+    folder = harness.output / "simple" / "foo"
+    plain = file_receiver._fsync
+
+    def failing(path: Path) -> None:
+        if path == folder:
+            raise OSError(errno.EIO, "Input/output error")
+        plain(path)
+
+    monkeypatch.setattr(file_receiver, "_fsync", failing)
+    token, _ = harness.expect(wheel)
+    assert harness.send(wheel, token).ok
+    refused(harness.request("PUBLISH", {"transfer": token}), "disk", "Input/output error")
+    assert harness.published() == [] and harness.staged() == []
 
 
 def test_name_spelling_goes_to_the_canonical_folder(harness: Harness, tmp_path: Path) -> None:
