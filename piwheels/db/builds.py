@@ -166,19 +166,21 @@ _LOCK_VERSIONS = text(
     """
 )
 
-_BUSY_VERSIONS = text(
+# After the lock, in one statement (one snapshot, taken once the lock is held): which
+# releases are being built, each target's environment version, and past failures.
+_START_FACTS = text(
     """
-    SELECT DISTINCT b.package, b.version FROM builds b
-    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[])) AS w(package, version)
+    SELECT 'busy' AS kind, b.package, b.version, NULL AS abi, NULL AS n FROM builds b
+    JOIN (SELECT DISTINCT * FROM unnest(CAST(:p AS text[]), CAST(:v AS text[])))
+           AS w(package, version)
       ON b.package = w.package AND b.version = w.version
     WHERE b.status IN ('pending', 'building')
-    """
-)
-
-_FAILURES = text(
-    """
-    SELECT b.package, b.version, b.abi, count(*) FROM builds b
-    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[]), CAST(:a AS text[]))
+    UNION ALL
+    SELECT 'env', NULL, NULL, a.abi, a.env_version FROM abis a
+    WHERE a.abi = ANY (CAST(:abis AS text[]))
+    UNION ALL
+    SELECT 'failed', b.package, b.version, b.abi, count(*) FROM builds b
+    JOIN unnest(CAST(:fp AS text[]), CAST(:fv AS text[]), CAST(:fa AS text[]))
            AS w(package, version, abi)
       ON b.package = w.package AND b.version = w.version AND b.abi = w.abi
     WHERE b.status = 'failed' AND NOT b.cleared
@@ -205,26 +207,27 @@ def start_builds(
     with atomic(conn):
         # Lock the releases (in a fixed order) so concurrent starts are serialised.
         exists = {(p, v) for p, v in conn.execute(_LOCK_VERSIONS, args)}
-        busy = {(p, v) for p, v in conn.execute(_BUSY_VERSIONS, args)}
-        envs = dict(
-            conn.execute(
-                select(abis.c.abi, abis.c.env_version).where(
-                    abis.c.abi.in_(sorted({a for _, _, a, _ in items}))
-                )
-            ).all()
-        )
         triples = sorted({(p, v, a) for p, v, a, _ in items})
-        failures = {
-            (p, v, a): int(n)
-            for p, v, a, n in conn.execute(
-                _FAILURES,
-                {
-                    "p": [t[0] for t in triples],
-                    "v": [t[1] for t in triples],
-                    "a": [t[2] for t in triples],
-                },
-            )
-        }
+        busy: set[tuple[str, str]] = set()
+        envs: dict[str, int] = {}
+        failures: dict[tuple[str, str, str], int] = {}
+        facts = conn.execute(
+            _START_FACTS,
+            {
+                **args,
+                "abis": sorted({a for _, _, a, _ in items}),
+                "fp": [t[0] for t in triples],
+                "fv": [t[1] for t in triples],
+                "fa": [t[2] for t in triples],
+            },
+        )
+        for kind, package, version, abi, n in facts:
+            if kind == "busy":
+                busy.add((package, version))
+            elif kind == "env":
+                envs[abi] = int(n)
+            else:
+                failures[(package, version, abi)] = int(n)
         rows = []
         chosen: list[int] = []
         for i, (p, v, a, b) in enumerate(items):
@@ -250,7 +253,7 @@ def start_builds(
             ).scalars()
             for i, build_id in zip(chosen, ids, strict=True):
                 out[i] = int(build_id)
-            queue.update_versions(conn, {(r["package"], r["version"]) for r in rows})
+            queue.update_versions(conn, {(items[i][0], items[i][1]) for i in chosen})
     return out
 
 
@@ -268,15 +271,6 @@ class BuildResult:
 
 _TRANSIENT_SQL = ", ".join(f"'{c}'" for c in TRANSIENT_FAILURES)
 
-_LOCK_BUILDS = text(
-    """
-    SELECT build_id, status FROM builds
-    WHERE build_id = ANY (CAST(:ids AS bigint[]))
-    ORDER BY build_id
-    FOR UPDATE
-    """
-)
-
 # Transient failures get a retry time: the configured base, doubled per attempt.
 _FINISH_BUILDS = text(
     f"""
@@ -291,8 +285,15 @@ _FINISH_BUILDS = text(
                 CAST(:failure_class AS text[]), CAST(:log_path AS text[]))
              AS u(build_id, status, duration, failure_class, log_path),
          configuration c
-    WHERE c.id = 1 AND b.build_id = u.build_id
+    WHERE c.id = 1 AND b.build_id = u.build_id AND b.status IN ('pending', 'building')
     RETURNING b.*
+    """
+)
+
+# Why some builds could not be finished (only asked after a refusal).
+_BUILD_STATES = text(
+    """
+    SELECT build_id, status FROM builds WHERE build_id = ANY (CAST(:ids AS bigint[]))
     """
 )
 
@@ -332,27 +333,31 @@ def _add_files_many(
     """
     if not rows:
         return
-    known = {
-        name: sha
-        for name, sha in conn.execute(
-            select(files.c.filename, files.c.sha256).where(
-                files.c.filename.in_([r["filename"] for r in rows])
-            )
-        )
-    }
-    new_rows = []
+    first: dict[str, dict[str, object]] = {}
     for row in rows:
-        old = known.get(str(row["filename"]))
-        if old is None:
-            known[str(row["filename"])] = str(row["sha256"])
-            new_rows.append(row)
-        elif old != row["sha256"]:
+        name = str(row["filename"])
+        seen = first.setdefault(name, row)
+        if seen["sha256"] != row["sha256"]:
             raise InvalidWheel(
-                f"{row['filename']} is already published with another hash; "
-                "a published file is never replaced"
+                f"{name} is already published with another hash; a published file is never replaced"
             )
-    if new_rows:
-        conn.execute(pg_insert(files).on_conflict_do_nothing(), new_rows)
+    # The usual case is all new: one INSERT; the names it skipped are checked after.
+    inserted = set(
+        conn.execute(
+            pg_insert(files).on_conflict_do_nothing().returning(files.c.filename),
+            list(first.values()),
+        ).scalars()
+    )
+    others = [name for name in first if name not in inserted]
+    if others:
+        for name, sha in conn.execute(
+            select(files.c.filename, files.c.sha256).where(files.c.filename.in_(others))
+        ):
+            if sha != first[name]["sha256"]:
+                raise InvalidWheel(
+                    f"{name} is already published with another hash; "
+                    "a published file is never replaced"
+                )
     deps = {
         (rec.filename, d.tool, d.requirement): None for rec in records for d in rec.dependencies
     }
@@ -398,16 +403,18 @@ def finish_builds(conn: Connection, results: Iterable[BuildResult]) -> list[Buil
         "log_path": [r.log_path for r in results],
     }
     with atomic(conn):
-        state: dict[int, str] = {
-            int(i): str(st) for i, st in conn.execute(_LOCK_BUILDS, {"ids": id_list})
-        }
-        for build_id in id_list:
-            status = state.get(build_id)
-            if status is None:
-                raise BuildError(f"no such build: {build_id}")
-            if status not in ("pending", "building"):
-                raise BuildError(f"build {build_id} already finished ({status})")
+        # One statement locks, checks and updates: the UPDATE takes each row's lock
+        # and skips a build that is no longer unfinished once it holds it.
         done = {r.build_id: r for r in (_row(x) for x in conn.execute(_FINISH_BUILDS, params))}
+        if len(done) != len(id_list):
+            state = {int(i): str(st) for i, st in conn.execute(_BUILD_STATES, {"ids": id_list})}
+            for build_id in id_list:
+                if build_id in done:
+                    continue
+                status = state.get(build_id)
+                if status is None:
+                    raise BuildError(f"no such build: {build_id}")
+                raise BuildError(f"build {build_id} already finished ({status})")
         _add_files_many(conn, file_rows, records)
         queue.update_versions(conn, {(b.package, b.version) for b in done.values()})
     return [done[i] for i in id_list]
