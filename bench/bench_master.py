@@ -28,6 +28,7 @@ import http.server
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -145,12 +146,13 @@ def master_settings(url: str, root: Path, keys: Path, builder: str, file: str) -
     )
 
 
-def run_master(settings: Settings, ready: Any, stop: Any, profile: str = "") -> None:
+def run_master(settings: Settings, ready: Any, stop: Any, tids: str, profile: str = "") -> None:
     import logging
 
     from piwheels.master.main import Master
 
     logging.basicConfig(level=logging.WARNING)
+    _name_tasks(Path(tids))
     if profile:
         _profile_tasks(Path(profile))
     master = Master(settings)
@@ -164,6 +166,36 @@ def run_master(settings: Settings, ready: Any, stop: Any, profile: str = "") -> 
 
     threading.Thread(target=relay, daemon=True).start()
     master.run(stop=stopping)
+
+
+def _name_tasks(folder: Path) -> None:
+    """Each master task writes its thread id to ``<role>.tid`` in *folder* (CPU per task)."""
+    from piwheels.tasks import Task
+
+    plain = Task.run
+
+    def run(self: Task) -> None:
+        (folder / f"{self.role}.tid").write_text(str(threading.get_native_id()))
+        plain(self)
+
+    Task.run = run  # type: ignore[method-assign]
+
+
+def thread_cpu(pid: int, folder: Path) -> dict[str, float]:
+    """CPU seconds of each thread of *pid*: tasks by role, ZeroMQ's by name, the rest summed."""
+    roles = {int(p.read_text()): p.stem for p in folder.glob("*.tid")}
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tid = int(task.name)
+        name = roles.get(tid) or ("zmq I/O" if comm.startswith("ZMQbg") else "other threads")
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        out[name] = out.get(name, 0.0) + cpu
+    return out
 
 
 def _profile_tasks(folder: Path) -> None:
@@ -202,9 +234,35 @@ def print_profiles(folder: Path, top: int = 25) -> None:
         stats.sort_stats("tottime").print_stats(top)
 
 
-def proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int, reaped: bool = False) -> float:
+    """CPU seconds of *pid* (with *reaped*, also of its children that have exited)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # without guest time, which steal/user already count
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
+def postgres_cpu(pid: int | None) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster, its live and its exited backends."""
+    if pid is None:
+        return 0.0
+    total = proc_cpu(pid, reaped=True)
+    for kid in descendants(pid):
+        try:
+            total += proc_cpu(kid)
+        except OSError:
+            pass
+    return total
 
 
 def descendants(pid: int) -> list[int]:
@@ -270,7 +328,8 @@ def sim_builders(
     out: Any,
     keep_connections: bool = True,
 ) -> None:
-    """Run one simulated builder per label in threads; put (builds done, errors) on *out*."""
+    """Run one simulated builder per label in threads; put (done, errors, CPU s) on *out*."""
+    cpu0 = time.process_time()
     context = Context()
     server = load_keys(Path(keys_dir) / "server" / "master.key").public
     done = [0]
@@ -369,7 +428,7 @@ def sim_builders(
     for t in threads:
         t.join()
     context.close()
-    out.put((done[0], errors))
+    out.put((done[0], errors, time.process_time() - cpu0))
 
 
 # -- raw loopback reference ------------------------------------------------------------------------
@@ -419,6 +478,8 @@ def throughput(
     procs: int,
     profile: bool = False,
     keep_connections: bool = True,
+    postgres_pid: int | None = None,
+    py_spy: str = "",
 ) -> None:
     spawn = mp.get_context("spawn")
     root = Path(tempfile.mkdtemp(prefix="piwbench-master-"))
@@ -451,8 +512,11 @@ def throughput(
     ready, stop = spawn.Event(), spawn.Event()
     prof_dir = root / "profiles"
     prof_dir.mkdir()
+    tid_dir = root / "tids"
+    tid_dir.mkdir()
     master = spawn.Process(
-        target=run_master, args=(settings, ready, stop, str(prof_dir) if profile else "")
+        target=run_master,
+        args=(settings, ready, stop, str(tid_dir), str(prof_dir) if profile else ""),
     )
     master.start()
     if not ready.wait(60):
@@ -461,7 +525,18 @@ def throughput(
     settle(master.pid)
     out = spawn.Queue()
     groups = spread(labels, procs)
+    spy = None
+    if py_spy:
+        # A sampling profile of the master over the run only (py-spy is not a dependency).
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(master.pid), "--threads", "--rate", "250",
+             "--format", "raw", "--output", py_spy],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)
     cpu0, kids0 = tree_cpu(master.pid)
+    threads0 = thread_cpu(master.pid, tid_dir)
+    pg0, machine0 = postgres_cpu(postgres_pid), machine_cpu()
     start = time.perf_counter()
     workers = [
         spawn.Process(
@@ -475,6 +550,13 @@ def throughput(
     elapsed = time.perf_counter() - start
     cpu, kids = tree_cpu(master.pid)
     cpu, kids = cpu - cpu0, kids - kids0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    threads = thread_cpu(master.pid, tid_dir)
+    threads = {k: v - threads0.get(k, 0.0) for k, v in threads.items()}
+    pg = postgres_cpu(postgres_pid) - pg0
+    busy, total = (a - b for a, b in zip(machine_cpu(), machine0, strict=True))
     peak = proc_peak_rss(master.pid)
     for w in workers:
         w.join()
@@ -490,6 +572,7 @@ def throughput(
     master.join(60)
     done = sum(r[0] for r in results)
     errors = [e for r in results for e in r[1]]
+    sims = sum(r[2] for r in results)
     with engine.connect() as conn:
         recorded = conn.execute(
             text("SELECT count(*) FROM builds WHERE status = 'success'")
@@ -557,6 +640,24 @@ def throughput(
           f"at {ROUND_TRIPS_PER_BUILD} round trips per build "
           "(no curve, no checks, no disk)")  # fmt: skip
     print(f"  ratio master/raw: {rate / raw_builds:.1%}")
+    per = 1000 / max(done, 1)
+    print(f"  CPU per build by process: master {cpu * per:.2f} ms, site {kids * per:.2f} ms, "
+          f"simulated builders {sims * per:.2f} ms, PostgreSQL {pg * per:.2f} ms; "
+          f"sum {(cpu + kids + sims + pg) * per:.2f} ms")  # fmt: skip
+    shown = ", ".join(
+        f"{k} {v * per:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
+    )
+    print(f"  master threads, ms per build: {shown}")
+    ncpu = os.cpu_count() or 1
+    room = max(elapsed * ncpu, 1e-9)  # CPU seconds the machine had during the run
+    print(f"  machine over the run: {busy / max(total, 1e-9):.0%} of {ncpu} CPUs busy "
+          f"({busy * per:.2f} ms per build, other work included); the simulated builders "
+          f"took {sims / room:.0%} of the machine, PostgreSQL {pg / room:.0%}, "
+          f"the master {(cpu + kids) / room:.0%}")  # fmt: skip
+    bound = (cpu + kids + sims + pg) * per / 1000
+    if bound > 0:
+        print(f"  bound on this machine if every CPU did only this work: "
+              f"{ncpu / bound:,.0f} builds/s")  # fmt: skip
     if profile:
         print_profiles(prof_dir)
     shutil.rmtree(root, ignore_errors=True)
@@ -686,6 +787,9 @@ def main() -> None:
         "--profile", action="store_true", help="profile the master's tasks (cProfile) and print"
     )
     parser.add_argument(
+        "--py-spy", default="", metavar="FILE", help="sample the master with py-spy (raw stacks)"
+    )
+    parser.add_argument(
         "--new-connections",
         action="store_true",
         help="open a file connection per transfer (as FileSender without SenderConnections)",
@@ -708,6 +812,8 @@ def main() -> None:
             args.procs,
             args.profile,
             not args.new_connections,
+            cluster.pid if cluster is not None else None,
+            args.py_spy,
         )
         if not args.skip_overhead:
             overhead(admin, max(1, round(5 * args.scale)), args.sandbox)
