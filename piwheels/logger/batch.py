@@ -225,7 +225,7 @@ class BatchEncoder:
         routes, clients = self._fast_routes, self._fast_clients
         rows = self.rows
         extra = self.extra
-        fast = 0
+        fast = recs = skipped = 0  # added to the counters at the end
         for line in lines:
             if len(line) > MAX_LINE:
                 self._slow(line, reader)
@@ -297,13 +297,15 @@ class BatchEncoder:
             agent, ckind, info = ag
             rkind, table, cell = rt
             if agent != AGENT_BOT and (
-                method != b"GET" or int(status) != 200 or (rkind == INDEX and agent == AGENT_DIRECT)
+                method != b"GET"
+                or (status != b"200" and int(status) != 200)
+                or (rkind == INDEX and agent == AGENT_DIRECT)
             ):
                 rkind, table = OTHER, None
             if table is None:
-                self.records += 1
+                recs += 1
                 if rkind not in _EXTRA:
-                    self.skipped += 1
+                    skipped += 1
                     continue
                 key = (tm[1], rkind, ckind)
                 tot = extra.get(key)
@@ -315,14 +317,14 @@ class BatchEncoder:
                     tot[1] += n
                 continue
             if cell is None:
-                self.records += 1
-                self.skipped += 1
+                recs += 1
+                skipped += 1
                 continue
             ck = (tm[2], addr)
             client = clients.get(ck)
             if client is None:
                 client = self._fast_client(ck, tm[3])
-            self.records += 1
+            recs += 1
             # Digits as they are, unless a leading zero or "-" needs int()'s spelling.
             if nbytes[:1] not in (b"0", b"-"):
                 n_s = nbytes.decode()
@@ -332,6 +334,8 @@ class BatchEncoder:
                 rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\n")
             else:
                 rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\t{info}\n")
+        self.records += recs
+        self.skipped += skipped
         stats.lines += fast
         stats.parsed += fast
 
