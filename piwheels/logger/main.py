@@ -47,7 +47,7 @@ from .batch import BatchEncoder
 from .classify import AccessRecord
 from .parse import MAX_LINE
 from .pool import ParserPool
-from .reader import LogReader, follow_lines, iter_lines, open_log
+from .reader import LogReader, follow_lines, iter_chunks, open_log
 
 __all__ = ["COMMAND", "BatchSender", "main", "stdin_lines"]
 
@@ -325,7 +325,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if pool is not None:
             lines: Iterator[bytes | None]
             if args.files:
-                lines = _file_lines(args.files)
+                _pump_chunks(
+                    pool, sender, _file_chunks(args.files, sender.batch_size), stop, progress
+                )
+                lines = iter(())  # _pump then only waits for the chunks in flight
             elif args.follow:
                 lines = follow_lines(args.follow, stop, from_end=args.from_end)
             else:
@@ -377,10 +380,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(s, h)
 
 
-def _file_lines(paths: list[str]) -> Iterator[bytes]:
+def _file_chunks(paths: list[str], size: int) -> Iterator[tuple[bytes, list[int]]]:
     for path in paths:
         with open_log(path) as f:
-            yield from iter_lines(f)
+            yield from iter_chunks(f, size)
+
+
+def _pump_chunks(
+    pool: ParserPool,
+    sender: BatchSender,
+    chunks: Iterator[tuple[bytes, list[int]]],
+    stop: threading.Event,
+    progress: _Progress,
+) -> None:
+    """Feed chunks of files (read whole, not line by line) to the pool; send batches as ready."""
+    for chunk in chunks:
+        while pool.full():
+            for payload in pool.ready():
+                sender.send_payload(payload)
+            pool.wait(0.05)
+            sender.poll(0)
+        pool.submit(chunk)
+        for payload in pool.ready():
+            sender.send_payload(payload)
+        progress.maybe()
+        if stop.is_set():
+            break
 
 
 def _pump(

@@ -20,7 +20,7 @@ from typing import Any
 
 from .anonymise import Anonymiser
 from .batch import BatchEncoder
-from .reader import LogReader, ReadStats
+from .reader import LogReader, ReadStats, chunk_lines
 
 __all__ = ["ChunkResult", "ParserPool", "parse_chunk"]
 
@@ -37,8 +37,14 @@ def _init(mode: str, secret: bytes | None, max_samples: int) -> None:
     _state["encoder"] = BatchEncoder()
 
 
-def parse_chunk(lines: list[bytes]) -> ChunkResult:
-    """Parse, classify and encode one chunk in a worker; returns the batch and counts."""
+def parse_chunk(lines: list[bytes] | tuple[bytes, list[int]]) -> ChunkResult:
+    """Parse, classify and encode one chunk in a worker; returns the batch and counts.
+
+    *lines* is a list of lines or a chunk of :func:`~piwheels.logger.reader.iter_chunks`
+    (split here, in C: nothing per line was pickled).
+    """
+    if isinstance(lines, tuple):
+        lines = chunk_lines(lines)
     reader: LogReader = _state["reader"]
     encoder: BatchEncoder = _state["encoder"]
     st = reader.stats
@@ -86,7 +92,7 @@ class ParserPool:
     def full(self) -> bool:
         return self.in_flight >= self.limit
 
-    def submit(self, lines: list[bytes]) -> None:
+    def submit(self, lines: list[bytes] | tuple[bytes, list[int]]) -> None:
         with self._cond:
             self.in_flight += 1
         self._pool.submit(parse_chunk, lines).add_done_callback(self._finished)

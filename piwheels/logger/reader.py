@@ -13,6 +13,7 @@ reopens its log, then the new one is read from its start) and *copytruncate*
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 import threading
@@ -30,7 +31,9 @@ from piwheels.logger.parse import MAX_LINE, LogParser, MalformedLine
 __all__ = [
     "LogReader",
     "ReadStats",
+    "chunk_lines",
     "follow_lines",
+    "iter_chunks",
     "iter_lines",
     "open_log",
 ]
@@ -97,6 +100,77 @@ def iter_lines(stream: BinaryIO, max_line: int = MAX_LINE) -> Iterator[bytes]:
                 if not rest or rest.endswith(b"\n"):
                     break
         yield line
+
+
+def iter_chunks(
+    stream: BinaryIO, size: int, max_line: int = MAX_LINE, block: int = 1 << 20
+) -> Iterator[tuple[bytes, list[int]]]:
+    """The lines :func:`iter_lines` gives, in chunks of at most *size* lines.
+
+    A chunk is ``(data, cut)``: the lines joined, as read (one bytes object,
+    split into lines by C code where it is parsed: no object per line here),
+    and the indices of the lines cut for length, whose ``"\n"`` in *data*
+    is not part of the line (:func:`chunk_lines` gives the lines back).
+    """
+    limit = max_line + 1
+    out: list[bytes] = []  # whole lines of the chunk being built
+    cut: list[int] = []
+    n = 0
+    buf = b""  # the start of a line not yet ended
+    discard = False  # skipping the rest of a line cut for length
+    while True:
+        data = stream.read(block)
+        if not data:
+            break
+        if discard:
+            nl = data.find(b"\n")
+            if nl < 0:
+                continue
+            data, discard = data[nl + 1 :], False
+        buf += data
+        end = buf.rfind(b"\n") + 1
+        whole, buf = buf[:end], buf[end:]
+        if len(buf) > max_line:
+            # A line longer than the limit, not ended yet: cut below, the rest skipped.
+            whole += buf[:limit] + b"\n"
+            buf, discard = b"", True
+        if not whole:
+            continue
+        parts = whole.split(b"\n")
+        parts.pop()
+        longs: list[int] = []
+        if max(map(len, parts)) > max_line:
+            longs = [i for i, part in enumerate(parts) if len(part) > max_line]
+            for i in longs:
+                parts[i] = parts[i][:limit]
+            whole = b"\n".join(parts) + b"\n"
+        k = len(parts)
+        while n + k >= size:
+            m = size - n
+            end = sum(map(len, parts[:m])) + m
+            out.append(whole[:end])
+            cut += [n + i for i in longs if i < m]
+            yield b"".join(out), cut
+            out, cut, n = [], [], 0
+            whole, parts, k = whole[end:], parts[m:], k - m
+            longs = [i - m for i in longs if i >= m]
+        if whole:
+            out.append(whole)
+            cut += [n + i for i in longs]
+            n += k
+    if buf:
+        out.append(buf)
+    if out:
+        yield b"".join(out), cut
+
+
+def chunk_lines(chunk: tuple[bytes, list[int]]) -> list[bytes]:
+    """The lines of a chunk of :func:`iter_chunks`, exactly as :func:`iter_lines` gives them."""
+    data, cut = chunk
+    lines = io.BytesIO(data).readlines()
+    for i in cut:
+        lines[i] = lines[i][:-1]
+    return lines
 
 
 def follow_lines(

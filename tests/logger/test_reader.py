@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -12,10 +13,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from piwheels.logger.anonymise import Anonymiser
 from piwheels.logger.classify import AccessRecord
 from piwheels.logger.parse import MAX_LINE
-from piwheels.logger.reader import LogReader, follow_lines, iter_lines, open_log
+from piwheels.logger.reader import (
+    LogReader,
+    chunk_lines,
+    follow_lines,
+    iter_chunks,
+    iter_lines,
+    open_log,
+)
 from tests.logger.lines import PIP_UA, combined_line, json_line
 
 
@@ -280,3 +290,25 @@ def test_follow_stops_from_another_thread(tmp_path: Path, anonymiser: Anonymiser
     finally:
         timer.cancel()
     assert numbers(recs) == [0]
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 20])
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_iter_chunks_gives_the_lines_of_iter_lines(block: int, size: int) -> None:
+    rng = random.Random(block * 31 + size)
+    pieces = []
+    for _ in range(300):
+        length = rng.choice([0, 1, 5, 20, 39, 40, 41, 42, 90])
+        pieces.append(bytes(rng.choice(b"ab\r\x00 ") for _ in range(length)))
+    for tail in (b"", b"unterminated", b"x" * 100):
+        data = b"\n".join(pieces) + b"\n" + tail
+        expected = list(iter_lines(io.BytesIO(data), max_line=40))
+        chunks = list(iter_chunks(io.BytesIO(data), size, max_line=40, block=block))
+        got: list[bytes] = []
+        for chunk in chunks:
+            lines = chunk_lines(chunk)
+            assert 0 < len(lines) <= size
+            got += lines
+        assert got == expected
+        assert any(chunk[1] for chunk in chunks)  # lines were cut
+        assert len(chunks) == -(-len(expected) // size)  # full chunks but the last
