@@ -381,8 +381,20 @@ def _size_text(size: int) -> str:
     return f"{value / 1000:.1f} GB"
 
 
-#: The log URL of a build id; both project pages ask for each one, hence the cache.
-_log_url = lru_cache(maxsize=4096)(layout.log_url)
+@lru_cache(maxsize=4096)
+def _log_url(build_id: int) -> str:
+    """:func:`layout.log_url` for a build id the model has checked (a test compares the two).
+
+    Both project pages ask for each one, hence the cache; only digits and slashes, so it
+    needs no escaping in HTML or JSON.
+    """
+    digits = f"{build_id:012d}"
+    return f"/logs/{digits[:-8]}/{digits[-8:-4]}/{digits[-4:]}.txt"
+
+
+@lru_cache(maxsize=256)
+def _abi_order(abis: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(abis, key=abi_key))
 
 
 def project_abis(project: ProjectData) -> list[str]:
@@ -433,17 +445,18 @@ def _cell(project: ProjectData, version: VersionData, abi: str) -> str:
         if version.skip_reason or project.skip_reason:
             return '<td class="build skipped">skipped</td>\n'
         return '<td class="build pending">pending</td>\n'
-    href = (
-        st.log_url if st.log_url else (_log_url(st.build_id) if st.build_id is not None else None)
-    )
-    if href and not href.startswith("/"):
-        href = _safe_url(href)
+    status = st.status
     title = f' title="{escape(st.reason)}"' if st.reason else ""
-    if href:
+    if st.log_url:
+        href = st.log_url if st.log_url.startswith("/") else _safe_url(st.log_url)
+        if href:
+            return f'<td class="build {status}"{title}><a href="{escape(href)}">{status}</a></td>\n'
+    elif st.build_id is not None:
         return (
-            f'<td class="build {st.status}"{title}><a href="{escape(href)}">{st.status}</a></td>\n'
+            f'<td class="build {status}"{title}><a href="{_log_url(st.build_id)}">{status}</a>'
+            "</td>\n"
         )
-    return f'<td class="build {st.status}"{title}>{st.status}</td>\n'
+    return f'<td class="build {status}"{title}>{status}</td>\n'
 
 
 def _import_view(f: FileData) -> tuple[str, str]:
@@ -583,7 +596,7 @@ def _project_content(project: ProjectData, config: SiteConfig, abis: list[str]) 
                 + (" yanked" if v.yanked else "")
                 + (" prerelease" if v.prerelease else "")
             )
-            released = _utc(v.released).strftime("%Y-%m-%d") if v.released else ""
+            released = _utc(v.released).date().isoformat() if v.released else ""
             add(
                 f'<tr class="{row_class}">\n<th scope="row">{escape(v.version)}'
                 + ('<span class="mark prerelease"> pre-release</span>' if v.prerelease else "")
@@ -742,23 +755,32 @@ def _jbool(value: bool | None) -> str:
 def _release_json(project: ProjectData, v: VersionData) -> str:
     name = project.name
     builds = []
-    for abi, st in sorted(v.builds.items(), key=lambda kv: abi_key(kv[0])):
-        log = st.log_url or (_log_url(st.build_id) if st.build_id is not None else None)
+    by_abi = v.builds
+    for abi in _abi_order(tuple(by_abi)):
+        st = by_abi[abi]
+        if st.log_url:
+            log = _jstr(st.log_url)
+        elif st.build_id is not None:
+            log = f'"{_log_url(st.build_id)}"'
+        else:
+            log = "null"
         builds.append(
-            f'{_jstr(abi)}:{{"status":"{st.status}",'
+            f'{_jshort(abi)}:{{"status":"{st.status}",'
             f'"build_id":{"null" if st.build_id is None else st.build_id},'
-            f'"log_url":{_jopt(log)},"reason":{_jopt(st.reason)},'
+            f'"log_url":{log},"reason":{_jopt(st.reason)},'
             f'"duration":{"null" if st.duration is None else repr(st.duration.total_seconds())}}}'
         )
     files = []
     if project.offers_files:
         for f in v.files:
+            # Checked hex: nothing to escape.
+            meta = "null" if f.metadata_sha256 is None else f'"{f.metadata_sha256}"'
             files.append(
                 f'{{"filename":"{f.filename}","url":"/simple/{name}/{f.filename}",'
                 f'"sha256":"{f.sha256}","size":{f.size},'
                 f'"upload_time":"{upload_time(f.upload_time)}",'
                 f'"requires_python":{_jshort(f.requires_python)},'
-                f'"metadata_sha256":{_jopt(f.metadata_sha256)},'
+                f'"metadata_sha256":{meta},'
                 f'"abi_tag":{_jshort(f.abi_tag)},"platform_tag":{_jshort(f.platform_tag)},'
                 f'"builder_abis":{_jtuple(tuple(f.builder_abis))},'
                 f'"import_test":{{"ok":{_jbool(f.import_ok)},"error":{_jopt(f.import_error)},'

@@ -114,3 +114,10 @@ def test_loader_feeds_write_all(new_database: Any, bench_site: Any, tmp_path: Pa
         engine.dispose()
     for rel in ("simple/project-6/index.json", "project/project-0/json/index.json"):
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+
+
+@pytest.mark.parametrize("build_id", [0, 7, 12345, 99_999_999, 10**12 + 5])
+def test_render_log_url_is_the_layout_one(build_id: int) -> None:
+    from piwheels.web import layout, render
+
+    assert render._log_url(build_id) == layout.log_url(build_id)
