@@ -100,11 +100,10 @@ def test_escaped_process_is_killed(tmp_path: Path, sandbox: str) -> None:
     assert result.returncode == 0, (tmp_path / "log").read_text()
     names = [s.name for s in timings.steps]
     if sandbox == "on":
-        # The PID namespace ended with the command: the kernel killed the escapee
-        # before bubblewrap exited.
+        # The PID namespace ended with the command: the kernel killed the escapee, no
+        # scan was needed (under load it may take a moment to vanish from /proc, below).
         assert names == ["run"]
         assert result.stragglers == 0
-        assert _processes_with(token) == []
     else:
         assert names == ["run", "straggler scan"]
         assert result.stragglers == 1

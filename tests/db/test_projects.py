@@ -6,7 +6,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from piwheels.db import builds, files, packages, projects, versions
 from piwheels.db.files import Dependency
@@ -89,24 +89,6 @@ def test_bulk_equals_per_project(db_conn: Any) -> None:
     assert alpha.versions[2].yanked and alpha.versions[1].files[0].apt_dependencies
     assert bulk["beta"].versions[0].files[0].import_ok is False
     assert bulk["zeta"].status == "quarantined" and bulk["eta"].versions == ()
-
-
-def test_bulk_reads_in_a_fixed_number_of_queries(db_conn: Any) -> None:
-    names = _varied(db_conn)
-    counts = []
-    for batch in (names[:2], names):
-        seen: list[str] = []
-
-        def count(*args: Any, seen: list[str] = seen) -> None:
-            seen.append("q")
-
-        event.listen(db_conn, "before_cursor_execute", count)
-        try:
-            projects.get_projects_data(db_conn, batch)
-        finally:
-            event.remove(db_conn, "before_cursor_execute", count)
-        counts.append(len(seen))
-    assert counts[0] == counts[1]
 
 
 def test_bulk_edge_cases(db_conn: Any) -> None:

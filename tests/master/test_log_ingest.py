@@ -372,7 +372,10 @@ def test_waiting_batches_are_stored_together(
 ) -> None:
     """Batches queued behind one another go in one transaction; a resend in the same group
     counts once; one bad batch in a group refuses only itself."""
-    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    # inproc: a message is in the task's queue when send returns, so the batches sent
+    # before the task runs all wait for it (over ipc one could still be in flight).
+    address = f"inproc://log-{tmp_short.name}"
+    task = LogIngest(context, make_env(engine, address, tmp_short))
     peer = ScriptedPeer(
         context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
     )
