@@ -72,6 +72,8 @@ MAX_CHUNK = 1024 * 1024
 DEFAULT_WINDOW = 10
 #: Files at least this big are hashed on a worker thread while chunks arrive.
 HASH_THREAD_MIN = 4 * 1024 * 1024
+#: Empty staging folders kept for reuse (about the transfers in flight at once).
+FREE_FOLDERS = 256
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -136,7 +138,7 @@ def new_token() -> str:
 
 
 def valid_token(token: str) -> bool:
-    """True if *token* is usable (it becomes a folder name in the staging area)."""
+    """True if *token* is usable (it may become a folder name in the staging area)."""
     return bool(_TOKEN.match(token))
 
 
@@ -172,6 +174,8 @@ class Transfer:
     filename: str
     size: int
     folder: Path
+    #: The folder exists already (an empty one the table keeps for reuse).
+    reused: bool = False
     chunk_size: int = DEFAULT_CHUNK
     window: int = DEFAULT_WINDOW
     state: str = "receiving"
@@ -201,7 +205,8 @@ class Transfer:
 
     def open(self) -> None:
         """Create the temporary file, reserving *size* bytes of disk up front."""
-        self.folder.mkdir(parents=True, exist_ok=False)
+        if not self.reused:
+            self.folder.mkdir(parents=True, exist_ok=False)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if self.size:
@@ -271,9 +276,14 @@ class Transfer:
         return [Reply(self.peer, "ERROR", {"reason": reason})] if self.peer else []
 
     def discard(self) -> None:
-        """Close and remove the temporary file and its folder."""
+        """Close and remove the temporary file (its folder stays, empty, for reuse)."""
         self.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def close(self) -> None:
         """Close the file descriptor (the file stays)."""
@@ -381,6 +391,10 @@ class TransferTable:
         self.window = window
         self.transfers: dict[str, Transfer] = {}
         self._by_peer: dict[tuple[bytes, ...], str] = {}
+        # Empty staging folders of finished transfers, reused by the next ones: each
+        # file keeps its own name in a folder of its own, without a mkdir and an
+        # rmdir per file (creating names is the slow part of a small file's trip).
+        self._free: list[Path] = []
 
     def clear_staging(self) -> None:
         """Remove whatever a previous run left in the staging folder."""
@@ -391,6 +405,7 @@ class TransferTable:
                 else:
                     entry.unlink(missing_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
+        self._free = []
 
     def expect(self, token: str, filename: str, size: int) -> Transfer:
         """Prepare to receive *filename* of *size* bytes under *token*.
@@ -409,15 +424,24 @@ class TransferTable:
             )
         if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
             raise TransferRefused("invalid_name", f"file name {filename[:80]!r} has path parts")
+        reused = bool(self._free)
         transfer = Transfer(
             token=token,
             filename=filename,
             size=size,
-            folder=self.staging / token,
+            folder=self._free.pop() if reused else self.staging / token,
+            reused=reused,
             chunk_size=self.chunk_size,
             window=self.window,
         )
-        transfer.open()
+        try:
+            transfer.open()
+        except FileExistsError:
+            if not reused:
+                raise
+            # Something else wrote into the kept folder: leave it and take a new one.
+            transfer.folder, transfer.reused = self.staging / token, False
+            transfer.open()
         self.transfers[token] = transfer
         return transfer
 
@@ -425,13 +449,30 @@ class TransferTable:
         return self.transfers.get(token)
 
     def discard(self, token: str) -> Transfer | None:
-        """Forget *token*, removing its temporary file; returns it if it was known."""
+        """Forget *token*, removing its temporary file; returns it if it was known.
+
+        Also how a published file's staging name goes (the published link stays).
+        """
         transfer = self.transfers.pop(token, None)
         if transfer is not None:
             transfer.discard()
             if transfer.peer is not None and self._by_peer.get(transfer.peer) == token:
                 del self._by_peer[transfer.peer]
+            self._keep(transfer.folder)
         return transfer
+
+    def _keep(self, folder: Path) -> None:
+        """Keep an emptied staging folder for the next transfer (a bounded number)."""
+        if len(self._free) < FREE_FOLDERS:
+            if folder.is_dir():
+                self._free.append(folder)
+            return
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def release(self, token: str) -> Transfer | None:
         """Forget *token* without touching its file (it has been moved elsewhere)."""

@@ -143,7 +143,36 @@ def test_discarded_big_transfer_stops_its_hash_thread(
     assert [t for t in threading.enumerate() if t.name == "sha256"]
     table.discard("tok")
     assert not [t for t in threading.enumerate() if t.name == "sha256"]
-    assert not transfer.folder.exists()
+    assert not transfer.path.exists()
+
+
+def test_staging_folders_are_reused_one_transfer_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = tmp_path / "staging"
+    table = TransferTable(staging, max_size=1 << 20, chunk_size=1000)
+    first = table.expect("one", "same.whl", 3)
+    second = table.expect("two", "same.whl", 3)
+    # Two transfers of one file name at once: each in a folder of its own.
+    assert first.folder != second.folder
+    first.hello((b"p",))
+    assert [r.msg for r in first.chunk((b"p",), 0, b"abc")] == ["DONE"]
+    table.discard("one")
+    assert not first.path.exists() and first.folder.is_dir()
+    third = table.expect("three", "other.whl", 2)
+    assert third.folder == first.folder and third.path.exists()
+    assert third.path.read_bytes() == b"\0\0"
+    # A stray file of the same name in a kept folder: the transfer takes a new folder.
+    table.discard("three")
+    (first.folder / "stray.whl").write_bytes(b"x")
+    fourth = table.expect("four", "stray.whl", 1)
+    assert fourth.folder == staging / "four" and (first.folder / "stray.whl").read_bytes() == b"x"
+    # At most FREE_FOLDERS are kept; the rest go.
+    monkeypatch.setattr(filetransfer, "FREE_FOLDERS", 0)
+    table.discard("two")
+    assert not second.folder.exists()
+    table.clear_staging()
+    assert list(staging.iterdir()) == []
 
 
 def test_empty_file(tmp_path: Path, context: Context, router: Socket) -> None:
@@ -250,7 +279,7 @@ def test_bytes_past_the_claimed_size_are_refused(
         assert error.msg == "ERROR"
         assert "past the announced 100" in error.data["reason"]
         assert transfer.state == "failed" and transfer.code == "too_large"
-        assert not transfer.folder.exists()
+        assert not transfer.path.exists()
     finally:
         rogue.close(linger=0)
 
@@ -266,7 +295,7 @@ def test_a_file_shorter_than_claimed_is_refused(
     result = run_sender(table, router, FileSender(context, router.endpoints[0], source, token))
     assert not result.ok
     assert "shorter than the announced" in (result.reason or "")
-    assert transfer.state == "failed" and not transfer.folder.exists()
+    assert transfer.state == "failed" and not transfer.path.exists()
 
 
 def test_stray_chunk_is_ignored_and_logged(

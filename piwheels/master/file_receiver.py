@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -390,14 +389,8 @@ class FileReceiver(Task):
             _unlink(tmp)
             self._refuse(peer, token, "disk", f"cannot publish {exp.filename}: {exc}")
             return None
-        # The staging name goes (the published link stays): two calls, not a tree walk.
-        transfer = self.table.release(token)
-        if transfer is not None:
-            _unlink(transfer.path)
-            try:
-                os.rmdir(transfer.folder)
-            except OSError:
-                shutil.rmtree(transfer.folder, ignore_errors=True)
+        # The staging name goes (the published link stays); its folder is kept for reuse.
+        self.table.discard(token)
         return existed
 
     def _published(self, peer: tuple[bytes, ...], exp: _Expected, existed: bool) -> None:

@@ -114,7 +114,8 @@ class Harness:
         return result[0]
 
     def staged(self) -> list[Path]:
-        return [p for p in (self.output / STAGING_DIR).rglob("*")]
+        # Files only: emptied staging folders are kept for the next transfers.
+        return [p for p in (self.output / STAGING_DIR).rglob("*") if not p.is_dir()]
 
     def published(self) -> list[Path]:
         simple = self.output / "simple"
