@@ -56,6 +56,9 @@ HEARTBEAT = timedelta(seconds=5)
 BURST = 64
 #: Queue entries read beyond the number of builders asking (some may be taken).
 SPARE = 10
+#: Routine builder state changes (building, sending, idle) reach monitors this often:
+#: a builder passes through three of them per build, and monitors need the latest only.
+STATUS_INTERVAL = 0.5
 
 
 def now() -> datetime:
@@ -204,7 +207,10 @@ class BuildDispatcher(Task):
         # The batched work: builders waiting for a build, builds waiting to be recorded.
         self.wanting: dict[tuple[bytes, ...], BuilderState] = {}
         self.finishing: list[_Finish] = []
+        # Builders whose routine state changes wait for the next status round.
+        self.changed: dict[tuple[bytes, ...], BuilderState] = {}
         self.every(1.0, self.expire, pausable=False)
+        self.every(STATUS_INTERVAL, self.publish_changed, pausable=False)
         # Builds left unfinished by a previous master: their builders get one
         # builder timeout to come back and resume them; the rest are given back.
         self.started_at = self.clock()
@@ -236,7 +242,20 @@ class BuildDispatcher(Task):
             self.log.warning("cannot answer %s: %s", msg, exc)
 
     def _publish(self, builder: BuilderState) -> None:
+        """Tell monitors about *builder* now (a new builder, an operator's action)."""
+        self.changed.pop(builder.peer, None)
         self.status.send_msg("BUILDER", builder.as_message())
+
+    def _changed(self, builder: BuilderState) -> None:
+        """Tell monitors about *builder* with the next status round (its latest state only)."""
+        self.changed[builder.peer] = builder
+
+    def publish_changed(self) -> None:
+        """Send the builder states that changed since the last round, one message each."""
+        changed, self.changed = self.changed, {}
+        for peer, state in changed.items():
+            if self.builders.get(peer) is state:
+                self.status.send_msg("BUILDER", state.as_message())
 
     def _page(self, msg: str, data: Any = None) -> None:
         self.pages.send_msg(msg, data)
@@ -443,7 +462,7 @@ class BuildDispatcher(Task):
             state, "SLEEP", {"seconds": 5.0 if reason == "no work" else 2.0, "reason": reason}
         )
         if changed:
-            self._publish(state)
+            self._changed(state)
 
     def _hand_out(self) -> None:
         """Start a build for every builder asking, in one transaction; answer each."""
@@ -506,7 +525,7 @@ class BuildDispatcher(Task):
                     "timeout": build.timeout,
                 },
             )
-            self._publish(state)
+            self._changed(state)
         for state in asking:
             if state.peer not in given:
                 self._sleep(state, "no work")
@@ -571,7 +590,7 @@ class BuildDispatcher(Task):
         build.pending = list(data["files"])
         build.phase = "sending"
         state.state = "sending"
-        self._publish(state)
+        self._changed(state)
         self._send_next(build)
 
     def _check_files(self, build: BuildInFlight, files: list[dict[str, Any]]) -> str | None:
@@ -818,7 +837,7 @@ class BuildDispatcher(Task):
             self._reply(holder, "DONE", {"build_id": build.build_id})
             holder.build = None
             holder.state = "idle"
-            self._publish(holder)
+            self._changed(holder)
 
     def _forget_build(self, build_id: int) -> None:
         build = self.inflight.pop(build_id, None)

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, protocols
-from ..errors import PiwheelsError, TransportError
+from ..errors import PiwheelsError, ProtocolError, TransportError
 from ..tasks import Endpoint, Task
-from ..transport import PUB, PULL, PUSH, ROUTER, Context
+from ..transport import PUB, PULL, PUSH, ROUTER, Context, _check, decode
 from .env import MasterEnv
 
 #: How many periodic figures, finished builds and builder states are replayed.
 STATS_HISTORY = 360
 BUILDS_HISTORY = 100
+#: Feed messages handled per wake-up (a build's end sends several at once).
+BURST = 64
 
 
 def os_release() -> tuple[str, str]:
@@ -107,12 +109,27 @@ class StatusHub(Task):
     # -- the feed from other tasks ------------------------------------------------------
 
     def handle_feed(self) -> None:
+        """Handle the feed messages waiting, up to a burst, in one wake-up."""
+        sock = self.feed.zmq_socket
+        for _ in range(BURST):
+            self._feed_message(sock.recv_multipart())
+            if not sock.poll(0):
+                break
+
+    def _feed_message(self, frames: list[bytes]) -> None:
+        # Checked here once, in full; the same bytes then go to monitors as they
+        # came (the status protocol's messages are the feed's: checking and encoding
+        # them again on the way out would change nothing).
         try:
-            received = self.feed.recv_msg()
-        except PiwheelsError as exc:
+            if len(frames) != 1:
+                raise ProtocolError(f"{len(frames)} frames, expected 1")
+            if len(frames[0]) > self.feed.max_msg_size:
+                raise ProtocolError(f"{len(frames[0])} byte message is over the size limit")
+            msg, data = decode(frames[0])
+            data = _check(protocols.status_feed, msg, data, sending=False)
+        except ProtocolError as exc:
             self.log.warning("status feed: %s", exc)
             return
-        msg, data = received.msg, received.data
         if msg == "STATS":
             self.stats.append(data)
             if data["paused"] != self.info["paused"]:
@@ -125,7 +142,7 @@ class StatusHub(Task):
             self.builders.pop(data["builder_id"], None)
         elif msg == "MASTER":
             self.info = data
-        self.publisher.send_msg(msg, data)
+        self.publisher.send_raw(frames)
 
     # -- requests from monitors ------------------------------------------------------------
 
