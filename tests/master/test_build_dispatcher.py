@@ -218,6 +218,43 @@ def test_no_work_sleeps(rig: Rig) -> None:
     builder.close()
 
 
+def test_routine_builder_states_reach_monitors_as_the_latest_per_round(rig: Rig) -> None:
+    rig.add("foo")
+    rig.add("bar")
+    first, second = rig.builder(b"builder-1"), rig.builder(b"builder-2")
+    greet(rig, first, "pi-1")
+    greet(rig, second, "pi-2")
+    # New builders are announced at once.
+    hello_states = [d for m, d in rig.statuses() if m == "BUILDER"]
+    assert sorted(d["label"] for d in hello_states) == ["pi-1", "pi-2"]
+    rig.dispatcher.publish_changed()
+    assert rig.statuses() == []  # nothing changed since
+    first.send("IDLE", {"stats": stats()})
+    build = first.expect("BUILD").data
+    first.send("BUILT", {**failed_result(build["build_id"])})
+    first.expect("DONE")
+    second.send("IDLE", {"stats": stats()})
+    second.expect("BUILD")
+    rig.dispatcher.publish_changed()
+    # pi-1 went building -> idle, pi-2 idle -> building: one message each, the latest state.
+    states = {d["label"]: d["state"] for m, d in rig.statuses() if m == "BUILDER"}
+    assert states == {"pi-1": "idle", "pi-2": "building"}
+    first.close()
+    second.close()
+
+
+def failed_result(build_id: int) -> dict[str, Any]:
+    return {
+        "build_id": build_id,
+        "status": False,
+        "duration": timedelta(seconds=1),
+        "failure_class": "compile_error",
+        "log": "error\n",
+        "files": [],
+        "environment": {"pip": "23.0.1"},
+    }
+
+
 def test_successful_build_end_to_end(rig: Rig) -> None:
     rig.add("foo")
     builder = rig.builder()
