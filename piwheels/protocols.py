@@ -806,6 +806,122 @@ def _log_tables(value: Any) -> dict[str, bytes]:
     return {table: _copy_rows(table)(rows) for table, rows in value.items()}
 
 
+# The rollup aggregates a batch may carry (``BatchEncoder.take``): what its rows add to
+# each rollup, tallied by the logger's parser workers so the master sums a few hundred
+# aggregate rows instead of walking every row.  Names and client descriptions are the
+# rows' COPY text cells, as they are in the rows.
+#: Rollup source of each hit table (``hourly_totals.source`` and the like).
+LOG_SOURCES = {
+    "downloads": "download",
+    "searches": "search",
+    "project_hits": "project",
+    "json_hits": "json",
+    "web_hits": "web",
+}
+_TABLE_OF_SOURCE = {v: k for k, v in LOG_SOURCES.items()}
+_HOUR_S = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])T(?:[01]\d|2[0-3])\Z")
+_DAY_S = re.compile(r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\Z")
+_CELL_S = r"(?:[^\t\n\r\\\x00]|\\[\\tnr])"
+_NAME_S = re.compile(_CELL_S + r"++\Z")
+_NAME2_S = re.compile(_CELL_S + r"++\t" + _CELL_S + r"++\Z")  # package, filename
+_OPT_S = r"(?:\\N|" + _CELL_S + r"*+)"
+_DESC_S = re.compile(_OPT_S + r"(?:\t" + _OPT_S + r"){9}\Z")
+_ROLLUP_KEYS = frozenset({"hours", "names", "clients"})
+
+
+def _sums(row: list[Any], at: int) -> tuple[int, int]:
+    hits, nbytes = row[at], row[at + 1]
+    if type(hits) is not int or type(nbytes) is not int or hits < 1 or nbytes < 0:
+        raise Invalid("expected requests (at least 1) and bytes (at least 0)")
+    return hits, nbytes
+
+
+def _log_rollup(value: Any) -> dict[str, list[list[Any]]]:
+    """Aggregates: hours [hour, source, kind, requests, bytes]; names [source, day, kind,
+    name cell(s), requests, bytes]; clients [source, day, kind, 10 client cells, requests,
+    bytes]"""
+    if not isinstance(value, Mapping) or value.keys() != _ROLLUP_KEYS:
+        raise Invalid(f"expected a mapping of {sorted(_ROLLUP_KEYS)}")
+    for part, width in (("hours", 5), ("names", 6), ("clients", 6)):
+        rows = value[part]
+        if not isinstance(rows, list) or len(rows) > 100_000:
+            raise Invalid(f"{part}: expected a list of at most 100000 aggregates")
+        for row in rows:
+            if not isinstance(row, list) or len(row) != width:
+                raise Invalid(f"{part}: expected lists of {width} values")
+            if part == "hours":
+                hour, source, kind = row[:3]
+                ok = isinstance(hour, str) and _HOUR_S.match(hour) is not None
+            else:
+                source, day, kind, cell = row[:4]
+                ok = isinstance(day, str) and _DAY_S.match(day) is not None
+                pattern = (
+                    _DESC_S if part == "clients" else _NAME2_S if source == "download" else _NAME_S
+                )
+                ok = ok and isinstance(cell, str) and pattern.match(cell) is not None
+                ok = ok and (part == "names" or source in ("download", "search"))
+            if not ok or source not in _TABLE_OF_SOURCE or kind not in LOG_CLIENT_KINDS:
+                raise Invalid(f"{part}: malformed aggregate {str(row)[:80]}")
+            _sums(row, width - 2)
+    return dict(value)
+
+
+def _log_batch_sums(batch: dict[str, Any]) -> dict[str, Any]:
+    """The rollup aggregates, if any, cover exactly the batch's rows.
+
+    Per hit table, the hours, the names and (downloads, searches) the
+    client descriptions each add up, per day and client kind, to the same
+    requests and bytes, and their requests to the table's row count.
+    """
+    rollup = batch.get("rollup")
+    if rollup is None:
+        return batch
+    totals: dict[tuple[str, str], dict[tuple[str, str], list[int]]] = {}
+    for part, at in (("hours", 3), ("names", 4), ("clients", 4)):
+        for row in rollup[part]:
+            if part == "hours":
+                key, source = (row[0][:10], row[2]), row[1]
+            else:
+                key, source = (row[1], row[2]), row[0]
+            sums = totals.setdefault((source, part), {})
+            tot = sums.get(key)
+            if tot is None:
+                sums[key] = [row[at], row[at + 1]]
+            else:
+                tot[0] += row[at]
+                tot[1] += row[at + 1]
+    tables = batch["tables"]
+    for table, source in LOG_SOURCES.items():
+        rows = tables.get(table, b"").count(b"\n")
+        hours = totals.get((source, "hours"), {})
+        parts = ("names", "clients") if table in ("downloads", "searches") else ("names",)
+        if sum(v[0] for v in hours.values()) != rows or any(
+            totals.get((source, p), {}) != hours for p in parts
+        ):
+            raise Invalid(f"the rollup aggregates of {table} do not add up to its {rows} rows")
+    return batch
+
+
+class _BatchRecord(_Record):
+    """A BATCH: its fields, then its rollup aggregates checked against its rows."""
+
+    def __call__(self, value: Any) -> dict[str, Any]:
+        return _log_batch_sums(super().__call__(value))
+
+
+_log_batch = Schema(
+    _BatchRecord(
+        {
+            "batch_id": integer(1),
+            "records": integer(),
+            "tables": _log_tables,
+            "extra": column(_extra_row, 10_000),
+        },
+        {"rollup": _log_rollup},
+    )
+)
+
+
 #: piw-logger (DEALER) sends batches to the master's log ingest (ROUTER).
 logger = _protocol(
     "logger",
@@ -813,16 +929,10 @@ logger = _protocol(
     "logger keeps and resends what is not acknowledged.",
     recv={
         "BATCH": (
-            record(
-                {
-                    "batch_id": integer(1),
-                    "records": integer(),
-                    "tables": _log_tables,
-                    "extra": column(_extra_row, 10_000),
-                }
-            ),
-            "records (how many lines it holds), hit rows per table as COPY text, and "
-            "bandwidth-only totals per day, source and client kind",
+            _log_batch,
+            "records (how many lines it holds), hit rows per table as COPY text, "
+            "bandwidth-only totals per day, source and client kind, and optionally the "
+            "rollup aggregates of the rows (checked to add up to them)",
         ),
     },
     send={

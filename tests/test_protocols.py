@@ -470,3 +470,61 @@ def test_describe_lists_every_message() -> None:
     for proto, msg, _ in _all_messages():
         assert f"``{msg}``" in text
         assert proto.name in text
+
+
+def _rolled_batch() -> dict[str, Any]:
+    """LOG_BATCH_ONE with its rollup aggregates, as the logger's encoder makes them."""
+    desc = "Debian GNU/Linux\t12\tLinux\t\\N\tarmv7l\tCPython\t3.11.2\tuv\t0.4.1\t\\N"
+    return {
+        "batch_id": 1,
+        **LOG_BATCH_ONE,
+        "rollup": {
+            "hours": [
+                ["2021-10-01T12", "download", "uv", 1, 1000],
+                ["2021-10-01T12", "json", "pip", 1, 1000],
+            ],
+            "names": [
+                ["download", "2021-10-01", "uv", "foo\tfoo-1.0-py3-none-any.whl", 1, 1000],
+                ["json", "2021-10-01", "pip", "foo", 1, 1000],
+            ],
+            "clients": [["download", "2021-10-01", "uv", desc, 1, 1000]],
+        },
+    }
+
+
+def test_log_batch_rollup_that_adds_up_is_accepted() -> None:
+    payload = _rolled_batch()
+    assert _check(protocols.logger, "BATCH", payload, sending=False)["rollup"] == payload["rollup"]
+
+
+def _mutate(part: str, index: int, column: int, value: Any) -> dict[str, Any]:
+    payload = _rolled_batch()
+    payload["rollup"][part][index][column] = value
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({**_rolled_batch(), "rollup": {"hours": []}}, "expected a mapping of"),
+        (_mutate("hours", 0, 0, "2021-10-01 12"), "hours: malformed aggregate"),
+        (_mutate("hours", 0, 1, "downloads"), "hours: malformed aggregate"),
+        (_mutate("hours", 0, 2, "robot"), "hours: malformed aggregate"),
+        (_mutate("hours", 0, 3, 0), "requests \\(at least 1\\)"),
+        (_mutate("hours", 0, 4, -5), "bytes \\(at least 0\\)"),
+        (_mutate("names", 0, 3, "foo"), "names: malformed aggregate"),  # no file name
+        (_mutate("names", 1, 3, "f\too"), "names: malformed aggregate"),  # raw tab
+        (_mutate("names", 1, 1, "2021-02-30x"), "names: malformed aggregate"),
+        (_mutate("clients", 0, 3, "Debian\t12"), "clients: malformed aggregate"),
+        (_mutate("clients", 0, 0, "json"), "clients: malformed aggregate"),
+        (_mutate("names", 0, 4, 2), "aggregates of downloads do not add up to its 1 rows"),
+        (_mutate("clients", 0, 5, 999), "aggregates of downloads do not add up"),
+        (_mutate("hours", 1, 0, "2021-10-02T12"), "aggregates of json_hits do not add up"),
+        (_mutate("names", 1, 2, "uv"), "aggregates of json_hits do not add up"),
+        (_mutate("hours", 1, 1, "web"), "aggregates of json_hits do not add up"),
+    ],
+)
+def test_log_batch_rollup_is_checked(payload: dict[str, Any], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        _check(protocols.logger, "BATCH", payload, sending=False)
+    assert "\n" not in str(info.value)

@@ -217,16 +217,16 @@ _BOT = b"bot"
 _UNESCAPE_RE = re.compile(r"\\(.)")
 _UNESCAPES = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
 # Array-literal elements of raw COPY cells, kept across batches (names repeat).
-_LITERALS: dict[bytes, str] = {}
-_DESCS: dict[bytes, tuple[str, ...]] = {}
+_LITERALS: dict[bytes | str, str] = {}
+_DESCS: dict[bytes | str, tuple[str, ...]] = {}
 _CACHE_LIMIT = 100_000
 
 
-def _value(cell: bytes) -> str | None:
+def _value(cell: bytes | str) -> str | None:
     """The value of a COPY text cell (``\\N`` is NULL; escapes as ``protocols.logger`` allows)."""
-    if cell == b"\\N":
+    if cell == b"\\N" or cell == "\\N":
         return None
-    value = cell.decode("utf-8")
+    value = cell.decode("utf-8") if isinstance(cell, bytes) else cell
     if "\\" in value:
         value = _UNESCAPE_RE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)), value)
     return value
@@ -239,7 +239,7 @@ def _element(value: str | None) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _literal(cell: bytes) -> str:
+def _literal(cell: bytes | str) -> str:
     """The array-literal element of a raw COPY cell, '' for NULL (cached)."""
     lit = _LITERALS.get(cell)
     if lit is None:
@@ -249,11 +249,12 @@ def _literal(cell: bytes) -> str:
     return lit
 
 
-def _desc(cell: bytes) -> tuple[str, ...]:
+def _desc(cell: bytes | str) -> tuple[str, ...]:
     """The array-literal elements of a raw client description ('' for NULL; cached)."""
     desc = _DESCS.get(cell)
     if desc is None:
-        desc = tuple(map(_literal, cell.split(b"\t")))
+        cells = cell.split(b"\t") if isinstance(cell, bytes) else cell.split("\t")
+        desc = tuple(map(_literal, cells))
         if len(desc) != len(_CLIENT_FIELDS):
             raise ProtocolError(f"a client description has {len(desc)} cells, not 10")
         if len(_DESCS) >= _CACHE_LIMIT:
@@ -304,6 +305,12 @@ class BatchRollup:
         self.clients: dict[str, dict[tuple[bytes, bytes, bytes], list[int]]] = {}
         self.pages: dict[str, dict[tuple[bytes, bytes, bytes], list[int]]] = {}
         self.extra: dict[tuple[str, str, str], list[int]] = {}
+        self.rollups: list[Mapping[str, Any]] = []
+
+    def add_rollup(self, rollup: Mapping[str, Any]) -> None:
+        """Add a batch's own aggregates (``protocols.logger`` BATCH ``rollup``, checked there
+        to add up to the batch's rows) instead of tallying its rows."""
+        self.rollups.append(rollup)
 
     def add_rows(self, table: str, rows: bytes) -> None:
         """Tally one hit table's rows (COPY text, columns of ``protocols.LOG_TABLES``)."""
@@ -377,12 +384,48 @@ class BatchRollup:
                 # The time is 'YYYY-MM-DDTHH' or 'YYYY-MM-DD HH', always UTC (+00).
                 start = f'"{stamp[:10].decode()} {stamp[11:13].decode()}:00+00"'
                 _merge(hour, (start, source, _literal(hkind)), sums)
+        for rollup in self.rollups:
+            _add_rollup(rollup, pkg, client, web, hour)
         return [
             *_arrays(pkg, 3, 5),
             *_arrays(client, 13, 2),
             *_arrays(web, 4, 2),
             *_arrays(hour, 3, 2),
         ]
+
+
+#: Column of daily_package_stats' aggregate (downloads, bytes, searches, project, JSON hits)
+#: each source adds its requests to; web hits go to daily_web_stats only.
+_PKG_COL = {"search": 2, "project": 3, "json": 4}
+
+
+def _add_rollup(
+    rollup: Mapping[str, Any],
+    pkg: dict[tuple[str, ...], list[int]],
+    client: dict[tuple[str, ...], list[int]],
+    web: dict[tuple[str, ...], list[int]],
+    hour: dict[tuple[str, ...], list[int]],
+) -> None:
+    """Merge a batch's aggregates (names and client cells as in its rows) into the
+    statement's aggregate rows, exactly as :meth:`BatchRollup.params` merges its tallies."""
+    for source, day, kind, cell, hits, nbytes in rollup["names"]:
+        d = _literal(day)
+        if source == "download":
+            if kind != "bot":
+                package, filename = cell.split("\t")
+                _merge(pkg, (d, _literal(package), _literal(filename)), (hits, nbytes, 0, 0, 0))
+            continue
+        if kind != "bot" and source != "web":
+            tot = pkg.setdefault((d, _literal(cell), "NULL"), [0] * 5)
+            tot[_PKG_COL[source]] += hits
+        if source != "search":
+            _merge(web, (d, source, _literal(cell), _literal(kind)), (hits, nbytes))
+    for source, day, kind, desc, hits, nbytes in rollup["clients"]:
+        _merge(client, (_literal(day), source, _literal(kind), *_desc(desc)), (hits, nbytes))
+    for stamp, source, kind, hits, nbytes in rollup["hours"]:
+        _merge(
+            hour, (f'"{stamp[:10]} {stamp[11:13]}:00+00"', source, _literal(kind)), (hits, nbytes)
+        )
 
 
 def _arrays(rows: dict[tuple[str, ...], list[int]], nkeys: int, nvalues: int) -> list[str]:
@@ -517,6 +560,9 @@ class LogBatch:
     extra: Sequence[Sequence[Any]] = ()
     source: bytes | None = None
     batch_id: int | None = None
+    #: The batch's own rollup aggregates (BATCH ``rollup``), used instead of a tally of
+    #: its rows; None: the rows are tallied here.
+    rollup: Mapping[str, Any] | None = None
 
     @property
     def key(self) -> tuple[bytes, int] | None:
@@ -603,9 +649,12 @@ def _store(conn: Connection, batches: Sequence[LogBatch], timings: dict[str, flo
         t1, c1 = time.perf_counter(), time.process_time()
         tally = BatchRollup()
         for b in batches:
-            for table, rows in b.tables.items():
-                if rows:
-                    tally.add_rows(table, rows)
+            if b.rollup is not None:
+                tally.add_rollup(b.rollup)
+            else:
+                for table, rows in b.tables.items():
+                    if rows:
+                        tally.add_rows(table, rows)
             tally.add_extra(b.extra)
         params = tally.params()
         t2, c2 = time.perf_counter(), time.process_time()
@@ -633,7 +682,9 @@ def store_log_batch(
     *,
     source: bytes | None = None,
     batch_id: int | None = None,
+    rollup: Mapping[str, Any] | None = None,
     timings: dict[str, float] | None = None,
 ) -> StoreResult:
     """Store one packed log batch (see :func:`store_log_batches`) in one transaction."""
-    return store_log_batches(conn, [LogBatch(tables, extra, source, batch_id)], timings=timings)[0]
+    batch = LogBatch(tables, extra, source, batch_id, rollup)
+    return store_log_batches(conn, [batch], timings=timings)[0]

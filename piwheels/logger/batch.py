@@ -88,6 +88,15 @@ def _cell(value: str | None) -> str:
     return "\\N" if value is None else value.translate(_ESCAPE)
 
 
+def _add(acc: dict[Any, list[int]], key: Any, n: int) -> None:
+    tot = acc.get(key)
+    if tot is None:
+        acc[key] = [1, n]
+    else:
+        tot[0] += 1
+        tot[1] += n
+
+
 class BatchEncoder:
     """Accumulates records as COPY text per table; :meth:`take` returns the batch.
 
@@ -111,6 +120,12 @@ class BatchEncoder:
     def _reset(self) -> None:
         self.rows: dict[str, list[str]] = {t: [] for t in protocols.LOG_TABLES}
         self.extra: dict[tuple[str, str, str], list[int]] = {}
+        # What the rows add to the rollups (see protocols.logger's BATCH "rollup"),
+        # [requests, bytes] per (table, hour, kind), (table, day, kind, name cell(s))
+        # and (table, day, kind, client cells), tallied as each row is made.
+        self.hours: dict[tuple[str, str, str], list[int]] = {}
+        self.names: dict[tuple[str, str, str, str], list[int]] = {}
+        self.clients: dict[tuple[str, str, str, str], list[int]] = {}
         self.records = 0
         self.skipped = 0
 
@@ -177,15 +192,23 @@ class BatchEncoder:
         if not name:
             self.skipped += 1
             return
-        head = f"{stamp}\t{self._client(r.client)}\t{ckind}\t{int(r.bytes_sent)}\t"
+        n = int(r.bytes_sent)
+        head = f"{stamp}\t{self._client(r.client)}\t{ckind}\t{n}\t"
+        info = None
         if table == "downloads":
-            self.rows[table].append(
-                f"{head}{self._text(r.package)}\t{self._text(r.filename)}\t{self._info(r)}\n"  # type: ignore[arg-type]
-            )
+            cell = f"{self._text(r.package)}\t{self._text(r.filename)}"  # type: ignore[arg-type]
+            info = self._info(r)
+            self.rows[table].append(f"{head}{cell}\t{info}\n")
         elif table == "searches":
-            self.rows[table].append(f"{head}{self._text(name)}\t{self._info(r)}\n")
+            cell, info = self._text(name), self._info(r)
+            self.rows[table].append(f"{head}{cell}\t{info}\n")
         else:
-            self.rows[table].append(f"{head}{self._text(name)}\n")
+            cell = self._text(name)
+            self.rows[table].append(f"{head}{cell}\n")
+        _add(self.hours, (table, stamp[:13], ckind), n)
+        _add(self.names, (table, stamp[:10], ckind, cell), n)
+        if info is not None:
+            _add(self.clients, (table, stamp[:10], ckind, info), n)
 
     def _info(self, r: AccessRecord) -> str:
         key: tuple[Any, ...] = tuple.__getitem__(r, _INFO)
@@ -225,6 +248,7 @@ class BatchEncoder:
         routes, clients = self._fast_routes, self._fast_clients
         rows = self.rows
         extra = self.extra
+        r_hours, names, clients_t = self.hours, self.names, self.clients
         fast = recs = skipped = 0  # added to the counters at the end
         for line in lines:
             if len(line) > MAX_LINE:
@@ -328,12 +352,37 @@ class BatchEncoder:
             # Digits as they are, unless a leading zero or "-" needs int()'s spelling.
             if nbytes[:1] not in (b"0", b"-"):
                 n_s = nbytes.decode()
+                n = int(n_s)
             else:
-                n_s = "0" if nbytes == b"-" else str(int(nbytes))
+                n = 0 if nbytes == b"-" else int(nbytes)
+                n_s = str(n)
+            # The rollup tallies (as _add, inlined: this runs for every row).
+            stamp = tm[0]
+            key3 = (table, stamp[:13], ckind)
+            tot = r_hours.get(key3)
+            if tot is None:
+                r_hours[key3] = [1, n]
+            else:
+                tot[0] += 1
+                tot[1] += n
+            key4 = (table, tm[1], ckind, cell)
+            tot = names.get(key4)
+            if tot is None:
+                names[key4] = [1, n]
+            else:
+                tot[0] += 1
+                tot[1] += n
             if info is None or table not in _WITH_INFO:
-                rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\n")
+                rows[table].append(f"{stamp}\t{client}\t{ckind}\t{n_s}\t{cell}\n")
             else:
-                rows[table].append(f"{tm[0]}\t{client}\t{ckind}\t{n_s}\t{cell}\t{info}\n")
+                rows[table].append(f"{stamp}\t{client}\t{ckind}\t{n_s}\t{cell}\t{info}\n")
+                key4 = (table, tm[1], ckind, info)
+                tot = clients_t.get(key4)
+                if tot is None:
+                    clients_t[key4] = [1, n]
+                else:
+                    tot[0] += 1
+                    tot[1] += n
         self.records += recs
         self.skipped += skipped
         stats.lines += fast
@@ -455,12 +504,20 @@ class BatchEncoder:
 
     def take(self) -> dict[str, Any]:
         """The BATCH payload (without ``batch_id``) of what was added; starts a new batch."""
+        src = protocols.LOG_SOURCES
         payload = {
             "records": self.records,
             "tables": {
                 t: "".join(rows).encode("utf-8", "replace") for t, rows in self.rows.items() if rows
             },
             "extra": [[d, s, k, h, b] for (d, s, k), (h, b) in self.extra.items()],
+            "rollup": {
+                "hours": [[hr, src[t], k, h, b] for (t, hr, k), (h, b) in self.hours.items()],
+                "names": [[src[t], d, k, c, h, b] for (t, d, k, c), (h, b) in self.names.items()],
+                "clients": [
+                    [src[t], d, k, c, h, b] for (t, d, k, c), (h, b) in self.clients.items()
+                ],
+            },
         }
         self._reset()
         return payload

@@ -55,6 +55,15 @@ GROUP_BATCHES = 16
 GROUP_RECORDS = 100_000
 
 
+def _days(data: dict[str, Any]) -> set[date]:
+    """The UTC days a batch brings rows for (from its hourly aggregates when it has them)."""
+    rollup = data.get("rollup")
+    if rollup is None:
+        return batch_days(data["tables"], data["extra"])
+    found = {h[0][:10] for h in rollup["hours"]} | {e[0] for e in data["extra"]}
+    return {date.fromisoformat(d) for d in found}
+
+
 class LogIngest(Task):
     """Stores access-log batches, rolls up the statistics, flags spikes."""
 
@@ -167,7 +176,7 @@ class LogIngest(Task):
         if not todo:
             return
         batches = [
-            LogBatch(data["tables"], data["extra"], peer[0], data["batch_id"])
+            LogBatch(data["tables"], data["extra"], peer[0], data["batch_id"], data.get("rollup"))
             for data, peer in todo
         ]
         try:
@@ -222,7 +231,7 @@ class LogIngest(Task):
                     "batch %d from %r was stored before: not stored again", batch_id, peer[0]
                 )
             else:
-                self.touched |= batch_days(data["tables"], data["extra"])
+                self.touched |= _days(data)
                 self.stored += res.stored
                 self.batches += 1
             self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})

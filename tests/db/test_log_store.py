@@ -259,3 +259,29 @@ def test_batches_stored_together_equal_one_by_one(
     for snap in (got, one_by_one):
         snap["log_batches"] = [r[:3] for r in snap["log_batches"]]
     assert got == one_by_one
+
+
+def test_the_loggers_aggregates_store_what_the_master_tallies(
+    db_conn: Connection, batches: list[dict[str, Any]]
+) -> None:
+    """A batch's own rollup aggregates (tallied by the logger as it makes the rows) add
+    to every rollup exactly what the master's tally of the same rows adds."""
+    from piwheels import protocols
+    from piwheels.transport import _check
+
+    with_rollup = [b for b in batches if "rollup" in b]
+    assert len(with_rollup) == len(batches) - 1
+    _durations(db_conn)
+    with db_conn.begin_nested() as sp:
+        for i, b in enumerate(with_rollup, 1):
+            store_log_batch(db_conn, b["tables"], b["extra"], source=b"m", batch_id=i)
+        tallied = _snapshot(db_conn, HITS + ROLLUPS)
+        sp.rollback()
+    for i, b in enumerate(with_rollup, 1):
+        # As the master receives it: checked (aggregates add up to the rows) first.
+        data = _check(protocols.logger, "BATCH", {"batch_id": i, **b}, sending=False)
+        store_log_batch(
+            db_conn, data["tables"], data["extra"], source=b"l", batch_id=i, rollup=data["rollup"]
+        )
+    assert _snapshot(db_conn, HITS + ROLLUPS) == tallied
+    assert sum(len(b["rollup"]["clients"]) for b in with_rollup) > 0
