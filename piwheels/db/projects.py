@@ -15,14 +15,20 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
 from piwheels.errors import InvalidName
-from piwheels.web.model import AbiStatus, FileData, ProjectData, VersionData
+from piwheels.web.model import AbiStatus, FileData, ProjectData, VersionData, unchecked_maker
 
 from . import abis as abis_mod
 from . import downloads, packages, versions
 from ._common import canonical
 from .queue import SERVES
 
-__all__ = ["ProjectLoader", "get_project_data", "get_projects_data", "iter_projects_data"]
+__all__ = [
+    "ProjectLoader",
+    "get_project_data",
+    "get_projects_batch",
+    "get_projects_data",
+    "iter_projects_data",
+]
 
 #: Days counted as "recent" downloads on the project page.
 RECENT_DAYS = 30
@@ -156,8 +162,11 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
 
 # The bulk read: one query per table for a whole chunk, each ordered by package so the rows
 # of one project come together.  Plain DB-API cursor: rows are tuples, read by position.
+_BULK_TARGETS = """
+SELECT abi FROM abis WHERE enabled ORDER BY py_major, py_minor, platform_tag
+"""
 _BULK_PACKAGES = """
-SELECT name, display_name, summary, status, status_reason, skip_reason
+SELECT name, display_name, summary, status, status_reason, skip_reason, removed_at IS NULL
 FROM packages WHERE name = ANY(%(n)s)
 """
 _BULK_VERSIONS = """
@@ -226,10 +235,21 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
     that name.  Meant for chunks of up to a few thousand names: every query reads the whole
     chunk with ``= ANY`` through the indexes on the package name (and the files by build id).
     """
+    return get_projects_batch(conn, names)[0]
+
+
+def get_projects_batch(
+    conn: Connection, names: Sequence[str]
+) -> tuple[dict[str, ProjectData], set[str]]:
+    """:func:`get_projects_data` of *names*, and which of them the root index lists.
+
+    A project is listed (as :func:`piwheels.db.figures.published_names` decides) when it is
+    not removed, not quarantined and has a file: the rows read for its pages say so, which
+    spares the page writer a query per batch.
+    """
     canons = sorted({canonical(n) for n in names})
     if not canons:
-        return {}
-    targets = [a.abi for a in abis_mod.list_abis(conn) if a.enabled]
+        return {}, set()
     raw = conn.connection.dbapi_connection
     if raw is None:  # pragma: no cover - a live Connection always has one
         raise RuntimeError("connection is closed")
@@ -238,7 +258,8 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
     try:
         pkgs = {r[0]: r for r in _fetch(cur, _BULK_PACKAGES, q)}
         if not pkgs:
-            return {}
+            return {}, set()
+        targets = [r[0] for r in _fetch(cur, _BULK_TARGETS, q)]
         rows = {name: _Rows() for name in pkgs}
         empty = _Rows()  # sink for rows of a project not (or no longer) in pkgs
 
@@ -246,16 +267,23 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
             rows.get(r[0], empty).vers.append(r[1:])  # type: ignore[arg-type]
         for r in _fetch(cur, _BULK_LATEST, q):
             rows.get(r[0], empty).latest[(r[1], r[2])] = r[3:]  # type: ignore[assignment]
+        dep_tools = _DEP_TOOLS
         for r in _fetch(cur, _BULK_FILES, q):
             got = rows.get(r[0], empty)
             version, build_id, filename = r[1], r[2], r[3]
             got.files.append(r[1:13])  # type: ignore[arg-type]
             if r[13]:
+                by_abi = got.served.get(version)
+                if by_abi is None:
+                    by_abi = got.served[version] = {}
                 for abi in r[13]:
-                    got.serve(version, abi, build_id)
-            deps = {tool: reqs for tool, reqs in zip(_DEP_TOOLS, r[14:17], strict=True) if reqs}
-            if deps:
-                got.deps[filename] = deps
+                    # When two builds' files serve a target the newest build wins.
+                    if by_abi.get(abi, -1) < build_id:
+                        by_abi[abi] = build_id
+            apt, pip, lib = r[14], r[15], r[16]
+            if apt or pip or lib:
+                found = zip(dep_tools, (apt, pip, lib), strict=True)
+                got.deps[filename] = {tool: reqs for tool, reqs in found if reqs}
         for r in _fetch(cur, _BULK_QUEUED, q):
             rows.get(r[0], empty).queued.add((r[1], r[2]))
         for r in _fetch(cur, _BULK_EXCLUSIONS, q):
@@ -266,11 +294,15 @@ def get_projects_data(conn: Connection, names: Sequence[str]) -> dict[str, Proje
             rows.get(r[0], empty).aliases.append(r[1])
     finally:
         cur.close()
-    return {
-        name: _assemble(name, _PkgRow(*pkgs[name][1:]), targets, rows[name])
+    out = {
+        name: _assemble(name, _PkgRow(*pkgs[name][1:6]), targets, rows[name])
         for name in canons
         if name in pkgs
     }
+    published = {
+        name for name, r in pkgs.items() if r[6] and r[3] != "quarantined" and rows[name].files
+    }
+    return out, published
 
 
 @dataclass(frozen=True)
@@ -332,6 +364,17 @@ class ProjectLoader:
             return list(get_projects_data(conn, names).values())
 
 
+# The loaders' constructors: every value comes from this database, which checked it on the
+# way in (see :func:`piwheels.web.model.unchecked_maker`), so the per-row checks are skipped.
+_file = unchecked_maker(FileData)
+_abi = unchecked_maker(AbiStatus)
+_version = unchecked_maker(VersionData)
+_PENDING = AbiStatus("pending")
+_NOT_BUILT = AbiStatus("skipped", reason="not built")
+_NO_DEPS: dict[str, list[str]] = {}
+_IMPORT_OK = {"untested": None, "passed": True, "failed": False}
+
+
 def _assemble(
     name: str, pkg: packages.Package | _PkgRow, targets: list[str], rows: _Rows
 ) -> ProjectData:
@@ -341,14 +384,17 @@ def _assemble(
     py_excluded = {(r[0], r[1]) for r in rows.exclusions if r[2] == "requires_python"}
     served, queued, latest = rows.served, rows.queued, rows.latest
     # (version, build id) -> the targets that build's file serves, in target order.
-    serves: dict[tuple[str, int], list[str]] = {}
+    serves: dict[tuple[str, int], tuple[str, ...]] = {}
     for version, by_abi in served.items():
+        got: dict[int, list[str]] = {}
         for abi in targets:
             build_id = by_abi.get(abi)
-            if build_id is not None and (version, abi) not in py_excluded:
-                serves.setdefault((version, build_id), []).append(abi)
+            if build_id is not None and (not py_excluded or (version, abi) not in py_excluded):
+                got.setdefault(build_id, []).append(abi)
+        for build_id, abis in got.items():
+            serves[(version, build_id)] = tuple(abis)
     files_by_version: dict[str, list[FileData]] = {}
-    no_deps: dict[str, list[str]] = {}
+    deps_of = rows.deps
     for (
         version,
         build_id,
@@ -363,61 +409,64 @@ def _assemble(
         import_test,
         import_error,
     ) in rows.files:
-        d = rows.deps.get(filename, no_deps)
-        entry = FileData(
-            filename=filename,
-            size=size,
-            sha256=sha256,
-            upload_time=published_at,
-            abi_tag=abi_tag,
-            platform_tag=platform_tag,
-            requires_python=requires_python or None,
-            metadata_sha256=metadata_sha256,
-            builder_abis=tuple(serves.get((version, build_id), ())),
-            import_ok=None if import_test == "untested" else import_test == "passed",
-            import_error=import_error or None,
-            missing_libraries=tuple(d.get("missing-lib", ())),
-            apt_dependencies=tuple(d.get("apt", ())),
-            pip_dependencies=tuple(d.get("pip", ())),
+        d = deps_of.get(filename, _NO_DEPS)
+        entry = _file(
+            filename,
+            size,
+            sha256,
+            published_at,
+            abi_tag,
+            platform_tag,
+            requires_python or None,
+            metadata_sha256,
+            serves.get((version, build_id), ()),
+            _IMPORT_OK.get(import_test, False),
+            import_error or None,
+            tuple(d["missing-lib"]) if "missing-lib" in d else (),
+            tuple(d["apt"]) if "apt" in d else (),
+            tuple(d["pip"]) if "pip" in d else (),
         )
-        got = files_by_version.get(version)
-        if got is None:
+        same = files_by_version.get(version)
+        if same is None:
             files_by_version[version] = [entry]
         else:
-            got.append(entry)
+            same.append(entry)
     out = []
+    pkg_skip = pkg.skip_reason
+    no_builds: dict[str, int] = {}
     for version, released_at, yanked, yank_reason, prerelease, v_skip in rows.vers:
-        skip = v_skip or pkg.skip_reason or None
+        skip = v_skip or pkg_skip or None
         statuses: dict[str, AbiStatus] = {}
-        by_abi = served.get(version, {})
+        by_abi = served.get(version, no_builds)
         for abi in targets:
             key = (version, abi)
             b = latest.get(key)
-            if key in py_excluded:
-                statuses[abi] = AbiStatus("skipped", reason=excluded[key])
+            if excluded and key in py_excluded:
+                statuses[abi] = _abi("skipped", None, None, excluded[key], None)
             elif abi in by_abi:
-                statuses[abi] = AbiStatus("built", build_id=by_abi[abi])
+                statuses[abi] = _abi("built", by_abi[abi], None, None, None)
             elif b is not None and b[1] in ("pending", "building"):
-                statuses[abi] = AbiStatus("building", build_id=b[0])
-            elif skip or key in excluded or (None, abi) in excluded:
+                statuses[abi] = _abi("building", b[0], None, None, None)
+            elif skip or (excluded and (key in excluded or (None, abi) in excluded)):
                 reason = skip or excluded.get(key) or excluded.get((None, abi))
-                statuses[abi] = AbiStatus("skipped", reason=reason)
+                statuses[abi] = _abi("skipped", None, None, reason, None)
             elif b is not None and b[1] == "failed" and key not in queued:
-                statuses[abi] = AbiStatus("failed", build_id=b[0], reason=b[2], duration=b[3])
+                statuses[abi] = _abi("failed", b[0], None, b[2], b[3])
             elif key in queued:
-                statuses[abi] = AbiStatus("pending")
+                statuses[abi] = _PENDING
             else:
-                statuses[abi] = AbiStatus("skipped", reason="not built")
+                statuses[abi] = _NOT_BUILT
+        same = files_by_version.get(version)
         out.append(
-            VersionData(
-                version=version,
-                released=released_at,
-                yanked=yanked,
-                yank_reason=yank_reason or None,
-                prerelease=prerelease,
-                skip_reason=skip,
-                builds=statuses,
-                files=tuple(files_by_version.get(version, ())),
+            _version(
+                version,
+                released_at,
+                yanked,
+                yank_reason or None,
+                prerelease,
+                skip,
+                statuses,
+                tuple(same) if same else (),
             )
         )
     recent, total = rows.downloads
@@ -431,6 +480,6 @@ def _assemble(
         versions=tuple(out),
         downloads_30d=recent,
         downloads_all=total,
-        skip_reason=pkg.skip_reason or None,
+        skip_reason=pkg_skip or None,
         abis=tuple(targets),
     )

@@ -17,10 +17,10 @@ Datetimes should be timezone-aware; a naive one is taken to be UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from piwheels.errors import InvalidName, InvalidWheel
 
@@ -65,6 +65,31 @@ def check_sha256(value: str, what: str = "sha256") -> str:
     if not isinstance(value, str) or not _SHA256_RE.match(value):
         raise InvalidWheel(f"{what} is not a lower-case hex SHA-256: {value!r:.80}")
     return value
+
+
+_T = TypeVar("_T")
+
+
+def unchecked_maker(cls: type[_T]) -> Callable[..., _T]:
+    """A fast constructor of the dataclass *cls* that skips its ``__post_init__`` checks.
+
+    It takes every field positionally, in declaration order, and no defaults.  Only for
+    values read back from this project's own database, which checked them where they came
+    in (file names, hashes and sizes in :mod:`piwheels.db.files`, statuses by the schema's
+    constraints): the bulk loader builds some 90 of these per project, and the checks
+    cost more than the rest of its Python work.  The result equals what ``cls(...)`` makes.
+    """
+    names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    new = object.__new__
+
+    def make(*values: Any) -> _T:
+        obj = new(cls)
+        # The instance dict directly: a frozen dataclass refuses setattr.  A wrong count of
+        # values raises ValueError.
+        obj.__dict__.update(zip(names, values, strict=True))
+        return obj
+
+    return make
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from piwheels.db import builds, files, packages, projects, versions
+from piwheels.db import builds, figures, files, packages, projects, versions
 from piwheels.db.files import Dependency
+from piwheels.web.model import AbiStatus, unchecked_maker
 from tests.db import factories as f
 
 
@@ -106,3 +108,41 @@ def test_bulk_edge_cases(db_conn: Any) -> None:
 def test_iter_refuses_bad_batch(db_conn: Any, batch: int) -> None:
     with pytest.raises(ValueError, match="batch"):
         list(projects.iter_projects_data(db_conn, ["alpha"], batch=batch))
+
+
+def test_bulk_values_pass_the_model_checks(db_conn: Any) -> None:
+    """The loaders skip the model's checks; every value they make must pass them anyway."""
+    bulk = projects.get_projects_data(db_conn, _varied(db_conn))
+    made = 0
+    for project in bulk.values():
+        for version in project.versions:
+            # replace() builds through __init__, so __post_init__ checks each value again.
+            assert dataclasses.replace(version) == version
+            for status in version.builds.values():
+                assert dataclasses.replace(status) == status
+                made += 1
+            for file in version.files:
+                assert dataclasses.replace(file) == file
+                made += 1
+    assert made > 10
+
+
+def test_unchecked_maker_takes_every_field() -> None:
+    make = unchecked_maker(AbiStatus)
+    assert make("built", 7, None, None, None) == AbiStatus("built", build_id=7)
+    with pytest.raises(ValueError):
+        make("built", 7)
+
+
+def test_batch_says_which_are_published(db_conn: Any) -> None:
+    names = _varied(db_conn)
+    data, published = projects.get_projects_batch(db_conn, names)
+    assert data == projects.get_projects_data(db_conn, names)
+    # The root index's own query decides; quarantined zeta and file-less eta are not listed.
+    assert published == set(figures.published_names(db_conn)) & set(data)
+    assert "alpha" in published and "zeta" not in published and "eta" not in published
+    # A removed project keeps its rows for a while but leaves the root index.
+    packages.remove_package(db_conn, "alpha")
+    data, published = projects.get_projects_batch(db_conn, names)
+    assert "alpha" not in published and published == set(figures.published_names(db_conn))
+    assert projects.get_projects_batch(db_conn, []) == ({}, set())
