@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -191,7 +192,9 @@ class Task(threading.Thread):
         if self._timers:
             until_next = max(0.0, self._timers[0].due - time.monotonic())
             wait = until_next if wait is None else min(wait, until_next)
-        ready = dict(self._poller.poll(None if wait is None else int(wait * 1000)))
+        # Rounded up: rounded down, the last millisecond before a timer would be spent
+        # polling without waiting, over and over (a busy loop of a few % of a core).
+        ready = dict(self._poller.poll(None if wait is None else math.ceil(wait * 1000)))
         for zsock in ready:
             entry = self._handlers.get(zsock)
             if entry is None:

@@ -70,6 +70,27 @@ def test_poll_dispatches_without_a_thread(context: Context) -> None:
         task.close()
 
 
+def test_waiting_for_a_timer_does_not_spin(context: Context) -> None:
+    """An idle task wakes about once per tick, not in a loop before each one."""
+    task = PageSink(context, _address())
+    waits: list[int | None] = []
+    poll = task._poller.poll
+
+    def counted(timeout: int | None = None) -> Any:
+        waits.append(timeout)
+        return poll(timeout)
+
+    task._poller.poll = counted  # type: ignore[method-assign]
+    try:
+        while task.ticks < 20:
+            task.poll(None)
+        # Waits rounded down to whole milliseconds made the last sliver before each
+        # tick a string of zero-length polls (dozens per tick).
+        assert len(waits) <= 2 * task.ticks + 2, (task.ticks, waits.count(0))
+    finally:
+        task.close()
+
+
 def test_bad_message_is_logged_and_the_task_goes_on(
     context: Context, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -164,18 +164,6 @@ class PageWriter(Task):
         self.stop_rewrite()
         self._drain()
 
-    def poll(self, timeout: float | None = 0) -> None:
-        # The base loop waits in whole milliseconds, rounded down, so in the last millisecond
-        # before a timer it polls without waiting, over and over: with this task's 10 ms tick
-        # that spin cost ~9% of a core on an idle master (~1.5 ms of CPU per build at 60
-        # builds/s).  Sleep through that sliver instead (a message waits at most 1 ms).
-        timers = self._timers
-        if timers:
-            until = timers[0].due - time.monotonic()
-            if 0 < until < 0.001:
-                time.sleep(until)
-        super().poll(timeout)
-
     def close(self) -> None:
         self.stop_rewrite()
         self.site.close()
