@@ -99,6 +99,17 @@ def encode(msg: str, data: Any = None) -> bytes:
         raise ProtocolError(f"cannot encode {msg}: {exc}") from exc
 
 
+def _head(msg: str) -> bytes:
+    """The bytes every encoded *msg* message starts with (the array and the name)."""
+    return encode(msg)[:-1]  # without the encoded None
+
+
+def encode_checked(protocol: Protocol, msg: str, data: Any) -> bytes:
+    """Check *data* as *protocol* sends *msg* and encode it, for :meth:`Socket.send_encoded`
+    (possibly in another process)."""
+    return encode(msg, _check(protocol, msg, data, sending=True))
+
+
 def decode(payload: bytes) -> tuple[str, Any]:
     """The (name, data) pair in *payload*; ProtocolError if it is not one."""
     fp = io.BytesIO(payload)
@@ -290,7 +301,11 @@ class Socket:
             data = _check(self.protocol, msg, data, sending=True)
         elif msg not in self.protocol.send:
             raise ProtocolError(f"message {msg} is not allowed on the {self.protocol.name} socket")
-        payload = encode(msg, data)
+        self._send_frames(msg, encode(msg, data), peer, timeout)
+
+    def _send_frames(
+        self, msg: str, payload: bytes, peer: Sequence[bytes] | None, timeout: float | None
+    ) -> None:
         if len(payload) > self.max_msg_size:
             raise ProtocolError(
                 f"{msg} is {len(payload)} bytes, over the {self.max_msg_size} byte limit "
@@ -315,6 +330,26 @@ class Socket:
                     f"{self.name}: {describe_peer(peer)} is no longer connected"
                 ) from exc
             raise TransportError(f"{self.name}: cannot send {msg}: {exc}") from exc
+
+    def send_encoded(
+        self,
+        msg: str,
+        payload: bytes,
+        *,
+        peer: Sequence[bytes] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Send one message already checked and encoded (:func:`encode_checked`) as it is.
+
+        For a payload made elsewhere (piw-logger's parser processes check and encode
+        their batches): only the message name, that *payload* is that message and
+        the size limit are checked here.  The receiver checks everything, as ever.
+        """
+        if msg not in self.protocol.send:
+            raise ProtocolError(f"message {msg} is not allowed on the {self.protocol.name} socket")
+        if not payload.startswith(_head(msg)):
+            raise ProtocolError(f"the encoded payload is not a {msg} message")
+        self._send_frames(msg, payload, peer, timeout)
 
     def recv_msg(self, timeout: float | None = None) -> Received:
         """Receive and check one message.

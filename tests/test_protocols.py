@@ -474,54 +474,60 @@ def test_describe_lists_every_message() -> None:
 
 def _rolled_batch() -> dict[str, Any]:
     """LOG_BATCH_ONE with its rollup aggregates, as the logger's encoder makes them."""
-    desc = "Debian GNU/Linux\t12\tLinux\t\\N\tarmv7l\tCPython\t3.11.2\tuv\t0.4.1\t\\N"
+    desc = b"Debian GNU/Linux\t12\tLinux\t\\N\tarmv7l\tCPython\t3.11.2\tuv\t0.4.1\t\\N"
     return {
         "batch_id": 1,
         **LOG_BATCH_ONE,
         "rollup": {
-            "hours": [
-                ["2021-10-01T12", "download", "uv", 1, 1000],
-                ["2021-10-01T12", "json", "pip", 1, 1000],
-            ],
-            "names": [
-                ["download", "2021-10-01", "uv", "foo\tfoo-1.0-py3-none-any.whl", 1, 1000],
-                ["json", "2021-10-01", "pip", "foo", 1, 1000],
-            ],
-            "clients": [["download", "2021-10-01", "uv", desc, 1, 1000]],
+            "hours": b"1\t1000\tdownload\t2021-10-01T12\tuv\n1\t1000\tjson\t2021-10-01T12\tpip\n",
+            "names": b"1\t1000\tdownload\t2021-10-01\tuv\tfoo\tfoo-1.0-py3-none-any.whl\n"
+            b"1\t1000\tjson\t2021-10-01\tpip\tfoo\n",
+            "clients": b"1\t1000\tdownload\t2021-10-01\tuv\t" + desc + b"\n",
         },
     }
 
 
 def test_log_batch_rollup_that_adds_up_is_accepted() -> None:
     payload = _rolled_batch()
-    assert _check(protocols.logger, "BATCH", payload, sending=False)["rollup"] == payload["rollup"]
+    got = _check(protocols.logger, "BATCH", payload, sending=False)
+    assert got["rollup"] == payload["rollup"]  # as it came (it is stored as sent)
+    assert protocols.parse_rollup(got["rollup"])["names"][0] == (
+        1, 1000, b"download", b"2021-10-01", b"uv", b"foo\tfoo-1.0-py3-none-any.whl"
+    )  # fmt: skip
 
 
-def _mutate(part: str, index: int, column: int, value: Any) -> dict[str, Any]:
+def _mutate(part: str, old: bytes, new: bytes) -> dict[str, Any]:
     payload = _rolled_batch()
-    payload["rollup"][part][index][column] = value
+    assert old in payload["rollup"][part]
+    payload["rollup"][part] = payload["rollup"][part].replace(old, new, 1)
     return payload
 
 
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        ({**_rolled_batch(), "rollup": {"hours": []}}, "expected a mapping of"),
-        (_mutate("hours", 0, 0, "2021-10-01 12"), "hours: malformed aggregate"),
-        (_mutate("hours", 0, 1, "downloads"), "hours: malformed aggregate"),
-        (_mutate("hours", 0, 2, "robot"), "hours: malformed aggregate"),
-        (_mutate("hours", 0, 3, 0), "requests \\(at least 1\\)"),
-        (_mutate("hours", 0, 4, -5), "bytes \\(at least 0\\)"),
-        (_mutate("names", 0, 3, "foo"), "names: malformed aggregate"),  # no file name
-        (_mutate("names", 1, 3, "f\too"), "names: malformed aggregate"),  # raw tab
-        (_mutate("names", 1, 1, "2021-02-30x"), "names: malformed aggregate"),
-        (_mutate("clients", 0, 3, "Debian\t12"), "clients: malformed aggregate"),
-        (_mutate("clients", 0, 0, "json"), "clients: malformed aggregate"),
-        (_mutate("names", 0, 4, 2), "aggregates of downloads do not add up to its 1 rows"),
-        (_mutate("clients", 0, 5, 999), "aggregates of downloads do not add up"),
-        (_mutate("hours", 1, 0, "2021-10-02T12"), "aggregates of json_hits do not add up"),
-        (_mutate("names", 1, 2, "uv"), "aggregates of json_hits do not add up"),
-        (_mutate("hours", 1, 1, "web"), "aggregates of json_hits do not add up"),
+        ({**_rolled_batch(), "rollup": {"hours": b""}}, "expected a mapping of"),
+        ({**_rolled_batch(), "rollup": {"hours": [], "names": b"", "clients": b""}}, "bytes"),
+        (_mutate("hours", b"T12", b" 12"), "hours: aggregate 1 is malformed"),
+        (_mutate("hours", b"json", b"downloads"), "hours: aggregate 2 is malformed"),
+        (_mutate("hours", b"uv", b"robot"), "hours: aggregate 1 is malformed"),
+        (_mutate("hours", b"1\t1000", b"0\t1000"), "hours: aggregate 1 is malformed"),
+        (_mutate("hours", b"1\t1000", b"1\t-5"), "hours: aggregate 1 is malformed"),
+        (_mutate("hours", b"pip\n", b"pip"), "hours: aggregate 2 is malformed"),
+        (_mutate("names", b"\tfoo\tfoo-1.0", b"\tfoo-1.0"), "names: aggregate 1"),  # no file
+        (_mutate("names", b"\tfoo\n", b"\tf\too\n"), "names: aggregate 2"),  # raw tab
+        (_mutate("names", b"\tfoo\n", b"\tf\\xo\n"), "names: aggregate 2"),  # bad escape
+        (_mutate("names", b"2021-10-01\tpip", b"2021-02-30x\tpip"), "names: aggregate 2"),
+        (_mutate("clients", b"\tLinux", b""), "clients: aggregate 1 is malformed"),
+        (_mutate("clients", b"download", b"json"), "clients: aggregate 1 is malformed"),
+        (
+            _mutate("names", b"1\t1000\tdownload", b"2\t1000\tdownload"),
+            "of downloads do not add up",
+        ),
+        (_mutate("clients", b"1\t1000", b"1\t999"), "of downloads do not add up to its 1 rows"),
+        (_mutate("hours", b"json\t2021-10-01", b"json\t2021-10-02"), "of json_hits do not add"),
+        (_mutate("names", b"2021-10-01\tpip", b"2021-10-01\tuv"), "of json_hits do not add up"),
+        (_mutate("hours", b"json", b"web"), "of json_hits do not add up"),
     ],
 )
 def test_log_batch_rollup_is_checked(payload: dict[str, Any], message: str) -> None:

@@ -247,3 +247,36 @@ def test_inproc_sends_are_checked_by_the_receiver(context: Context) -> None:
             tcp.send_msg("PROJECT", {})
     finally:
         tcp.close(0)
+
+
+def test_send_encoded_sends_a_checked_payload_as_it_is(context: Context, tmp_short: Path) -> None:
+    """A message checked and encoded elsewhere (piw-logger's parser processes) goes out
+    byte for byte; the receiver still checks it, so a bad one is refused there."""
+    from piwheels.transport import encode_checked
+
+    server = context.socket(ROUTER, protocols.logger)
+    client = context.socket(DEALER, reversed(protocols.logger))
+    try:
+        client.connect(server.bind(_address("ipc", tmp_short)))
+        batch = VALID["logger", "BATCH"]
+        payload = encode_checked(reversed(protocols.logger), "BATCH", batch)
+        assert payload == encode("BATCH", batch)
+        client.send_encoded("BATCH", payload)
+        got = server.recv_msg(timeout=5)
+        assert got.msg == "BATCH" and got.data == batch
+        # Not checked on the way out (that is the caller's job), but checked on arrival.
+        client.send_encoded("BATCH", encode("BATCH", {**batch, "records": -1}))
+        with pytest.raises(ProtocolError, match="invalid BATCH on the logger socket"):
+            server.recv_msg(timeout=5)
+        with pytest.raises(ProtocolError, match="not allowed"):
+            client.send_encoded("ACK", encode("ACK", {"batch_id": 1, "stored": 1}))
+        with pytest.raises(ProtocolError, match="not a BATCH message"):
+            client.send_encoded("BATCH", encode("ACK", {"batch_id": 1, "stored": 1}))
+        with pytest.raises(ProtocolError, match="invalid BATCH"):
+            encode_checked(reversed(protocols.logger), "BATCH", {**batch, "tables": {"x": b""}})
+        client.max_msg_size = 10
+        with pytest.raises(ProtocolError, match="byte limit"):
+            client.send_encoded("BATCH", payload)
+    finally:
+        server.close(0)
+        client.close(0)

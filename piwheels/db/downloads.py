@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from piwheels.errors import ProtocolError
-from piwheels.protocols import LOG_TABLES
+from piwheels.protocols import LOG_TABLES, parse_rollup
 
 from ._common import atomic
 from .schema import CLIENT_KINDS, daily_package_stats
@@ -408,24 +408,26 @@ def _add_rollup(
 ) -> None:
     """Merge a batch's aggregates (names and client cells as in its rows) into the
     statement's aggregate rows, exactly as :meth:`BatchRollup.params` merges its tallies."""
-    for source, day, kind, cell, hits, nbytes in rollup["names"]:
+    rollup = parse_rollup(rollup)
+    for hits, nbytes, source, day, kind, cell in rollup["names"]:
         d = _literal(day)
-        if source == "download":
-            if kind != "bot":
-                package, filename = cell.split("\t")
+        if source == b"download":
+            if kind != _BOT:
+                package, filename = cell.split(b"\t")
                 _merge(pkg, (d, _literal(package), _literal(filename)), (hits, nbytes, 0, 0, 0))
             continue
-        if kind != "bot" and source != "web":
+        src = source.decode()
+        if kind != _BOT and src != "web":
             tot = pkg.setdefault((d, _literal(cell), "NULL"), [0] * 5)
-            tot[_PKG_COL[source]] += hits
-        if source != "search":
-            _merge(web, (d, source, _literal(cell), _literal(kind)), (hits, nbytes))
-    for source, day, kind, desc, hits, nbytes in rollup["clients"]:
-        _merge(client, (_literal(day), source, _literal(kind), *_desc(desc)), (hits, nbytes))
-    for stamp, source, kind, hits, nbytes in rollup["hours"]:
-        _merge(
-            hour, (f'"{stamp[:10]} {stamp[11:13]}:00+00"', source, _literal(kind)), (hits, nbytes)
-        )
+            tot[_PKG_COL[src]] += hits
+        if src != "search":
+            _merge(web, (d, src, _literal(cell), _literal(kind)), (hits, nbytes))
+    for hits, nbytes, source, day, kind, desc in rollup["clients"]:
+        key = (_literal(day), source.decode(), _literal(kind), *_desc(desc))
+        _merge(client, key, (hits, nbytes))
+    for hits, nbytes, source, stamp, kind in rollup["hours"]:
+        start = f'"{stamp[:10].decode()} {stamp[11:13].decode()}:00+00"'
+        _merge(hour, (start, source.decode(), _literal(kind)), (hits, nbytes))
 
 
 def _arrays(rows: dict[tuple[str, ...], list[int]], nkeys: int, nvalues: int) -> list[str]:

@@ -512,11 +512,17 @@ class BatchEncoder:
             },
             "extra": [[d, s, k, h, b] for (d, s, k), (h, b) in self.extra.items()],
             "rollup": {
-                "hours": [[hr, src[t], k, h, b] for (t, hr, k), (h, b) in self.hours.items()],
-                "names": [[src[t], d, k, c, h, b] for (t, d, k, c), (h, b) in self.names.items()],
-                "clients": [
-                    [src[t], d, k, c, h, b] for (t, d, k, c), (h, b) in self.clients.items()
-                ],
+                "hours": "".join(
+                    f"{h}\t{b}\t{src[t]}\t{hr}\t{k}\n" for (t, hr, k), (h, b) in self.hours.items()
+                ).encode("utf-8", "replace"),
+                "names": "".join(
+                    f"{h}\t{b}\t{src[t]}\t{d}\t{k}\t{c}\n"
+                    for (t, d, k, c), (h, b) in self.names.items()
+                ).encode("utf-8", "replace"),
+                "clients": "".join(
+                    f"{h}\t{b}\t{src[t]}\t{d}\t{k}\t{c}\n"
+                    for (t, d, k, c), (h, b) in self.clients.items()
+                ).encode("utf-8", "replace"),
             },
         }
         self._reset()

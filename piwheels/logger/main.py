@@ -57,7 +57,7 @@ log = logging.getLogger("piwheels.logger")
 @dataclass
 class _Pending:
     batch_id: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | bytes  # without batch_id, or the whole message encoded
     records: int
     due: float  # when to (re)send it
     sent: int = 0  # times sent
@@ -131,16 +131,28 @@ class BatchSender:
             return
         self.send_payload(self.encoder.take())
 
+    def new_id(self) -> int:
+        """A batch id not used before (for a batch encoded elsewhere: :meth:`send_encoded`)."""
+        self.next_id += 1
+        return self.next_id - 1
+
     def send_payload(self, payload: dict[str, Any]) -> None:
         """Send one packed batch (``batch.BatchEncoder.take``); keep it until acknowledged."""
+        self._queue(self.new_id(), payload, payload["records"])
+
+    def send_encoded(self, batch_id: int, records: int, payload: bytes) -> None:
+        """Send one BATCH checked and encoded by a parser process (with *batch_id*, from
+        :meth:`new_id`) as it is; keep it until acknowledged."""
+        self._queue(batch_id, payload, records)
+
+    def _queue(self, batch_id: int, payload: dict[str, Any] | bytes, records: int) -> None:
         self.poll(0)
         while len(self.pending) >= self.max_pending:
             if self.drop:
-                self.dropped += payload["records"]
+                self.dropped += records
                 return
             self.poll(0.1)
-        batch = _Pending(self.next_id, payload, payload["records"], 0.0)
-        self.next_id += 1
+        batch = _Pending(batch_id, payload, records, 0.0)
         self.pending[batch.batch_id] = batch
         self._send(batch)
         self.sent += batch.records
@@ -148,7 +160,11 @@ class BatchSender:
     def _send(self, batch: _Pending) -> None:
         now = time.monotonic()
         try:
-            self.sock.send_msg("BATCH", {"batch_id": batch.batch_id, **batch.payload}, timeout=0)
+            if isinstance(batch.payload, bytes):
+                self.sock.send_encoded("BATCH", batch.payload, timeout=0)
+            else:
+                data = {"batch_id": batch.batch_id, **batch.payload}
+                self.sock.send_msg("BATCH", data, timeout=0)
         except (TransportTimeout, TransportError) as exc:
             # Not connected (yet): try again shortly; the batch stays pending.
             log.debug("batch %d not sent: %s", batch.batch_id, exc)
@@ -396,13 +412,13 @@ def _pump_chunks(
     """Feed chunks of files (read whole, not line by line) to the pool; send batches as ready."""
     for chunk in chunks:
         while pool.full():
-            for payload in pool.ready():
-                sender.send_payload(payload)
+            for ready in pool.ready():
+                sender.send_encoded(*ready)
             pool.wait(0.05)
             sender.poll(0)
-        pool.submit(chunk)
-        for payload in pool.ready():
-            sender.send_payload(payload)
+        pool.submit(chunk, sender.new_id())
+        for ready in pool.ready():
+            sender.send_encoded(*ready)
         progress.maybe()
         if stop.is_set():
             break
@@ -421,8 +437,8 @@ def _pump(
     started = time.monotonic()
 
     def send_ready() -> None:
-        for payload in pool.ready():
-            sender.send_payload(payload)
+        for ready in pool.ready():
+            sender.send_encoded(*ready)
 
     for line in lines:
         if line is not None:
@@ -443,14 +459,14 @@ def _pump(
             send_ready()
             pool.wait(0.05)
             sender.poll(0)
-        pool.submit(chunk)
+        pool.submit(chunk, sender.new_id())
         chunk = []
         send_ready()
         progress.maybe()
         if stop.is_set():
             break
     if chunk:
-        pool.submit(chunk)
+        pool.submit(chunk, sender.new_id())
     while pool.in_flight:
         pool.wait(0.1)
         send_ready()

@@ -18,14 +18,17 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from .. import protocols
+from ..transport import encode_checked
 from .anonymise import Anonymiser
 from .batch import BatchEncoder
 from .reader import LogReader, ReadStats, chunk_lines
 
 __all__ = ["ChunkResult", "ParserPool", "parse_chunk"]
 
-#: (BATCH payload without batch_id, lines, parsed, malformed by reason, new samples)
-ChunkResult = tuple[dict[str, Any], int, int, dict[str, int], list[tuple[str, str]]]
+#: (batch id, records, the BATCH message checked and encoded, lines, parsed,
+#: malformed by reason, new samples)
+ChunkResult = tuple[int, int, bytes, int, int, dict[str, int], list[tuple[str, str]]]
 
 _state: dict[str, Any] = {}
 
@@ -35,13 +38,16 @@ def _init(mode: str, secret: bytes | None, max_samples: int) -> None:
     logging.getLogger("piwheels.logger.reader").disabled = True
     _state["reader"] = LogReader(Anonymiser(mode, secret), max_samples=max_samples)
     _state["encoder"] = BatchEncoder()
+    _state["protocol"] = reversed(protocols.logger)
 
 
-def parse_chunk(lines: list[bytes] | tuple[bytes, list[int]]) -> ChunkResult:
+def parse_chunk(lines: list[bytes] | tuple[bytes, list[int]], batch_id: int) -> ChunkResult:
     """Parse, classify and encode one chunk in a worker; returns the batch and counts.
 
     *lines* is a list of lines or a chunk of :func:`~piwheels.logger.reader.iter_chunks`
-    (split here, in C: nothing per line was pickled).
+    (split here, in C: nothing per line was pickled).  The batch comes back as the
+    BATCH message, checked and encoded here (*batch_id* is the sender's), so that
+    piw-logger's main process only moves its bytes (``Socket.send_encoded``).
     """
     if isinstance(lines, tuple):
         lines = chunk_lines(lines)
@@ -51,8 +57,13 @@ def parse_chunk(lines: list[bytes] | tuple[bytes, list[int]]) -> ChunkResult:
     lines0, parsed0, mal0, samples0 = st.lines, st.parsed, Counter(st.malformed), len(st.samples)
     encoder.add_lines(lines, reader)
     malformed = {k: v - mal0.get(k, 0) for k, v in st.malformed.items() if v != mal0.get(k, 0)}
+    payload = encoder.take()
+    records = payload["records"]
+    message = encode_checked(_state["protocol"], "BATCH", {"batch_id": batch_id, **payload})
     return (
-        encoder.take(),
+        batch_id,
+        records,
+        message,
         st.lines - lines0,
         st.parsed - parsed0,
         malformed,
@@ -92,10 +103,10 @@ class ParserPool:
     def full(self) -> bool:
         return self.in_flight >= self.limit
 
-    def submit(self, lines: list[bytes] | tuple[bytes, list[int]]) -> None:
+    def submit(self, lines: list[bytes] | tuple[bytes, list[int]], batch_id: int) -> None:
         with self._cond:
             self.in_flight += 1
-        self._pool.submit(parse_chunk, lines).add_done_callback(self._finished)
+        self._pool.submit(parse_chunk, lines, batch_id).add_done_callback(self._finished)
 
     def wait(self, timeout: float) -> None:
         """Wait up to *timeout* for a chunk to finish (if any is in flight and none is ready)."""
@@ -103,15 +114,15 @@ class ParserPool:
             if not self._done and self.in_flight:
                 self._cond.wait(timeout)
 
-    def ready(self) -> Iterator[dict[str, Any]]:
-        """Finished batches (their counts merged into ``stats``)."""
+    def ready(self) -> Iterator[tuple[int, int, bytes]]:
+        """Finished batches: (batch id, records, encoded BATCH); counts merged into ``stats``."""
         with self._cond:
             done, self._done = self._done, []
         st = self.stats
         for item in done:
             if isinstance(item, BaseException):
                 raise item
-            payload, lines, parsed, malformed, samples = item
+            batch_id, records, message, lines, parsed, malformed, samples = item
             st.lines += lines
             st.parsed += parsed
             st.malformed.update(malformed)
@@ -121,7 +132,7 @@ class ParserPool:
                     logging.getLogger("piwheels.logger.reader").warning(
                         "skipped malformed log line (%s): %r", reason, sample
                     )
-            yield payload
+            yield batch_id, records, message
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -60,7 +60,9 @@ def _days(data: dict[str, Any]) -> set[date]:
     rollup = data.get("rollup")
     if rollup is None:
         return batch_days(data["tables"], data["extra"])
-    found = {h[0][:10] for h in rollup["hours"]} | {e[0] for e in data["extra"]}
+    found = {h[3][:10].decode() for h in protocols.parse_rollup(rollup)["hours"]} | {
+        e[0] for e in data["extra"]
+    }
     return {date.fromisoformat(d) for d in found}
 
 
