@@ -7,7 +7,7 @@ random bytes, correct RECORD) so verification and publication are measured
 too.  The physical limit is the same bytes sent over a plain TCP socket on
 loopback, from the file on one side into a file on the other.  Usage::
 
-    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 64K] [--window 10] [--curve]
+    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 256K] [--window 10] [--curve]
 
 Scale 1.0 is a 200 MB file.
 """
@@ -191,7 +191,12 @@ def bench_raw(src: Path, dest: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = a 200 MB file")
-    parser.add_argument("--chunk", default="64K", help="chunk size (max 1M) [64K]")
+    default_chunk = Settings().master.file_chunk_size // 1024
+    parser.add_argument(
+        "--chunk",
+        default=f"{default_chunk}K",
+        help=f"chunk size (max 1M) [the farm's default, {default_chunk}K]",
+    )
     parser.add_argument("--window", type=int, default=10, help="FETCHes in flight [10]")
     parser.add_argument("--curve", action="store_true", help="encrypt with CurveZMQ")
     args = parser.parse_args()
