@@ -480,9 +480,12 @@ def throughput(
     keep_connections: bool = True,
     postgres_pid: int | None = None,
     py_spy: str = "",
+    workdir: str | None = None,
 ) -> None:
     spawn = mp.get_context("spawn")
-    root = Path(tempfile.mkdtemp(prefix="piwbench-master-"))
+    # The output folder, staging and pages: creating files costs far more in some folders of
+    # a disk than others (inode allocation), so the folder is a choice.
+    root = Path(tempfile.mkdtemp(prefix="piwbench-master-", dir=workdir))
     url = make_url(admin).set(database=f"piwbench_master_{os.getpid()}")
     url_s = url.render_as_string(hide_password=False)
     initdb.upgrade(url_s, yes=True)
@@ -619,7 +622,7 @@ def throughput(
     raw_builds = raw_rate / ROUND_TRIPS_PER_BUILD
     how = "one kept file connection each" if keep_connections else "a file connection per file"
     print(f"throughput: {builders} simulated builders in {len(groups)} processes ({how}), "
-          f"{load()}")  # fmt: skip
+          f"{load()}; output in {root.parent}")  # fmt: skip
     print(
         f"  builds done {done}/{builds}, recorded {recorded}, files {files}, published {published}"
     )
@@ -784,6 +787,9 @@ def main() -> None:
     parser.add_argument("--sandbox", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument(
+        "--dir", help="folder for the master's output, staging and the wheels (default: TMPDIR)"
+    )
+    parser.add_argument(
         "--profile", action="store_true", help="profile the master's tasks (cProfile) and print"
     )
     parser.add_argument(
@@ -814,6 +820,7 @@ def main() -> None:
             not args.new_connections,
             cluster.pid if cluster is not None else None,
             args.py_spy,
+            args.dir,
         )
         if not args.skip_overhead:
             overhead(admin, max(1, round(5 * args.scale)), args.sandbox)
