@@ -339,11 +339,12 @@ class Socket:
         peer: Sequence[bytes] | None = None,
         timeout: float | None = None,
     ) -> None:
-        """Send one message already checked and encoded (:func:`encode_checked`) as it is.
+        """Send one message already encoded (:func:`encode`, or :func:`encode_checked`) as it is.
 
-        For a payload made elsewhere (piw-logger's parser processes check and encode
-        their batches): only the message name, that *payload* is that message and
-        the size limit are checked here.  The receiver checks everything, as ever.
+        For a payload made elsewhere (piw-logger's parser processes encode their
+        batches): only the message name, that *payload* is that message and the size
+        limit are checked here.  The receiver checks everything, as ever, and refuses
+        what fails.
         """
         if msg not in self.protocol.send:
             raise ProtocolError(f"message {msg} is not allowed on the {self.protocol.name} socket")

@@ -25,14 +25,13 @@ the logger.
 
 from __future__ import annotations
 
-import hmac
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import protocols
-from .anonymise import HASH_CHARS, _canonical
+from .anonymise import _canonical
 from .classify import BOT, INDEX, OTHER, AccessRecord, _ua_tail
 from .parse import MAX_LINE, MalformedLine, _unescape_json, unescape_log_field
 from .useragent import AGENT_BOT, AGENT_DIRECT, decode_user_agent
@@ -76,6 +75,17 @@ _UTC_SECOND = re.compile(rb"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\+0
 _JSON_ENDS = (b'"}', b'"}\n', b'"}\r\n')
 # ":MM:SS" of every second of an hour (a leap second goes the general way, as before).
 _MIN_SEC = frozenset(f":{m:02d}:{sec:02d}".encode() for m in range(60) for sec in range(60))
+# nginx's JSON lines: one match from the start up to the user agent's value, which
+# yields the fields used and checks their keys and shape (a UTC time's minutes and
+# seconds, digits, no escapes where the fast path takes the raw bytes); the user agent
+# (~600 escaped characters of a pip line, too many for a regex to walk cheaply) is cut
+# by one find.  Groups: UTC time to the second and its hour, or any other time text,
+# then address, method, URI, status and bytes.
+_FAST_JSON = re.compile(
+    rb'\{"time":"(?:((\d{4}-\d\d-\d\dT\d\d):[0-5]\d:[0-5]\d)\+00:00|([^"\\]*))",'
+    rb'"addr":"([^"\\]*)","method":"([^"\\]*)","uri":"([^"\\]*)","proto":"[^"\\]*",'
+    rb'"status":(\d+),"bytes":(\d{1,15}),"body_bytes":[^,"]*,"referer":"' + _Q + rb'","ua":"'
+)
 _FAST_COMBINED = re.compile(
     rb'([!-~]+) [!-~]+ (?:[!-~]+|"[^"]*") \[([^\]]*)\] "([A-Z]{1,16}) ([!#-\[\]-~]+) '
     rb'HTTP/[0-9.]{1,5}" (\d{3}) (\d{1,15}|-)(?: "' + _Q + rb'" "(' + _Q + rb')")?'
@@ -242,51 +252,49 @@ class BatchEncoder:
             self._fast_reset()
         stats = reader.stats
         clf_match = _FAST_COMBINED.fullmatch
+        json_match = _FAST_JSON.match
         times = self._fast_times
-        hours, min_sec = self._fast_days, _MIN_SEC
+        hours = self._fast_days
         json_agents, clf_agents = self._json_agents, self._clf_agents
         routes, clients = self._fast_routes, self._fast_clients
         rows = self.rows
         extra = self.extra
         r_hours, names, clients_t = self.hours, self.names, self.clients
         fast = recs = skipped = 0  # added to the counters at the end
+        tm: tuple[str, str, int, datetime] | None
         for line in lines:
             if len(line) > MAX_LINE:
                 self._slow(line, reader)
                 continue
-            if line[:1] == b"{":
-                p = line.split(b',"')
+            m = json_match(line)
+            if m is not None:
+                # The UA runs to the first ',"' after its start (escape=json writes every '"'
+                # inside a value as \", so ',"' only occurs between fields), which must close
+                # it; three more fields follow (13 in all, as LogParser's split requires).
+                s = m.end()
+                e = line.find(b',"', s)
                 if (
-                    len(p) != _JSON_PARTS
+                    e < 0
+                    or line[e - 1 : e] != b'"'
+                    or line.count(b',"', e + 2) != 2
                     or not line.endswith(_JSON_ENDS)
-                    or p[0][:9] != b'{"time":"'
-                    or p[1][:7] != b'addr":"'
-                    or p[2][:9] != b'method":"'
-                    or p[3][:6] != b'uri":"'
-                    or p[5][:8] != b'status":'
-                    or p[6][:7] != b'bytes":'
-                    or p[9][:5] != b'ua":"'
                 ):
                     self._slow(line, reader)
                     continue
-                t = p[0][9:-1]
-                addr = p[1][7:-1]
-                method = p[2][9:-1]
-                uri = p[3][6:-1]
-                status = p[5][8:]
-                nbytes = p[6][7:]
-                ua = p[9][5:-1]
-                if (
-                    not status.isdigit()
-                    or not nbytes.isdigit()
-                    or len(nbytes) > 15
-                    or b"\\" in addr
-                    or b"\\" in method
-                    or b"\\" in uri
-                ):
-                    self._slow(line, reader)
-                    continue
+                t19, h13, t, addr, method, uri, status, nbytes = m.groups()
+                ua = line[s : e - 1]
                 agents = json_agents
+                if t19 is not None and (hour := hours.get(h13)) is not None:
+                    # A checked UTC hour (see _fast_time); minutes and seconds were checked
+                    # by the match: the stamp is the first 19 characters.
+                    tm = (t19.decode() + "+00", *hour)
+                else:
+                    if t19 is not None:
+                        t = t19 + b"+00:00"
+                    tm = times.get(t)
+            elif line[:1] == b"{":
+                self._slow(line, reader)
+                continue
             else:
                 m = clf_match(line)
                 if m is None:
@@ -296,12 +304,6 @@ class BatchEncoder:
                 if ua is None:
                     ua = b"-"
                 agents = clf_agents
-            tm: tuple[str, str, int, datetime] | None
-            hour = hours.get(t[:13]) if agents is json_agents else None
-            if hour is not None and t[13:19] in min_sec and t[19:] == b"+00:00":
-                # A checked UTC hour (see _fast_time): the stamp is the first 19 characters.
-                tm = (t[:19].decode() + "+00", *hour)
-            else:
                 tm = times.get(t)
             if tm is None:
                 tm = self._fast_time(t, agents is json_agents)
@@ -405,8 +407,9 @@ class BatchEncoder:
         self._fast_routes: dict[bytes, tuple[str, str | None, str | None]] = {}
         # Stored client per (day ordinal, raw address): hashes are salted per day.
         self._fast_clients: dict[tuple[int, bytes], str] = {}
-        # The anonymiser's salt per day ordinal.
-        self._salts: dict[int, bytes] = {}
+        # The anonymiser's hasher per day ordinal; canonical address per raw address.
+        self._hashers: dict[int, Callable[[bytes], str]] = {}
+        self._canonical: dict[bytes, bytes] = {}
 
     def _fast_time(self, raw: bytes, is_json: bool) -> tuple[str, str, int, datetime] | None:
         times = self._fast_times
@@ -481,18 +484,24 @@ class BatchEncoder:
 
     def _fast_client(self, key: tuple[int, bytes], when: datetime) -> str:
         anonymiser = self._fast_reader.classifier.anonymiser  # type: ignore[union-attr]
-        addr = key[1].decode("utf-8", "replace")
         if anonymiser.mode == "hash":
             # Anonymiser.client's value, without its cache (this one is keyed alike): each
-            # client of the day is new, and its hash (hex) needs no check.
-            salt = self._salts.get(key[0])
-            if salt is None:
-                if len(self._salts) > 64:
-                    self._salts.clear()
-                salt = self._salts[key[0]] = anonymiser.salt(when.date())
-            digest = hmac.digest(salt, _canonical(addr), "sha256")
-            client = digest.hex()[:HASH_CHARS]
+            # client of the day is new, and its hash (hex) needs no check.  The canonical
+            # address is kept across days (a client comes back), the hasher per day.
+            canonical = self._canonical.get(key[1])
+            if canonical is None:
+                if len(self._canonical) >= self._CACHE_LIMIT:
+                    self._canonical.clear()
+                canonical = _canonical(key[1].decode("utf-8", "replace"))
+                self._canonical[key[1]] = canonical
+            hasher = self._hashers.get(key[0])
+            if hasher is None:
+                if len(self._hashers) > 64:
+                    self._hashers.clear()
+                hasher = self._hashers[key[0]] = anonymiser.hasher(when.date())
+            client = hasher(canonical)
         else:
+            addr = key[1].decode("utf-8", "replace")
             client = self._client(anonymiser.client(addr, when))
         if len(self._fast_clients) >= self._CACHE_LIMIT:
             self._fast_clients.clear()

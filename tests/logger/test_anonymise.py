@@ -113,3 +113,24 @@ def test_load_secret_errors(tmp_path: Path) -> None:
     assert short.read_bytes() == b"abc\n"  # never overwritten
     with pytest.raises(ConfigError, match="cannot read"):
         load_secret(tmp_path)  # a directory
+
+
+def test_hash_is_hmac_sha256_of_the_packed_address_under_the_days_salt() -> None:
+    """The keyed SHA-256 states give exactly HMAC-SHA256 (as the module docs define it)."""
+    import hashlib
+    import hmac
+    import socket
+
+    a = Anonymiser("hash", SECRET)
+    for day in (DAY, DAY + timedelta(days=40)):
+        salt = hmac.new(
+            SECRET, b"piwheels-client-salt:" + day.date().isoformat().encode(), hashlib.sha256
+        ).digest()
+        for addr, packed in (
+            ("192.0.2.1", socket.inet_pton(socket.AF_INET, "192.0.2.1")),
+            ("2001:db8::1", socket.inet_pton(socket.AF_INET6, "2001:db8::1")),
+            ("host.example", b"name:host.example"),
+        ):
+            want = hmac.digest(salt, packed, "sha256").hex()[:HASH_CHARS]
+            assert a.client(addr, day) == want
+            assert a.hasher(day.date())(packed) == want
