@@ -82,9 +82,10 @@ _MIN_SEC = frozenset(f":{m:02d}:{sec:02d}".encode() for m in range(60) for sec i
 # by one find.  Groups: UTC time to the second and its hour, or any other time text,
 # then address, method, URI, status and bytes.
 _FAST_JSON = re.compile(
-    rb'\{"time":"(?:((\d{4}-\d\d-\d\dT\d\d):[0-5]\d:[0-5]\d)\+00:00|([^"\\]*))",'
-    rb'"addr":"([^"\\]*)","method":"([^"\\]*)","uri":"([^"\\]*)","proto":"[^"\\]*",'
-    rb'"status":(\d+),"bytes":(\d{1,15}),"body_bytes":[^,"]*,"referer":"' + _Q + rb'","ua":"'
+    rb'\{"time":"(?:((\d{4}-\d\d-\d\dT\d\d):[0-5]\d:[0-5]\d)\+00:00|([^"\\]*+))",'
+    rb'"addr":"([^"\\]*+)","method":"([^"\\]*+)","uri":"([^"\\]*+)","proto":"[^"\\]*+",'
+    rb'"status":(\d++),"bytes":(\d{1,15}+),"body_bytes":[^,"]*+,"referer":"'
+    + rb'[^"\\]*+(?:\\.[^"\\]*+)*+","ua":"'
 )
 _FAST_COMBINED = re.compile(
     rb'([!-~]+) [!-~]+ (?:[!-~]+|"[^"]*") \[([^\]]*)\] "([A-Z]{1,16}) ([!#-\[\]-~]+) '
@@ -268,30 +269,40 @@ class BatchEncoder:
                 continue
             m = json_match(line)
             if m is not None:
-                # The UA runs to the first ',"' after its start (escape=json writes every '"'
-                # inside a value as \", so ',"' only occurs between fields), which must close
-                # it; three more fields follow (13 in all, as LogParser's split requires).
+                # The user agent ends where the last three fields begin: one split from
+                # the end (escape=json writes every '"' inside a value as \", so ',"' only
+                # occurs between fields), which reads only those short fields.  A user
+                # agent is only cached once seen free of ',"' (_fast_agent): so a line that
+                # the cache knows has LogParser's 13 fields.
                 s = m.end()
-                e = line.find(b',"', s)
+                p = line.rsplit(b',"', 3)
+                head = p[0]
                 if (
-                    e < 0
-                    or line[e - 1 : e] != b'"'
-                    or line.count(b',"', e + 2) != 2
-                    or not line.endswith(_JSON_ENDS)
+                    len(p) != 4
+                    or len(head) <= s
+                    or head[-1:] != b'"'
+                    or not p[3].endswith(_JSON_ENDS)
                 ):
                     self._slow(line, reader)
                     continue
                 t19, h13, t, addr, method, uri, status, nbytes = m.groups()
-                ua = line[s : e - 1]
+                ua = head[s:-1]
                 agents = json_agents
                 if t19 is not None and (hour := hours.get(h13)) is not None:
                     # A checked UTC hour (see _fast_time); minutes and seconds were checked
                     # by the match: the stamp is the first 19 characters.
-                    tm = (t19.decode() + "+00", *hour)
+                    stamp = t19.decode() + "+00"
+                    day, ordinal, when = hour
+                    tm = None
                 else:
                     if t19 is not None:
                         t = t19 + b"+00:00"
                     tm = times.get(t)
+                    if tm is None:
+                        tm = self._fast_time(t, True)
+                        if tm is None:
+                            self._slow(line, reader)
+                            continue
             elif line[:1] == b"{":
                 self._slow(line, reader)
                 continue
@@ -305,11 +316,13 @@ class BatchEncoder:
                     ua = b"-"
                 agents = clf_agents
                 tm = times.get(t)
-            if tm is None:
-                tm = self._fast_time(t, agents is json_agents)
                 if tm is None:
-                    self._slow(line, reader)
-                    continue
+                    tm = self._fast_time(t, False)
+                    if tm is None:
+                        self._slow(line, reader)
+                        continue
+            if tm is not None:
+                stamp, day, ordinal, when = tm
             ag = agents.get(ua)
             if ag is None:
                 ag = self._fast_agent(ua, agents is json_agents)
@@ -333,7 +346,7 @@ class BatchEncoder:
                 if rkind not in _EXTRA:
                     skipped += 1
                     continue
-                key = (tm[1], rkind, ckind)
+                key = (day, rkind, ckind)
                 tot = extra.get(key)
                 n = int(nbytes) if nbytes != b"-" else 0
                 if tot is None:
@@ -346,10 +359,10 @@ class BatchEncoder:
                 recs += 1
                 skipped += 1
                 continue
-            ck = (tm[2], addr)
+            ck = (ordinal, addr)
             client = clients.get(ck)
             if client is None:
-                client = self._fast_client(ck, tm[3])
+                client = self._fast_client(ck, when)
             recs += 1
             # Digits as they are, unless a leading zero or "-" needs int()'s spelling.
             if nbytes[:1] not in (b"0", b"-"):
@@ -359,7 +372,6 @@ class BatchEncoder:
                 n = 0 if nbytes == b"-" else int(nbytes)
                 n_s = str(n)
             # The rollup tallies (as _add, inlined: this runs for every row).
-            stamp = tm[0]
             key3 = (table, stamp[:13], ckind)
             tot = r_hours.get(key3)
             if tot is None:
@@ -367,7 +379,7 @@ class BatchEncoder:
             else:
                 tot[0] += 1
                 tot[1] += n
-            key4 = (table, tm[1], ckind, cell)
+            key4 = (table, day, ckind, cell)
             tot = names.get(key4)
             if tot is None:
                 names[key4] = [1, n]
@@ -378,7 +390,7 @@ class BatchEncoder:
                 rows[table].append(f"{stamp}\t{client}\t{ckind}\t{n_s}\t{cell}\n")
             else:
                 rows[table].append(f"{stamp}\t{client}\t{ckind}\t{n_s}\t{cell}\t{info}\n")
-                key4 = (table, tm[1], ckind, info)
+                key4 = (table, day, ckind, info)
                 tot = clients_t.get(key4)
                 if tot is None:
                     clients_t[key4] = [1, n]
@@ -444,6 +456,9 @@ class BatchEncoder:
         return hit
 
     def _fast_agent(self, raw: bytes, is_json: bool) -> tuple[str, str, str | None] | None:
+        if is_json and b',"' in raw:
+            # Not one field (add_lines cuts the user agent from the end): LogParser judges it.
+            return None
         text = raw.decode("utf-8", "replace")
         if is_json:
             try:
