@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if cluster is not None:
             cluster.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
