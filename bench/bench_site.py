@@ -34,6 +34,7 @@ Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import http.client
 import io
@@ -59,6 +60,7 @@ from piwheels.db import projects as db_projects
 from piwheels.db import versions as db_versions
 from piwheels.master.page_writer import CHUNK_SIZE
 from piwheels.web import render
+from piwheels.web import writer as site_writer
 from piwheels.web.model import AbiStatus, FileData, ProjectData, VersionData
 from piwheels.web.nginx import PrivateNginx
 from piwheels.web.render import SiteConfig
@@ -136,12 +138,19 @@ def project_pages(p: ProjectData, threshold: int, level: int) -> Pages:
     return out
 
 
-def raw_write(root: str, projects: list[Pages], fsync: bool) -> tuple[float, float]:
+def raw_write(
+    root: str, projects: list[Pages], fsync: bool, exchange: bool = False
+) -> tuple[float, float]:
     """The physical floor of a rewrite: each file written to a new temporary file and renamed
     over the old one, exactly the system calls an atomic writer cannot avoid, with the very
     bytes the writer writes (on this machine's disk the content changes the cost: uniform
     filler bytes are written several times faster than real pages) and no rendering,
     compression or checks.  Directories are made on first use.
+
+    With *exchange*, the floor of the writer's inode reuse instead: the bytes go into one
+    spare file (leased, emptied) that ``renameat2(RENAME_EXCHANGE)`` swaps with the page, so
+    the page's old inode is the next spare and no inode is created (a new name takes the
+    spare by a plain rename).
 
     Returns (wall seconds, CPU seconds).
     """
@@ -149,6 +158,8 @@ def raw_write(root: str, projects: list[Pages], fsync: bool) -> tuple[float, flo
     t0 = time.perf_counter()
     made: set[str] = set()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    spare = f"{root}/.spare-{os.getpid()}"
+    os.makedirs(root, exist_ok=True)
     for files in projects:
         for rel, data in files:
             path = f"{root}/{rel}"
@@ -156,6 +167,17 @@ def raw_write(root: str, projects: list[Pages], fsync: bool) -> tuple[float, flo
             if head not in made:
                 os.makedirs(head, exist_ok=True)
                 made.add(head)
+            if exchange:
+                fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+                if fsync:
+                    os.fsync(fd)
+                os.close(fd)
+                if not site_writer._exchange(spare, path):
+                    os.replace(spare, path)
+                continue
             tmp = f"{path}.tmp"
             fd = os.open(tmp, flags, 0o644)
             os.write(fd, data)
@@ -163,15 +185,17 @@ def raw_write(root: str, projects: list[Pages], fsync: bool) -> tuple[float, flo
                 os.fsync(fd)
             os.close(fd)
             os.replace(tmp, path)
+    if exchange and os.path.exists(spare):
+        os.unlink(spare)
     return time.perf_counter() - t0, _cpu() - cpu0
 
 
 def raw_rewrite(
-    root: str, first: int, count: int, generation: int, settings: tuple[int, int, bool]
+    root: str, first: int, count: int, generation: int, settings: tuple[int, int, bool, bool]
 ) -> tuple[float, float]:
     """raw_write of projects first..first+count of *generation*, rendered (untimed) in
     chunks so memory stays small; returns the summed (wall, CPU) seconds of the writes."""
-    threshold, level, fsync = settings
+    threshold, level, fsync, exchange = settings
     wall = cpu = 0.0
     for start in range(first, first + count, 500):
         stop = min(first + count, start + 500)
@@ -179,14 +203,14 @@ def raw_rewrite(
             project_pages(synthetic_project(i, generation=generation), threshold, level)
             for i in range(start, stop)
         ]
-        w, c = raw_write(root, pages, fsync)
+        w, c = raw_write(root, pages, fsync, exchange)
         wall += w
         cpu += c
     return wall, cpu
 
 
 def raw_rewrite_pool(
-    root: str, count: int, generation: int, settings: tuple[int, int, bool], workers: int
+    root: str, count: int, generation: int, settings: tuple[int, int, bool, bool], workers: int
 ) -> tuple[float, float]:
     """raw_rewrite split over *workers* processes by project: (wall, CPU) seconds, the wall
     time being the longest worker's time spent writing (they write at the same time)."""
@@ -321,14 +345,24 @@ def bench_rewrite(
     start = timed(lambda: site.write_all(changed[:1], workers=workers))
 
     raw_root = str(base / "raw")
-    settings = (site.gzip_threshold, site.gzip_level, fsync)
+    settings = (site.gzip_threshold, site.gzip_level, fsync, False)
     for label, generation in (("first (new names)", 0), ("same files, 1 process", 1)):
         wall, cpu = raw_rewrite(raw_root, 0, count, generation, settings)
         figures.append((f"raw temp+rename, {label}", wall, cpu))
     raw1 = figures[-1][1:]
     rawn_wall, rawn_cpu = raw_rewrite_pool(raw_root, count, 0, settings, workers)
     figures.append((f"raw temp+rename, same files, {workers} procs", rawn_wall, rawn_cpu))
+    # The floor of the writer's inode reuse (a spare written and exchanged with the page).
+    xsettings = (*settings[:3], True)
+    wall, cpu = raw_rewrite(raw_root, 0, count, 1, xsettings)
+    figures.append(("raw spare+exchange, same files, 1 process", wall, cpu))
+    rawx1 = figures[-1][1:]
+    rawxn_wall, rawxn_cpu = raw_rewrite_pool(raw_root, count, 0, xsettings, workers)
+    figures.append((f"raw spare+exchange, same files, {workers} procs", rawxn_wall, rawxn_cpu))
     shutil.rmtree(raw_root, ignore_errors=True)
+    fresh = SiteWriter(base / "site", CONFIG, fsync=fsync, reuse_inodes=False)
+    fresh.write_all(projects)  # gen 0 back (not timed), then every page changes again
+    run("  same, no inode reuse (temp+rename)", lambda: fresh.write_all(changed))
     twins = SiteWriter(base / "site", CONFIG, fsync=fsync, project_twins=True)
     twins.write_all(projects)  # adds the project pages' twins (not timed)
     run("  same, project pages twinned too", lambda: twins.write_all(changed))
@@ -348,6 +382,11 @@ def bench_rewrite(
         f"  ratio rewrite / raw temp+rename, {workers} processes: {rawn_wall / pool[0]:.2f} (wall)"
     )
     print(f"  ratio rewrite / raw temp+rename, CPU per project: {raw1[1] / one[1]:.2f}")
+    print(f"  ratio rewrite / raw spare+exchange, 1 process : {rawx1[0] / one[0]:.2f} (wall)")
+    print(
+        f"  ratio rewrite / raw spare+exchange, {workers} processes: "
+        f"{rawxn_wall / pool[0]:.2f} (wall)"
+    )
     print(
         f"  raw floor: {raw1[1] / nfiles * 1e6:.0f} us of CPU per atomic file replaced; "
         f"{nfiles / count:.0f} files per project caps one core at "
@@ -373,6 +412,8 @@ def bench_rewrite(
         f"rewrite from memory, pool of {workers}": count / pool[0],
         "raw temp+rename, 1 process": count / raw1[0],
         f"raw temp+rename, {workers} procs": count / rawn_wall,
+        "raw spare+exchange, 1 process": count / rawx1[0],
+        f"raw spare+exchange, {workers} procs": count / rawxn_wall,
     }
     return projects, rates
 
@@ -521,6 +562,25 @@ def bench_database(
             lambda: site.write_all(names, workers=workers, load_many=loader, chunk_size=chunk)
         )
         figures.append((f"rewrite unchanged, pool of {workers}", count / again))
+        # Every project's download counts change (untimed), so its project page and JSON
+        # API change: what a daily rewrite meets.  Their old inodes are reused.
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE daily_package_stats SET downloads = downloads + 1"))
+        with engine.connect() as conn:
+            pg0 = server(conn)
+        changed, changed_cpu = measured(
+            lambda: site.write_all(names, workers=workers, load_many=loader, chunk_size=chunk)
+        )
+        with engine.connect() as conn:
+            changed_pg = server(conn) - pg0
+        figures.append((f"rewrite, downloads changed, pool of {workers}", count / changed))
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE daily_package_stats SET downloads = downloads + 1"))
+        site1 = SiteWriter(base / "dbsite2", CONFIG)
+        changed1, changed1_cpu = measured(
+            lambda: site1.write_all(names, load_many=loader, chunk_size=chunk)
+        )
+        figures.append(("  same, 1 process", count / changed1))
         width = max(len(label) for label in [*rates, *(f for f, _ in figures)])
         for label, rate in figures:
             print(f"  {label:{width}}: {rate:8.0f} projects/s")
@@ -538,6 +598,12 @@ def bench_database(
             f"PostgreSQL = {total_ms:.2f} (of which render {render_ms:.2f} and writer "
             f"{writer_ms:.2f} measured in part 1; aim: 1 ms per project per core)"
         )
+        print(
+            f"  CPU ms per project, rewrite with downloads changed: 1 process "
+            f"{changed1_cpu / count * 1000:.2f} in Python; pool of {workers} "
+            f"{changed_cpu / count * 1000:.2f} in Python (workers included) + "
+            f"{changed_pg / count * 1000:.2f} in PostgreSQL"
+        )
         print("  beside part 1 (no database):")
         for label, rate in rates.items():
             if "CPU" not in label:
@@ -553,6 +619,13 @@ def bench_database(
         print(f"  ratio from database / render only: {pool_rate / render_rate:.2f}")
         print(
             f"  ratio from database / raw temp+rename, {workers} procs: {pool_rate / raw_pool:.2f}"
+        )
+        changed_rate = count / changed
+        rawx_pool = rates[f"raw spare+exchange, {workers} procs"]
+        print(
+            f"  ratio downloads-changed rewrite from database / raw spare+exchange, {workers} "
+            f"procs: {changed_rate / rawx_pool:.2f}; / raw temp+rename: "
+            f"{changed_rate / raw_pool:.2f}"
         )
         print(
             f"  ratio bulk loader / per-project loader (read only): "

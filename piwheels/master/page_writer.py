@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import multiprocessing.util
 import signal
 import threading
 import time
@@ -167,6 +168,7 @@ class PageWriter(Task):
     def close(self) -> None:
         self.stop_rewrite()
         self.site.close()
+        self.writer.close()  # this process's spare files (see SiteWriter.close)
         super().close()
 
     # -- requests ------------------------------------------------------------------------
@@ -555,6 +557,8 @@ def _site_init(writer: SiteWriter, url: str) -> None:
     # Two connections: one kept for project batches, one for the root, home and search pages.
     _site = (writer, create_engine(url, pool_size=2, max_overflow=0, pool_pre_ping=True))
     _site_conn = None
+    # The writer's spare files go when this process exits (multiprocessing runs these).
+    multiprocessing.util.Finalize(writer, writer.close, exitpriority=10)
 
 
 def _site_read(names: list[str]) -> tuple[dict[str, ProjectData], set[str]]:

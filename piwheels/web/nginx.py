@@ -308,6 +308,11 @@ server {{
         add_header Access-Control-Allow-Origin * always;
     }}
 
+    # The site writer's spare files (old page bytes kept for their inodes): never served.
+    location ^~ /.spare/ {{
+        return 404;
+    }}
+
     location / {{
         add_header Cache-Control "public, max-age=600" always;
     }}

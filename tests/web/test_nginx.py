@@ -467,3 +467,28 @@ def test_demo_projects_fixture_is_consistent(demo_site: Any) -> None:
     alpha: ProjectData = projects["alpha"]
     for f in alpha.files:
         assert (root / "simple/alpha" / f.filename).stat().st_size == f.size
+
+
+def test_spare_files_are_never_served() -> None:
+    """The writer's spares hold old page bytes: 404 even where the folder is readable."""
+    from piwheels.web.writer import SiteWriter
+
+    from .conftest import readable_tempdir
+
+    top = readable_tempdir("piwtest-spare-")
+    try:
+        site = SiteWriter(top / "www")
+        for k in range(3):
+            site.write_project(ProjectData("foo", "Foo", summary=f"generation {k}"))
+        spares = [p for p in (top / "www/.spare").rglob("*") if p.is_file()]
+        assert spares  # the rewrites left old inodes to reuse
+        for p in [top / "www/.spare", *(top / "www/.spare").iterdir()]:
+            os.chmod(p, 0o755)
+        for p in spares:
+            os.chmod(p, 0o644)
+        with PrivateNginx(top / "www", top / "nginx") as server:
+            rel = spares[0].relative_to(top / "www").as_posix()
+            assert get(server, f"/{rel}").status == 404
+            assert get(server, "/project/foo/").status == 200
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

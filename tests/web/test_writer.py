@@ -71,18 +71,119 @@ def test_write_file_refuses_paths_outside(site: SiteWriter) -> None:
             site.write_file(bad, b"")
 
 
-def test_failed_write_leaves_old_page(site: SiteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("reuse", [True, False])
+def test_failed_write_leaves_old_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reuse: bool
+) -> None:
+    site = SiteWriter(tmp_path / "www", reuse_inodes=reuse)
     site.write_file("p/index.html", b"old")
+    site.write_file("p/index.html", b"older")  # with reuse, leaves a spare to write into
 
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "write", boom)
+    with pytest.raises(OSError, match="disk full"):
         site.write_file("p/index.html", b"new")
     monkeypatch.undo()
-    assert (site.root / "p/index.html").read_bytes() == b"old"
+    assert (site.root / "p/index.html").read_bytes() == b"older"
     assert [p.name for p in (site.root / "p").iterdir()] == ["index.html"]
+    site.write_file("p/index.html", b"new")  # and the writer still works
+    assert (site.root / "p/index.html").read_bytes() == b"new"
+
+
+def _generation(k: int) -> ProjectData:
+    return ProjectData("foo", "Foo", summary=f"generation {k} " + "x" * 600 * k)
+
+
+def test_rewrites_reuse_old_inodes_atomically(tmp_path: Path) -> None:
+    site = SiteWriter(tmp_path / "www", gzip_threshold=100)
+    page = site.root / "project/foo/index.html"
+    site.write_project(_generation(0))
+    inodes = {page.stat().st_ino}
+    for k in range(1, 6):
+        site.write_project(_generation(k))
+        inodes.add(page.stat().st_ino)
+    # Each rewrite exchanged the page with a spare: the old inodes came back into use.
+    assert len(inodes) < 6
+    fresh = SiteWriter(tmp_path / "fresh", gzip_threshold=100, reuse_inodes=False)
+    fresh.write_project(_generation(5))
+    for rel in ("simple/foo/index.html", "simple/foo/index.json", "project/foo/index.html"):
+        assert (site.root / rel).read_bytes() == (fresh.root / rel).read_bytes(), rel
+        assert mode(site.root / rel) == 0o644
+    twin = site.root / "simple/foo/index.html.gz"
+    assert gzip.decompress(twin.read_bytes()) == (site.root / "simple/foo/index.html").read_bytes()
+    spares = site.root / ".spare"
+    assert mode(spares) == 0o700  # old bytes are never served
+    assert not list(site.root.rglob("*.tmp"))
+    site.close()
+    assert not list(spares.iterdir())
+
+
+def test_open_reader_keeps_the_old_bytes(tmp_path: Path) -> None:
+    """A reader still sending the old page (an nginx worker) holds its inode: never reused."""
+    site = SiteWriter(tmp_path / "www")
+    page = site.root / "project/foo/index.html"
+    site.write_project(_generation(0))
+    site.write_project(_generation(1))
+    with open(page, "rb") as reader:
+        held = page.read_bytes()
+        for k in range(2, 8):
+            site.write_project(_generation(k))
+        assert reader.read() == held
+        assert b"generation 1 " in held
+    assert b"generation 7 " in page.read_bytes()
+
+
+def test_hard_linked_page_is_not_reused(tmp_path: Path) -> None:
+    """A snapshot made with hard links keeps what it saw."""
+    site = SiteWriter(tmp_path / "www")
+    page = site.root / "project/foo/index.html"
+    site.write_project(_generation(0))
+    snapshot = site.root / "snapshot.html"
+    os.link(page, snapshot)
+    held = snapshot.read_bytes()
+    for k in range(1, 6):
+        site.write_project(_generation(k))
+    assert snapshot.read_bytes() == held
+    assert b"generation 5 " in page.read_bytes()
+
+
+def test_spares_of_dead_processes_are_cleared(tmp_path: Path) -> None:
+    site = SiteWriter(tmp_path / "www")
+    site.write_project(_generation(0))
+    site.write_project(_generation(1))
+    dead = site.root / ".spare" / "999999999-1"  # above any pid_max
+    dead.mkdir()
+    (dead / "3").write_bytes(b"old bytes")
+    other = SiteWriter(tmp_path / "www")
+    other.write_project(_generation(2))
+    assert not dead.exists()
+    assert [p.name.split("-")[0] for p in (site.root / ".spare").iterdir()] == [
+        str(os.getpid())
+    ] * 2
+
+
+def test_writer_falls_back_when_exchange_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without RENAME_EXCHANGE: plain temporary file and rename from then on."""
+    import ctypes
+    import errno
+
+    from piwheels.web import writer as writer_mod
+
+    def unsupported(a: str, b: str) -> bool:
+        ctypes.set_errno(errno.EINVAL)
+        return False
+
+    monkeypatch.setattr(writer_mod, "_exchange", unsupported)
+    site = SiteWriter(tmp_path / "www")
+    for k in range(4):
+        site.write_project(_generation(k))
+        assert b"generation %d " % k in (site.root / "project/foo/index.html").read_bytes()
+    assert site._spares is not None and not site._spares.usable
+    assert not list(site.root.rglob("*.tmp"))
 
 
 def test_delete_project_removes_pages_files_and_aliases(site: SiteWriter) -> None:
