@@ -276,9 +276,9 @@ class SiteWriter:
         return state
 
     def _take_spare(self, state: _Spares) -> tuple[str, int] | None:
-        """A spare opened for writing, emptied and leased, or None if none is free now.
+        """A spare opened for writing and emptied, or None if none is free now.
 
-        The write lease is granted only when no other process has the file open: a reader
+        A write lease is granted only when no other process has the file open: a reader
         still sending a page's old bytes (an nginx worker) keeps its inode out of reuse.
         The link count must be 1 (a hard link elsewhere, e.g. a snapshot, would see it).
         """
@@ -305,6 +305,11 @@ class SiteWriter:
                     _unlink_quietly(path)
                     return None
                 continue
+            # The lease was only the question "is it open anywhere else?": give it back at
+            # once.  Held while writing, anyone opening the spare (root reading the tree, say)
+            # would break it and the kernel would send this process SIGIO, which kills it.
+            # Nobody can open it afresh: its page name is gone and its folder is private.
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
             if os.fstat(fd).st_nlink != 1:
                 os.close(fd)
                 _unlink_quietly(path)
@@ -342,7 +347,7 @@ class SiteWriter:
             os.close(fd)
             _unlink_quietly(path)
             raise
-        os.close(fd)  # also ends the lease
+        os.close(fd)
         if _exchange(path, target):
             if len(state.pool) < SPARES_KEPT:
                 state.pool.append(path)
