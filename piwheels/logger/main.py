@@ -396,7 +396,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             signal.signal(s, h)
 
 
-def _file_chunks(paths: list[str], size: int) -> Iterator[tuple[bytes, list[int]]]:
+def _file_chunks(paths: list[str], size: int) -> Iterator[tuple[bytes, int]]:
     for path in paths:
         with open_log(path) as f:
             yield from iter_chunks(f, size)
@@ -405,7 +405,7 @@ def _file_chunks(paths: list[str], size: int) -> Iterator[tuple[bytes, list[int]
 def _pump_chunks(
     pool: ParserPool,
     sender: BatchSender,
-    chunks: Iterator[tuple[bytes, list[int]]],
+    chunks: Iterator[tuple[bytes, int]],
     stop: threading.Event,
     progress: _Progress,
 ) -> None:

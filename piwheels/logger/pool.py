@@ -39,7 +39,7 @@ def _init(mode: str, secret: bytes | None, max_samples: int) -> None:
     _state["encoder"] = BatchEncoder()
 
 
-def parse_chunk(lines: list[bytes] | tuple[bytes, list[int]], batch_id: int) -> ChunkResult:
+def parse_chunk(lines: list[bytes] | tuple[bytes, int], batch_id: int) -> ChunkResult:
     """Parse, classify and encode one chunk in a worker; returns the batch and counts.
 
     *lines* is a list of lines or a chunk of :func:`~piwheels.logger.reader.iter_chunks`
@@ -107,7 +107,7 @@ class ParserPool:
     def full(self) -> bool:
         return self.in_flight >= self.limit
 
-    def submit(self, lines: list[bytes] | tuple[bytes, list[int]], batch_id: int) -> None:
+    def submit(self, lines: list[bytes] | tuple[bytes, int], batch_id: int) -> None:
         with self._cond:
             self.in_flight += 1
         self._pool.submit(parse_chunk, lines, batch_id).add_done_callback(self._finished)

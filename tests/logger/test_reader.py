@@ -310,5 +310,17 @@ def test_iter_chunks_gives_the_lines_of_iter_lines(block: int, size: int) -> Non
             assert 0 < len(lines) <= size
             got += lines
         assert got == expected
-        assert any(chunk[1] for chunk in chunks)  # lines were cut
+        assert any(len(line) == 41 and not line.endswith(b"\n") for line in got)  # cut
         assert len(chunks) == -(-len(expected) // size)  # full chunks but the last
+        for chunk in chunks:  # memory stays bounded whatever the lines
+            assert len(chunk[0]) <= size * 42 + 2 * (block + 84)
+
+
+def test_iter_chunks_bounds_a_line_without_end() -> None:
+    """A line far longer than the limit (no newline for megabytes) is cut, the rest skipped."""
+    data = b"a\n" + b"x" * 3_000_000 + b"\nb\n" + b"y" * 100 + b"\n"
+    chunks = list(iter_chunks(io.BytesIO(data), 2, max_line=40, block=4096))
+    got = [line for chunk in chunks for line in chunk_lines(chunk)]
+    assert got == list(iter_lines(io.BytesIO(data), max_line=40))
+    assert got == [b"a\n", b"x" * 41, b"b\n", b"y" * 41]
+    assert max(len(chunk[0]) for chunk in chunks) < 2 * 4096 + 200
