@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,6 +44,15 @@ class Build:
     attempt: int
     retry_after: datetime | None
     log_path: str
+
+
+def _atomic(conn: Connection, savepoint: bool) -> AbstractContextManager[Connection]:
+    """:func:`atomic`, or nothing when the caller's own transaction is all-or-nothing.
+
+    A savepoint costs two round trips (SAVEPOINT, RELEASE); a caller that rolls
+    back its whole transaction on any error does not need one.
+    """
+    return atomic(conn) if savepoint or not conn.in_transaction() else nullcontext(conn)
 
 
 def _row(r: object) -> Build:
@@ -190,21 +200,26 @@ _START_FACTS = text(
 
 
 def start_builds(
-    conn: Connection, wanted: Iterable[tuple[str, str, str, int | None]]
+    conn: Connection,
+    wanted: Iterable[tuple[str, str, str, int | None]],
+    *,
+    savepoint: bool = True,
 ) -> list[int | None]:
     """Start many builds at once, each (package, version, abi, builder id).
 
     The same rules as :func:`start_build` in a few statements: a release that
     does not exist, a target that does not exist, a release already being
     built (or asked for twice in *wanted*) is refused.  Returns the new build
-    ids in input order, None for each refused one.
+    ids in input order, None for each refused one.  With *savepoint* false,
+    inside the caller's transaction, no savepoint is made: an error leaves
+    that transaction to be rolled back whole.
     """
     items = [(canonical(p), check_version(v), a, b) for p, v, a, b in wanted]
     if not items:
         return []
     pairs = sorted({(p, v) for p, v, _, _ in items})
     args = {"p": [p for p, _ in pairs], "v": [v for _, v in pairs]}
-    with atomic(conn):
+    with _atomic(conn, savepoint):
         # Lock the releases (in a fixed order) so concurrent starts are serialised.
         exists = {(p, v) for p, v in conn.execute(_LOCK_VERSIONS, args)}
         triples = sorted({(p, v, a) for p, v, a, _ in items})
@@ -368,14 +383,17 @@ def _add_files_many(
         )
 
 
-def finish_builds(conn: Connection, results: Iterable[BuildResult]) -> list[Build]:
+def finish_builds(
+    conn: Connection, results: Iterable[BuildResult], *, savepoint: bool = True
+) -> list[Build]:
     """Record the outcomes of many builds (with their files) in a few statements.
 
     Every result is checked first (status, failure class, file names, hashes,
     dependencies), then the builds are locked, updated in one statement, their
     files inserted, and the queue rows of the releases recomputed in one
-    statement.  Any error raises and records nothing.  Returns the finished
-    builds in input order.
+    statement.  Any error raises and records nothing (with *savepoint* false,
+    inside the caller's transaction, that transaction must be rolled back).
+    Returns the finished builds in input order.
     """
     results = list(results)
     file_rows: list[dict[str, object]] = []
@@ -402,7 +420,7 @@ def finish_builds(conn: Connection, results: Iterable[BuildResult]) -> list[Buil
         "failure_class": [r.failure_class if r.status == "failed" else None for r in results],
         "log_path": [r.log_path for r in results],
     }
-    with atomic(conn):
+    with _atomic(conn, savepoint):
         # One statement locks, checks and updates: the UPDATE takes each row's lock
         # and skips a build that is no longer unfinished once it holds it.
         done = {r.build_id: r for r in (_row(x) for x in conn.execute(_FINISH_BUILDS, params))}

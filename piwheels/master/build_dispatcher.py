@@ -25,10 +25,14 @@ builder goes away meanwhile (the files are good; it is recorded, not lost).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from .. import protocols, wheels
 from ..db import abis as db_abis
@@ -59,6 +63,8 @@ SPARE = 10
 #: Routine builder state changes (building, sending, idle) reach monitors this often:
 #: a builder passes through three of them per build, and monitors need the latest only.
 STATUS_INTERVAL = 0.5
+#: The dispatcher's kept database connection is pinged before use after this long idle.
+PING_AFTER = 1.0
 
 
 def now() -> datetime:
@@ -186,6 +192,8 @@ class BuildDispatcher(Task):
         self.index_url = upstream.build_index or upstream.url or ""
         self.builders: dict[tuple[bytes, ...], BuilderState] = {}
         self._next_local_id = 1
+        self._conn: Connection | None = None
+        self._conn_used = 0.0
 
         self.builder = self.socket(ROUTER, protocols.builder, name="builder")
         if env.server_keys is not None:
@@ -229,8 +237,66 @@ class BuildDispatcher(Task):
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _db(self) -> Any:
-        return self.env.engine.begin()
+    @contextmanager
+    def _db(self) -> Iterator[Connection]:
+        """A transaction on the dispatcher's own kept connection.
+
+        Drawn from the pool once and kept: a checkout pings the server first
+        (a round trip per transaction at a few transactions per burst).  The
+        kept connection is pinged only after it sat idle for ``PING_AFTER``
+        seconds, and replaced when that ping or a statement finds it broken.
+        """
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated or conn.in_transaction():
+            if conn is not None and conn.in_transaction():
+                # Called inside another transaction (never on purpose): a pooled one.
+                with self.env.engine.begin() as other:
+                    yield other
+                return
+            conn = self._conn = self.env.engine.connect()
+        elif time.monotonic() - self._conn_used > PING_AFTER:
+            conn = self._checked(conn)
+        try:
+            with conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                self._drop_conn()
+            raise
+        finally:
+            self._conn_used = time.monotonic()
+
+    def _checked(self, conn: Connection) -> Connection:
+        """*conn* if the server still answers on it, else a new connection (pinged by the pool)."""
+        try:
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None
+            self.env.engine.dialect.do_ping(dbapi)
+            dbapi.rollback()  # the ping's own transaction: now() is the next one's start
+            return conn
+        except DBAPIError:
+            pass
+        except Exception as exc:  # the DB-API's own error, not wrapped by SQLAlchemy
+            if not isinstance(exc, self.env.engine.dialect.loaded_dbapi.Error):
+                raise
+        self.log.info("database connection lost: reconnecting")
+        self._drop_conn()
+        conn = self._conn = self.env.engine.connect()
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:  # already broken: nothing more to release
+                pass
+
+    def teardown(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _reply(
         self, state_or_peer: BuilderState | tuple[bytes, ...], msg: str, data: Any = None
@@ -273,32 +339,61 @@ class BuildDispatcher(Task):
 
     def handle_builder(self) -> None:
         """Read a burst of builder messages, then do their database work together."""
-        for _ in range(BURST):
-            self.dispatch(self.builder)
-            if not self.builder.poll(0):
-                break
+        self._read_builders()
+        # The file receiver's answers waiting too: their records share the transaction.
+        self._read_transfers()
         self.flush()
 
     def handle_transfers(self) -> None:
-        """Route the file receiver's answers to their builds."""
+        """Route the file receiver's answers to their builds, then do the database work."""
+        self._read_transfers()
+        self._read_builders()
+        self.flush()
+
+    def _read_builders(self) -> None:
+        # Checked before each read: the other handler of this poll round may have
+        # drained the socket already (a read would then block).
+        for _ in range(BURST):
+            if not self.builder.poll(0):
+                break
+            self.dispatch(self.builder)
+
+    def _read_transfers(self) -> None:
         sock = self.transfers.socket
         for _ in range(BURST):
+            if not sock.poll(0):
+                break
             try:
                 received = sock.recv_msg()
             except ProtocolError as exc:
                 self.log.warning("transfers: %s", exc)
             else:
                 self._transfer_answer(received)
-            if not sock.poll(0):
-                break
-        self.flush()
 
     def flush(self) -> None:
-        """Record the builds that ended, then hand out builds to the builders asking."""
-        if self.finishing:
-            self._record()
-        if self.wanting:
-            self._hand_out()
+        """Record the builds that ended and start builds for the builders asking.
+
+        One transaction for both (no savepoints: any error rolls it all back);
+        the builders are answered only once it is committed.
+        """
+        items, self.finishing = self.finishing, []
+        asking = self._asking()
+        if not items and not asking:
+            return
+        results = [self._result(item) for item in items]
+        try:
+            started = self._write(items, results, asking)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The kept connection broke since its last use (e.g. the server restarted):
+            # nothing was committed, so the same work goes again on a new connection.
+            self.log.warning("database connection lost: %s; trying again", str(exc).strip()[:200])
+            started = self._write(items, results, asking)
+        for item in items:
+            self._finished(item)
+        if asking:
+            self._answer(asking, started)
 
     def _holder(self, build: BuildInFlight) -> BuilderState | None:
         """The connected builder holding *build* (None once it went away)."""
@@ -464,43 +559,81 @@ class BuildDispatcher(Task):
         if changed:
             self._changed(state)
 
-    def _hand_out(self) -> None:
-        """Start a build for every builder asking, in one transaction; answer each."""
+    def _write(
+        self,
+        items: list[_Finish],
+        results: list[db_builds.BuildResult],
+        asking: list[BuilderState],
+    ) -> list[tuple[BuilderState, db_queue.QueuedBuild, int]]:
+        """Record *results* and start builds for *asking*: one transaction if all goes well."""
+        started: list[tuple[BuilderState, db_queue.QueuedBuild, int]] = []
+        try:
+            with self._db() as conn:
+                if results:
+                    db_builds.finish_builds(conn, results, savepoint=False)
+                if asking:
+                    started = self._start(conn, asking)
+        except (BuildError, InvalidWheel):
+            if not results:
+                raise
+            # One bad outcome must not keep the others out: record them one at a time.
+            for item, result in zip(items, results, strict=True):
+                self._record_one(item, result)
+            if asking:
+                with self._db() as conn:
+                    started = self._start(conn, asking)
+        return started
+
+    def _asking(self) -> list[BuilderState]:
+        """The builders that asked for a build and still want one."""
         asking = [
             s
             for peer, s in self.wanting.items()
             if self.builders.get(peer) is s and s.build is None
         ]
         self.wanting = {}
+        return asking
+
+    def _start(
+        self, conn: Connection, asking: list[BuilderState]
+    ) -> list[tuple[BuilderState, db_queue.QueuedBuild, int]]:
+        """Start a build for every builder asking (in the caller's transaction)."""
         by_target: dict[str, list[BuilderState]] = {}
         for state in asking:
             by_target.setdefault(state.target, []).append(state)
         started: list[tuple[BuilderState, db_queue.QueuedBuild, int]] = []
-        with self._db() as conn:
-            for target, states in by_target.items():
-                candidates = iter(db_queue.next_builds(conn, target, limit=len(states) + SPARE))
-                waiting = list(states)
-                while waiting:
-                    picks = []
-                    for state in waiting:
-                        queued = next(candidates, None)
-                        if queued is None:
-                            break
-                        picks.append((state, queued))
-                    if not picks:
+        for target, states in by_target.items():
+            candidates = iter(db_queue.next_builds(conn, target, limit=len(states) + SPARE))
+            waiting = list(states)
+            while waiting:
+                picks = []
+                for state in waiting:
+                    queued = next(candidates, None)
+                    if queued is None:
                         break
-                    waiting = waiting[len(picks) :]
-                    ids = db_builds.start_builds(
-                        conn,
-                        [(q.package, q.version, target, s.builder_id) for s, q in picks],
-                    )
-                    for (state, queued), build_id in zip(picks, ids, strict=True):
-                        if build_id is None:
-                            # Another target's builder has this release: try the next one.
-                            waiting.append(state)
-                        else:
-                            started.append((state, queued, build_id))
-        # Committed: only now may the builders start.
+                    picks.append((state, queued))
+                if not picks:
+                    break
+                waiting = waiting[len(picks) :]
+                ids = db_builds.start_builds(
+                    conn,
+                    [(q.package, q.version, target, s.builder_id) for s, q in picks],
+                    savepoint=False,
+                )
+                for (state, queued), build_id in zip(picks, ids, strict=True):
+                    if build_id is None:
+                        # Another target's builder has this release: try the next one.
+                        waiting.append(state)
+                    else:
+                        started.append((state, queued, build_id))
+        return started
+
+    def _answer(
+        self,
+        asking: list[BuilderState],
+        started: list[tuple[BuilderState, db_queue.QueuedBuild, int]],
+    ) -> None:
+        """Committed: only now may the builders start; the others sleep."""
         given = set()
         for state, queued, build_id in started:
             given.add(state.peer)
@@ -767,20 +900,6 @@ class BuildDispatcher(Task):
         build.phase = "recording"
         self.finishing.append(_Finish(build, status, failure, log, duration, records or []))
 
-    def _record(self) -> None:
-        """Record every queued outcome in one transaction, then tell everyone."""
-        items, self.finishing = self.finishing, []
-        results = [self._result(item) for item in items]
-        try:
-            with self._db() as conn:
-                db_builds.finish_builds(conn, results)
-        except (BuildError, InvalidWheel):
-            # One bad outcome must not keep the others out: record them one at a time.
-            for item, result in zip(items, results, strict=True):
-                self._record_one(item, result)
-        for item in items:
-            self._finished(item)
-
     def _result(self, item: _Finish) -> db_builds.BuildResult:
         return db_builds.BuildResult(
             item.build.build_id,
@@ -794,7 +913,7 @@ class BuildDispatcher(Task):
     def _record_one(self, item: _Finish, result: db_builds.BuildResult) -> None:
         try:
             with self._db() as conn:
-                db_builds.finish_builds(conn, [result])
+                db_builds.finish_builds(conn, [result], savepoint=False)
             return
         except (BuildError, InvalidWheel) as exc:
             self.log.error("build %d cannot be recorded: %s", item.build.build_id, exc)
@@ -806,7 +925,7 @@ class BuildDispatcher(Task):
         item.log += f"\n\npiwheels: refused the build: {reason}\n"
         try:
             with self._db() as conn:
-                db_builds.finish_builds(conn, [self._result(item)])
+                db_builds.finish_builds(conn, [self._result(item)], savepoint=False)
         except (BuildError, InvalidWheel) as exc:
             self.log.error("build %d cannot be recorded: %s", item.build.build_id, exc)
 

@@ -427,3 +427,50 @@ def test_release_deleted_during_recompute_leaves_no_orphan(new_database):
             # A failed check must not leave the lock held: the cleanup would wait forever.
             recompute.close()
         engine.dispose()
+
+
+def test_without_savepoint_same_outcome_and_no_savepoint_statements(db_conn, targets):
+    """savepoint=False inside the caller's transaction: the same rows, two statements fewer."""
+    from sqlalchemy import event
+
+    ids = _start(db_conn, targets)
+    results = _results(ids)
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args):
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(db_conn, "before_cursor_execute", seen)
+    try:
+        got_plain, got_nosp = both_ways(
+            db_conn,
+            lambda: builds.finish_builds(db_conn, results),
+            lambda: builds.finish_builds(db_conn, results, savepoint=False),
+        )
+        assert got_plain == got_nosp
+        sp = db_conn.begin_nested()
+        f.version(db_conn, "fresh", "1.0")
+        statements.clear()
+        builds.finish_builds(db_conn, results, savepoint=False)
+        started = builds.start_builds(
+            db_conn, [("fresh", "1.0", targets[0], None)], savepoint=False
+        )
+        assert started[0] is not None
+        assert statements and [s for s in statements if s in ("SAVEPOINT", "RELEASE")] == []
+        sp.rollback()
+    finally:
+        event.remove(db_conn, "before_cursor_execute", seen)
+
+
+def test_without_savepoint_an_error_leaves_the_whole_transaction_to_roll_back(db_conn, targets):
+    ids = _start(db_conn, targets)
+    good = _results(ids)
+    before = snapshot(db_conn)
+    sp = db_conn.begin_nested()  # the caller's own all-or-nothing transaction
+    builds.finish_builds(db_conn, good[:1], savepoint=False)
+    with pytest.raises(BuildError, match="no such build"):
+        builds.finish_builds(
+            db_conn, [good[1], BuildResult(10**9, "success", timedelta(1))], savepoint=False
+        )
+    sp.rollback()
+    assert snapshot(db_conn) == before

@@ -595,3 +595,107 @@ def test_two_good_wheels_are_both_published(rig: Rig) -> None:
     for wheel in wheels:
         assert (rig.output / "simple" / "foo" / wheel.name).read_bytes() == wheel.read_bytes()
     builder.close()
+
+
+def _kill_dispatcher_connection(rig: Rig) -> int:
+    """Terminate the server process behind the dispatcher's kept connection."""
+    conn = rig.dispatcher._conn
+    assert conn is not None, "the dispatcher keeps a connection after its first transaction"
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    pid = int(dbapi.info.backend_pid)
+    assert rig.sql("SELECT pg_terminate_backend(:p)", p=pid) == [(True,)]
+    wait_for(
+        lambda: rig.sql("SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=pid) == [(0,)],
+        timeout=10,
+    )
+    return pid
+
+
+@pytest.mark.parametrize("ping_after", [0.0, 3600.0], ids=["pinged-when-idle", "retried"])
+def test_broken_kept_connection_is_replaced(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, ping_after: float
+) -> None:
+    """The dispatcher's own connection dies (e.g. a server restart): builds still go out.
+
+    Pinged after it sat idle, or (used too recently for a ping) the failed
+    transaction is done again on a new connection; nothing is lost or doubled.
+    """
+    from piwheels.master import build_dispatcher as bd
+
+    monkeypatch.setattr(bd, "PING_AFTER", ping_after)
+    rig.add("foo")
+    rig.add("bar")
+    builder = rig.builder()
+    greet(rig, builder)
+    first = _start(rig, builder)
+    old = _kill_dispatcher_connection(rig)
+    builder.send("BUILT", failed_result(first["build_id"]))
+    builder.expect("DONE")
+    second = _start(rig, builder)
+    assert {first["package"], second["package"]} == {"foo", "bar"}
+    rows = rig.sql("SELECT package, status FROM builds ORDER BY build_id")
+    assert rows == [(first["package"], "failed"), (second["package"], "building")]
+    new = rig.dispatcher._conn
+    assert new is not None and new.connection.dbapi_connection.info.backend_pid != old
+    builder.close()
+
+
+def test_finish_and_start_share_one_transaction(rig: Rig) -> None:
+    """A build recorded and a build started in one burst: one COMMIT, no savepoints."""
+    from sqlalchemy import event
+
+    rig.add("foo")
+    rig.add("bar")
+    first, second = rig.builder(b"builder-1"), rig.builder(b"builder-2")
+    greet(rig, first, "pi-1")
+    greet(rig, second, "pi-2")
+    build = _start(rig, first)
+    statements: list[str] = []
+    commits: list[int] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+
+    def commit(conn: Any) -> None:
+        commits.append(1)
+
+    dispatcher = rig.dispatcher
+    # Read one message at a time (no flush), as one burst would: the outcome and the ask wait.
+    first.send("BUILT", failed_result(build["build_id"]))
+    assert dispatcher.builder.poll(10)
+    dispatcher.dispatch(dispatcher.builder)
+    second.send("IDLE", {"stats": stats()})
+    assert dispatcher.builder.poll(10)
+    dispatcher.dispatch(dispatcher.builder)
+    assert len(dispatcher.finishing) == 1 and len(dispatcher.wanting) == 1
+    event.listen(rig.engine, "before_cursor_execute", seen)
+    event.listen(rig.engine, "commit", commit)
+    try:
+        dispatcher.flush()
+    finally:
+        event.remove(rig.engine, "before_cursor_execute", seen)
+        event.remove(rig.engine, "commit", commit)
+    first.expect("DONE")
+    other = second.expect("BUILD").data
+    assert other["package"] != build["package"]
+    assert "SAVEPOINT" not in statements and "RELEASE" not in statements
+    assert len(commits) == 1, statements
+    assert rig.sql("SELECT status FROM builds ORDER BY build_id") == [("failed",), ("building",)]
+    first.close()
+    second.close()
+
+
+def test_handlers_return_when_the_other_handler_drained_their_socket(rig: Rig) -> None:
+    """Each handler reads the other socket too; called on an emptied socket, it must not block.
+
+    (Both sockets ready in one poll round: the first handler drains both, then the
+    second is called for a socket that has nothing left.)
+    """
+    import threading
+
+    for handler in (rig.dispatcher.handle_transfers, rig.dispatcher.handle_builder):
+        thread = threading.Thread(target=handler, daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), f"{handler.__name__} blocked on an empty socket"
