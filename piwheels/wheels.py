@@ -29,9 +29,6 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -699,13 +696,85 @@ def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> Wh
     )
 
 
-def _parse_headers(filename: str, what: str, data: bytes) -> Message:
+#: A line that continues the header block (as the standard email parser decides):
+#: an envelope line, a field name and colon, or a continuation (space or tab).
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
+
+
+class Headers:
+    """Header fields of a METADATA or WHEEL file: the first value of a field, or all of them.
+
+    Names match without regard to case; values are text as written (continuation
+    lines kept, no RFC 2047 decoding), as :mod:`email` gives them with its
+    ``compat32`` policy.
+    """
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self.fields = fields
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        name = name.lower()
+        for key, value in self.fields:
+            if key.lower() == name:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str] | None:
+        name = name.lower()
+        found = [value for key, value in self.fields if key.lower() == name]
+        return found or None
+
+
+def parse_headers(text: str) -> Headers:
+    """The header block of *text*, exactly as the standard email parser reads it.
+
+    ``email.parser.Parser(policy=compat32).parsestr(text, headersonly=True)``
+    gives the same fields (tested on hostile input) at a fraction of the cost:
+    lines end at CR, LF or CRLF only; the block ends at the first line that is
+    neither a field, a continuation nor an envelope (``From ``) line; an
+    envelope line, a field with no name, and a continuation with no field
+    before it are skipped; a value is the text after the colon without its
+    leading blanks, with its continuation lines, without the last line end.
+    """
+    fields: list[tuple[str, str]] = []
+    lines: list[str] = []
+    for line in io.StringIO(text, newline="").readlines():
+        if not _HEADER_LINE.match(line):
+            break
+        lines.append(line)
+    name = ""
+    value: list[str] = []
+    for line in lines:
+        if line[0] in " \t":
+            if name:
+                value.append(line)
+            continue
+        if name:
+            fields.append((name, _field_value(value)))
+            name, value = "", []
+        if line.startswith("From "):
+            continue
+        colon = line.find(":")
+        if colon > 0:
+            name, value = line[:colon], [line]
+    if name:
+        fields.append((name, _field_value(value)))
+    return Headers(fields)
+
+
+def _field_value(lines: list[str]) -> str:
+    value = lines[0].split(":", 1)[1].lstrip(" \t") + "".join(lines[1:])
+    return value.rstrip("\r\n")
+
+
+def _parse_headers(filename: str, what: str, data: bytes) -> Headers:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise _bad(filename, f"{what} is not UTF-8")
-    # compat32 keeps the raw header values (no RFC 2047 decoding surprises).
-    return BytesParser(policy=compat32).parsebytes(text.encode("utf-8"), headersonly=True)
+    return parse_headers(text)
 
 
 def verify_wheel(

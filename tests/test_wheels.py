@@ -24,6 +24,7 @@ from piwheels.wheels import (
     is_prerelease,
     normalize_version,
     parse_abi,
+    parse_headers,
     parse_wheel_filename,
     read_wheel,
     validate_name,
@@ -300,6 +301,7 @@ def make_wheel(
     omit: tuple[str, ...] = (),
     extra_dist_info: str | None = None,
     filename: str | None = None,
+    metadata_text: str | None = None,
 ) -> Path:
     """A wheel written by hand, with knobs to break it in each way verify_wheel refuses."""
     files = dict(files or {f"{name}/__init__.py": b"VALUE = 1\n", f"{name}/core.py": b"pass\n"})
@@ -310,6 +312,8 @@ def make_wheel(
         'Requires-Dist: requests>=2; extra == "http"\n'
         'Requires-Dist: colorama; os_name == "nt"\n\nA description.\n'
     ).encode()
+    if metadata_text is not None:
+        metadata = metadata_text.encode()
     wheel_text = "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n" + "".join(
         f"Tag: {t}\n" for t in (wheel_tags or [tag])
     )
@@ -528,3 +532,55 @@ def test_verify_abi3_wheel_for_newer_abi(tmp_path: Path) -> None:
     assert info.abi_tag == "abi3"
     with pytest.raises(InvalidWheel, match="does not serve ABI cp313-linux_aarch64"):
         verify_wheel(path, package="demo-pkg", version="1.0", abi=("cp313", "linux_aarch64"))
+
+
+# ----------------------------------------------------------------------------- headers
+
+_PIECES = [
+    "Name", "name", "NAME", "Requires-Dist", "Tag", "Version", "X", ":", "::", " ", "\t",
+    "\n", "\r", "\r\n", "\n\n", "From ", "From:", "é", "ü", "\x0c", "\x0b", "\x1c",
+    "\x85", "\u2028", "\u2029", "\x00", "=?utf-8?q?x?=", "a b", ">=3.8", ";", "(", ")",
+]  # fmt: skip
+
+
+def test_parse_headers_equals_email_parser_on_hostile_input() -> None:
+    """The small parser gives the fields the standard email parser gives, on any text."""
+    from email.parser import Parser
+    from email.policy import compat32
+
+    rng = random.Random(20261121)
+    cases = [
+        "",
+        "\n",
+        "Name: foo\nVersion: 1.0\n\nbody: not a header\n",
+        "Name: foo\r\n  continued\r\n\tmore\r\nVersion:1\r\n",
+        " leading continuation\nName: x\n",
+        "From someone\nName: x\nFrom inside\nVersion: 2\nFrom last",
+        ":no name\n continued\nName: y",
+        "Name : spaced colon\nVersion: 1\n",
+        "Name: a\x0cb\u2028c\x85d\nVersion: 1",
+        "Name: a\rVersion: 2\rTag: t\r\r",
+        "Requires-Dist: b\u00e4r; extra == 'x'\nrequires-dist: two\n",
+    ]
+    cases += ["".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 40))) for _ in range(4000)]
+    for text in cases:
+        ours = parse_headers(text)
+        msg = Parser(policy=compat32).parsestr(text, headersonly=True)
+        assert ours.fields == list(msg.items()), repr(text)
+        for name in {k for k, _ in ours.fields} | {"Name", "requires-dist", "Missing"}:
+            assert ours.get(name) == msg.get(name), (repr(text), name)
+            assert ours.get_all(name) == msg.get_all(name), (repr(text), name)
+
+
+def test_non_ascii_metadata_values_are_text(tmp_path: Path) -> None:
+    """Non-ASCII header values (a marker, a summary) are read as text, not refused or mangled."""
+    path = make_wheel(
+        tmp_path,
+        metadata_text=(
+            "Metadata-Version: 2.1\nName: demo_pkg\nVersion: 1.0\nSummary: Café\n"
+            'Requires-Python: >=3.8\nRequires-Dist: bär; extra == "ü"\n\nDescription\n'
+        ),
+    )
+    info = read_wheel(path)
+    assert info.requires_dist == ('bär; extra == "ü"',)
+    assert info.requires_python == ">=3.8"
