@@ -699,7 +699,7 @@ class LoggerSettings:
         help="Access-log format: the project's nginx format, combined, or guessed per line.",
     )
     batch_size: int = setting(
-        1000, converter=POSITIVE_INT, help="Records sent to the master in one batch."
+        5000, converter=POSITIVE_INT, help="Records sent to the master in one batch."
     )
     flush_interval: dt.timedelta = setting(
         dt.timedelta(seconds=2),

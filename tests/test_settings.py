@@ -83,7 +83,7 @@ def test_defaults() -> None:
     assert settings.keys.curve is True
     assert settings.keys.secret_key_file is None
     assert settings.logger.format == "auto"
-    assert settings.logger.batch_size == 1000
+    assert settings.logger.batch_size == 5000
     assert settings.logger.address_mode == "hash"
 
 
