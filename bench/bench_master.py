@@ -265,6 +265,18 @@ def postgres_cpu(pid: int | None) -> float:
     return total
 
 
+def xacts(engine: Any) -> int:
+    """Transactions committed and rolled back in the bench database so far (every client)."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+        return int(
+            conn.exec_driver_sql(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                "WHERE datname = current_database()"
+            ).scalar_one()
+        )
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process under *pid* (the page writer's site process and its forkserver)."""
     out: list[int] = []
@@ -526,6 +538,8 @@ def throughput(
         raise SystemExit("the master did not start")
     assert master.pid is not None
     settle(master.pid)
+    time.sleep(1.1)  # backends report their counts at most once a second
+    xact0 = xacts(engine)
     out = spawn.Queue()
     groups = spread(labels, procs)
     spy = None
@@ -573,6 +587,9 @@ def throughput(
     pages_done = time.perf_counter() - start
     stop.set()
     master.join(60)
+    time.sleep(1.1)  # the master's backends have exited and reported their counts
+    # Minus this function's own two transactions (its query and the one before it).
+    xact = xacts(engine) - xact0 - 2
     done = sum(r[0] for r in results)
     errors = [e for r in results for e in r[1]]
     sims = sum(r[2] for r in results)
@@ -651,6 +668,8 @@ def throughput(
         f"{k} {v * per:.2f}" for k, v in sorted(threads.items(), key=lambda kv: -kv[1])
     )
     print(f"  master threads, ms per build: {shown}")
+    print(f"  database transactions per build (every client, the site's reads included): "
+          f"{xact / max(done, 1):.2f}")  # fmt: skip
     ncpu = os.cpu_count() or 1
     room = max(elapsed * ncpu, 1e-9)  # CPU seconds the machine had during the run
     print(f"  machine over the run: {busy / max(total, 1e-9):.0%} of {ncpu} CPUs busy "
