@@ -56,7 +56,7 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 #: Schema version this code expects (the newest alembic revision).
-SCHEMA_VERSION = "0004"
+SCHEMA_VERSION = "0005"
 
 #: Longest project name and version string stored (PyPI's own limits are lower).
 MAX_NAME = 200
@@ -864,7 +864,6 @@ web_hits = _hit_table(
     Column("page", Text, nullable=False, comment="Page path, e.g. index.html"),
     client_fields=False,
 )
-Index("ix_downloads_package_accessed_at", downloads.c.package, downloads.c.accessed_at)
 
 #: The raw hit tables, by rollup source name.
 HIT_TABLES = {
