@@ -16,7 +16,9 @@ Then the report is timed, in this process (``write_report`` with its phase
 timings: queries, spike scan, waiting for matplotlib, drawing every chart
 as PNG and SVG, writing Markdown/HTML/JSON; CPU seconds of this process and
 of the chart workers) and as the ``piw-report`` command (a fresh process:
-Python and library imports included; wall, CPU and peak RSS).  Beside
+Python and library imports included; wall, CPU and peak RSS).  Then the
+spike day's analysis with its clients (``piw-report spike --date``, the one
+query that reads the raw downloads: that day's rows).  Beside
 it, the raw limit: one sequential count of the quarter's downloads, what a
 report without rollups would have to read at least once.  ``--explain``
 prints the plan of every query the report makes (relations read, rows,
@@ -401,12 +403,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         cmds = []
         for i in range(args.runs):
-            c = time_command(dsn, tmp / f"cmd{i}")
-            cmds.append(c)
+            cmd = time_command(dsn, tmp / f"cmd{i}")
+            cmds.append(cmd)
             print(
-                f"piw-report command, run {i + 1}: {c['wall']:.2f} s wall (imports "
-                f"{c['import']:.2f} s), CPU {c['cpu']:.2f} s with its chart workers, "
-                f"peak RSS {c['rss_mib']:.0f} MiB; load {load()}"
+                f"piw-report command, run {i + 1}: {cmd['wall']:.2f} s wall (imports "
+                f"{cmd['import']:.2f} s), CPU {cmd['cpu']:.2f} s with its chart workers, "
+                f"peak RSS {cmd['rss_mib']:.0f} MiB; load {load()}"
             )
         with open(tmp / "report0" / "report.json", encoding="utf-8") as fh:
             data = json.load(fh)
@@ -415,8 +417,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(data['spikes'])} spike day(s) "
             f"({', '.join(s['day'] for s in data['spikes'])})"
         )
+        # piw-report spike --date: the one query that reads raw downloads (the day's rows,
+        # found by the BRIN on accessed_at) for the clients behind the driving packages.
+        spike_day = START + timedelta(days=SPIKE_DAY)
+        with engine.connect() as conn:
+            t3 = time.perf_counter()
+            found = spike.analyse(conn, spike_day)
+            t_spike = time.perf_counter() - t3
+        print(f"spike analysis with clients, {t_spike:.2f} s: {found.summary()}")
         best = min(r["wall"] for r in runs)
-        best_cmd = min(c["wall"] for c in cmds)
+        best_cmd = min(x["wall"] for x in cmds)
         print(
             f"best: in process {best:.2f} s, piw-report command {best_cmd:.2f} s; "
             f"raw limit: one sequential count of the quarter's downloads {t_scan:.2f} s "
