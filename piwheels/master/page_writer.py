@@ -62,6 +62,7 @@ from ..db.projects import ProjectLoader, get_project_data, get_projects_batch
 from ..errors import InvalidName, ProtocolError, TransportError
 from ..tasks import Endpoint, Task
 from ..transport import PULL, PUSH, Context, Socket
+from ..web.gcpause import paused_gc
 from ..web.model import ProjectData
 from ..web.render import SiteConfig
 from ..web.writer import PageCoalescer, SiteWriter
@@ -603,9 +604,11 @@ def _site_ready() -> None:
 def _site_projects(names: list[str]) -> tuple[list[str], list[str]]:
     """Read and write the pages of *names*; returns (written, published among them)."""
     writer, _ = _site_state()
-    projects, published = _site_read(names)
-    for project in projects.values():
-        writer.write_project(project)
+    # No cycles among the batch's objects: collections would only walk them (gcpause).
+    with paused_gc():
+        projects, published = _site_read(names)
+        for project in projects.values():
+            writer.write_project(project)
     return list(projects), sorted(published)
 
 

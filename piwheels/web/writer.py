@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from piwheels.web import layout, render
+from piwheels.web.gcpause import paused_gc
 from piwheels.web.model import (
     HomeStats,
     ProjectData,
@@ -675,15 +676,18 @@ def _write_chunk_with(
     writer: SiteWriter, load: _Load | None, load_many: _LoadMany | None, chunk: list[Any]
 ) -> int:
     count = 0
-    loaded: Iterable[Any] = load_many(chunk) if load_many is not None else chunk
-    for item in loaded:
-        project = load(item) if load is not None else item
-        if project is None:
-            continue
-        if not isinstance(project, ProjectData):
-            raise TypeError(f"not a ProjectData: {type(project).__name__}")
-        writer.write_project(project)
-        count += 1
+    # The chunk's rows and pages form no cycles and are gone when it is done: collections
+    # meanwhile would only walk them again and again (see piwheels.web.gcpause).
+    with paused_gc():
+        loaded: Iterable[Any] = load_many(chunk) if load_many is not None else chunk
+        for item in loaded:
+            project = load(item) if load is not None else item
+            if project is None:
+                continue
+            if not isinstance(project, ProjectData):
+                raise TypeError(f"not a ProjectData: {type(project).__name__}")
+            writer.write_project(project)
+            count += 1
     return count
 
 
