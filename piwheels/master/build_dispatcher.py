@@ -387,7 +387,9 @@ class BuildDispatcher(Task):
             if not exc.connection_invalidated:
                 raise
             # The kept connection broke since its last use (e.g. the server restarted):
-            # nothing was committed, so the same work goes again on a new connection.
+            # nothing was committed, so the same work goes again on a new connection.  (Had
+            # it broken during COMMIT itself and the COMMIT landed, the retry finds those
+            # builds finished and refuses them: nothing is recorded twice.)
             self.log.warning("database connection lost: %s; trying again", str(exc).strip()[:200])
             started = self._write(items, results, asking)
         for item in items:
