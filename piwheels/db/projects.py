@@ -38,11 +38,14 @@ RECENT_DAYS = 30
 # Normalised rows, whichever loader read them (plain tuples: cheap to make and to read).
 #: (version, released_at, yanked, yank_reason, prerelease, skip_reason), newest first.
 _Ver = tuple[str, Any, bool, str, bool, str]
-#: (build_id, status, failure_class, duration) of the latest build of a (version, target).
+#: (build_id, status, failure_class, duration) of the latest build of a (version, target);
+#: only builds that did not succeed matter (the bulk read leaves the others out).
 _Latest = tuple[int, str, Any, Any]
-#: (version, build_id, filename, size, sha256, published_at, abi_tag, platform_tag,
-#: requires_python, metadata_sha256, import_test, import_error), in file name order.
-_File = tuple[str, int, str, int, str, Any, str, str, str, Any, str, str]
+#: (package, version, build_id, filename, size, sha256, published_at, abi_tag, platform_tag,
+#: requires_python, metadata_sha256, import_test, import_error, served targets, apt, pip and
+#: missing-lib requirements (sorted lists or None)), in file name order: the bulk read's row
+#: as it comes (no copy per file); package and served targets are not read from it.
+_File = tuple[Any, ...]
 
 
 @dataclass
@@ -58,8 +61,6 @@ class _Rows:
     # (version or None for the whole project, target, kind, reason)
     exclusions: list[tuple[str | None, str, str, str]] = field(default_factory=list)
     files: list[_File] = field(default_factory=list)
-    # file name -> tool -> requirements (sorted)
-    deps: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     downloads: tuple[int, int] = (0, 0)
     aliases: list[str] = field(default_factory=list)
 
@@ -124,6 +125,8 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             p,
         )
     ]
+    # file name -> tool -> requirements (sorted)
+    deps: dict[str, dict[str, list[str]]] = {}
     for r in conn.execute(
         text(
             "SELECT d.filename, d.tool, d.requirement FROM dependencies d "
@@ -132,9 +135,10 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
         ),
         p,
     ):
-        rows.deps.setdefault(r.filename, {}).setdefault(r.tool, []).append(r.requirement)
+        deps.setdefault(r.filename, {}).setdefault(r.tool, []).append(r.requirement)
     rows.files = [
         (
+            canon,
             r.version,
             r.build_id,
             r.filename,
@@ -147,6 +151,10 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
             r.metadata_sha256,
             r.import_test,
             r.import_error,
+            None,
+            deps.get(r.filename, _NO_DEPS).get("apt"),
+            deps.get(r.filename, _NO_DEPS).get("pip"),
+            deps.get(r.filename, _NO_DEPS).get("missing-lib"),
         )
         for r in conn.execute(
             text(
@@ -175,11 +183,16 @@ SELECT package, version, released_at, yanked, yank_reason, prerelease, skip_reas
 FROM versions WHERE package = ANY(%(n)s)
 ORDER BY package, sort_key DESC, version DESC
 """
+# A page looks at the latest build of a (version, target) only when it did not succeed
+# (building, failed); a success shows through its file.  Leaving the successes out spares
+# decoding most rows (the read's dearest part in Python).
 _BULK_LATEST = """
-SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
-       failure_class, duration
-FROM builds WHERE package = ANY(%(n)s)
-ORDER BY package, version, abi, build_id DESC
+SELECT package, version, abi, build_id, status, failure_class, duration FROM (
+    SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
+           failure_class, duration
+    FROM builds WHERE package = ANY(%(n)s)
+    ORDER BY package, version, abi, build_id DESC
+) latest WHERE status <> 'success'
 """
 # Each file with the targets it serves and its dependencies by tool, so no separate reads
 # (and no join of the whole files table) are needed.  The targets come from ``abis`` (a
@@ -218,7 +231,6 @@ _BULK_ALIASES = """
 SELECT package, alias FROM package_aliases WHERE package = ANY(%(n)s)
 ORDER BY package, last_seen DESC, alias
 """
-_DEP_TOOLS = ("apt", "pip", "missing-lib")
 
 
 def _fetch(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -275,12 +287,11 @@ def _read_batch(conn: Connection, names: Sequence[str]) -> tuple[dict[str, Proje
             rows.get(r[0], empty).vers.append(r[1:])  # type: ignore[arg-type]
         for r in _fetch(cur, _BULK_LATEST, q):
             rows.get(r[0], empty).latest[(r[1], r[2])] = r[3:]  # type: ignore[assignment]
-        dep_tools = _DEP_TOOLS
         for r in _fetch(cur, _BULK_FILES, q):
             got = rows.get(r[0], empty)
-            version, build_id, filename = r[1], r[2], r[3]
-            got.files.append(r[1:13])  # type: ignore[arg-type]
+            got.files.append(r)
             if r[13]:
+                version, build_id = r[1], r[2]
                 by_abi = got.served.get(version)
                 if by_abi is None:
                     by_abi = got.served[version] = {}
@@ -288,10 +299,6 @@ def _read_batch(conn: Connection, names: Sequence[str]) -> tuple[dict[str, Proje
                     # When two builds' files serve a target the newest build wins.
                     if by_abi.get(abi, -1) < build_id:
                         by_abi[abi] = build_id
-            apt, pip, lib = r[14], r[15], r[16]
-            if apt or pip or lib:
-                found = zip(dep_tools, (apt, pip, lib), strict=True)
-                got.deps[filename] = {tool: reqs for tool, reqs in found if reqs}
         for r in _fetch(cur, _BULK_QUEUED, q):
             rows.get(r[0], empty).queued.add((r[1], r[2]))
         for r in _fetch(cur, _BULK_EXCLUSIONS, q):
@@ -402,8 +409,8 @@ def _assemble(
         for build_id, abis in got.items():
             serves[(version, build_id)] = tuple(abis)
     files_by_version: dict[str, list[FileData]] = {}
-    deps_of = rows.deps
     for (
+        _package,
         version,
         build_id,
         filename,
@@ -416,8 +423,11 @@ def _assemble(
         metadata_sha256,
         import_test,
         import_error,
+        _served,
+        apt,
+        pip,
+        lib,
     ) in rows.files:
-        d = deps_of.get(filename, _NO_DEPS)
         entry = _file(
             filename,
             size,
@@ -430,9 +440,9 @@ def _assemble(
             serves.get((version, build_id), ()),
             _IMPORT_OK.get(import_test, False),
             import_error or None,
-            tuple(d["missing-lib"]) if "missing-lib" in d else (),
-            tuple(d["apt"]) if "apt" in d else (),
-            tuple(d["pip"]) if "pip" in d else (),
+            tuple(lib) if lib else (),
+            tuple(apt) if apt else (),
+            tuple(pip) if pip else (),
         )
         same = files_by_version.get(version)
         if same is None:
