@@ -112,6 +112,14 @@ def _thread_cpu(native_id: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _master_cpu(task: LogIngest) -> float:
+    """CPU seconds of the master side: the ingest task's thread and its storing thread."""
+    cpu = _thread_cpu(task.native_id)  # type: ignore[arg-type]
+    if task.store_thread is not None:
+        cpu += _thread_cpu(task.store_thread)
+    return cpu
+
+
 def _stat_path(path: Path) -> list[str]:
     return path.read_text().rsplit(")", 1)[1].split()
 
@@ -130,6 +138,46 @@ def _cluster_cpu(postmaster: int) -> float:
             if int(f[1]) == postmaster:
                 ticks += int(f[11]) + int(f[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _pg_cpu(postmaster: int) -> float:
+    """As :func:`_cluster_cpu`, from the postmaster's children list (cheap enough to sample)."""
+    fields = _stat(postmaster)
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    for child in children:
+        try:
+            f = _stat(int(child))
+        except OSError:
+            continue
+        ticks += int(f[11]) + int(f[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def steady_figures(
+    samples: list[tuple[float, ...]], nlines: int, lo: float = 0.1, hi: float = 0.9
+) -> dict[str, float] | None:
+    """Rate and CPU use (cores) of each process between *lo* and *hi* of the records stored.
+
+    Each sample is (seconds, logger main CPU, parser workers' CPU, master thread CPU,
+    PostgreSQL CPU, records stored).  Start-up (interpreters, workers, the first batches
+    in flight) and the drain at the end are outside the window.
+    """
+    final = samples[-1][5]
+    if final <= 0:
+        return None
+    inside = [s for s in samples if lo * final <= s[5] <= hi * final]
+    if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+        return None
+    a, b = inside[0], inside[-1]
+    dt = b[0] - a[0]
+    names = ("main", "workers", "master", "postgres")
+    out = {name: (b[i] - a[i]) / dt for i, name in enumerate(names, 1)}
+    out["rate"] = (b[5] - a[5]) / dt * nlines / final
+    out["seconds"] = dt
+    first = next((s[0] for s in samples if s[5] > 0), samples[-1][0])
+    out["first_ack"] = first
+    return out
 
 
 def stage_breakdown(log: Path, admin_url: Any, batch_size: int) -> None:
@@ -272,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         help="lines per batch ([logger] batch_size; 5000: ~0.3 aggregates per line, not ~0.45)",
     )
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    ap.add_argument("--max-pending", type=int, default=8, help="batches unacknowledged at most")
     ap.add_argument(
         "--no-stages", action="store_true", help="skip the per-stage breakdown (in this process)"
     )
@@ -306,26 +355,37 @@ def main(argv: list[str] | None = None) -> int:
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         postmaster = cluster.pid if cluster is not None else None
         pg0 = _cluster_cpu(postmaster) if postmaster else 0.0
-        cpu0 = _thread_cpu(task.native_id)  # type: ignore[arg-type]
+        cpu0 = _master_cpu(task)
         t0 = time.perf_counter()
         proc = subprocess.Popen(
             [
                 sys.executable, "-c", _LOGGER, str(log), "--log-endpoint", address,
                 "--secret-file", str(tmp / "secret"), "--batch-size", str(args.batch_size),
-                "--max-pending", "8", "--workers", str(args.workers),
+                "--max-pending", str(args.max_pending), "--workers", str(args.workers), "-v",
             ],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         tree = TreeCPU(proc.pid)
+        samples: list[tuple[float, ...]] = []
         while True:
             tree.sample()
+            samples.append(
+                (
+                    time.perf_counter() - t0,
+                    tree.ticks.get(proc.pid, 0) / os.sysconf("SC_CLK_TCK"),
+                    tree.seconds(exclude=proc.pid),
+                    _master_cpu(task) - cpu0,
+                    _pg_cpu(postmaster) - pg0 if postmaster else 0.0,
+                    task.stored,
+                )
+            )
             try:
                 _out, err = proc.communicate(timeout=0.1)
                 break
             except subprocess.TimeoutExpired:
                 pass
         t_send = time.perf_counter() - t0
-        cpu_master = _thread_cpu(task.native_id) - cpu0  # type: ignore[arg-type]
+        cpu_master = _master_cpu(task) - cpu0
         cpu_pg = _cluster_cpu(postmaster) - pg0 if postmaster else None
         if proc.returncode != 0:
             print(err, file=sys.stderr)
@@ -395,8 +455,29 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"CPU per line: logger {(cpu_logger + cpu_workers) * us:.1f} us "
             f"(main {cpu_logger * us:.1f} + parser workers {cpu_workers * us:.1f}), "
-            f"master (ingest thread) {cpu_master * us:.1f} us, "
+            f"master (ingest and storing threads) {cpu_master * us:.1f} us, "
             f"PostgreSQL (whole server) {pg_text} us; raw COPY: PostgreSQL {copy_text} us/row"
+        )
+        steady = steady_figures(samples, nlines)
+        if steady is not None:
+            cores = sum(steady[k] for k in ("main", "workers", "master", "postgres"))
+            print(
+                f"steady state (10%-90% of the records stored, {steady['seconds']:.2f} s): "
+                f"{steady['rate']:,.0f} lines/s; first ACK after {steady['first_ack']:.2f} s"
+            )
+            print(
+                f"  CPU in use (cores): logger main {steady['main']:.2f}, parser workers "
+                f"{steady['workers']:.2f} ({args.workers} processes), master threads "
+                f"{steady['master']:.2f}, PostgreSQL {steady['postgres']:.2f}; all {cores:.2f} "
+                f"of {os.cpu_count()} (load average {os.getloadavg()[0]:.1f})"
+            )
+        waited = err.rsplit("waited ", 1)[-1].split("\n", 1)[0] if "waited " in err else "?"
+        print(f"  logger waited {waited}")
+        store_idle = task.store_wall - task.store_cpu
+        print(
+            f"  master: {task.store_wall:.2f} s in store transactions ({task.store_cpu:.2f} s "
+            f"of the storing thread's CPU, {store_idle:.2f} s waiting for PostgreSQL), "
+            f"{cpu_master:.2f} s CPU in all (both threads), of {t_send:.2f} s"
         )
         print("aim: 100,000 lines/s end to end")
         if not args.no_stages:

@@ -103,6 +103,7 @@ class BatchSender:
         self.dropped = 0
         self.resends = 0
         self.nacks = 0
+        self.waited = 0.0  # seconds reading waited for ACKs (max_pending batches unacked)
 
     # -- batching ------------------------------------------------------------------------
 
@@ -147,11 +148,16 @@ class BatchSender:
 
     def _queue(self, batch_id: int, payload: dict[str, Any] | bytes, records: int) -> None:
         self.poll(0)
-        while len(self.pending) >= self.max_pending:
-            if self.drop:
-                self.dropped += records
+        if len(self.pending) >= self.max_pending:
+            t0 = time.monotonic()
+            while len(self.pending) >= self.max_pending:
+                if self.drop:
+                    self.dropped += records
+                    break
+                self.poll(0.1)
+            self.waited += time.monotonic() - t0
+            if len(self.pending) >= self.max_pending:
                 return
-            self.poll(0.1)
         batch = _Pending(batch_id, payload, records, 0.0)
         self.pending[batch.batch_id] = batch
         self._send(batch)
@@ -265,9 +271,16 @@ def stdin_lines(
 
 
 class _Progress:
-    def __init__(self, reader: LogReader, sender: BatchSender, interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        reader: LogReader,
+        sender: BatchSender,
+        interval: float = 5.0,
+        pool: ParserPool | None = None,
+    ) -> None:
         self.reader = reader
         self.sender = sender
+        self.pool = pool
         self.interval = interval
         self.start = self.last = time.monotonic()
 
@@ -280,11 +293,12 @@ class _Progress:
     def report(self) -> None:
         st, s = self.reader.stats, self.sender
         elapsed = max(1e-9, time.monotonic() - self.start)
+        waited = self.pool.waited if self.pool is not None else 0.0
         log.info(
             "%d lines (%.0f/s), %d malformed, %d sent, %d acknowledged, %d unacknowledged, "
-            "%d dropped",
+            "%d dropped; waited %.2fs for acknowledgements, %.2fs for parser workers",
             st.lines, st.lines / elapsed, st.malformed_total, s.sent, s.acked, s.unacked,
-            s.dropped,
+            s.dropped, s.waited, waited,
         )  # fmt: skip
 
 
@@ -336,7 +350,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         drop=cfg.drop,
         keys=keys,
     )
-    progress = _Progress(reader, sender)
+    progress = _Progress(reader, sender, pool=pool)
     try:
         if pool is not None:
             lines: Iterator[bytes | None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -85,6 +86,7 @@ class ParserPool:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.in_flight = 0
+        self.waited = 0.0  # seconds waited with every worker's queue full (reading was ahead)
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("forkserver"),
@@ -116,7 +118,11 @@ class ParserPool:
         """Wait up to *timeout* for a chunk to finish (if any is in flight and none is ready)."""
         with self._cond:
             if not self._done and self.in_flight:
+                full = self.in_flight >= self.limit
+                t0 = time.monotonic()
                 self._cond.wait(timeout)
+                if full:
+                    self.waited += time.monotonic() - t0
 
     def ready(self) -> Iterator[tuple[int, int, bytes]]:
         """Finished batches: (batch id, records, encoded BATCH); counts merged into ``stats``."""

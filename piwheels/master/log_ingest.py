@@ -28,12 +28,16 @@ same for days given to it (``dirty``), every ``rollup_interval`` seconds.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
+import zmq
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from .. import protocols
@@ -53,6 +57,18 @@ MAX_RETRY = 30.0
 GROUP_BATCHES = 16
 #: or this many records.
 GROUP_RECORDS = 100_000
+
+
+#: A received batch: its checked data and the logger's routing identity.
+_Item = tuple[dict[str, Any], tuple[bytes, ...]]
+
+
+class _Wake:
+    """The read end of the storing thread's wake-up pipe, as Task.register polls it."""
+
+    def __init__(self, fd: int) -> None:
+        self.zmq_socket = fd
+        self.name = "stored"
 
 
 def _days(data: dict[str, Any]) -> set[date]:
@@ -92,6 +108,15 @@ class LogIngest(Task):
             self.logger.curve_server(env.server_keys)
         self.address = self.logger.bind(address)
         self.register(self.logger)
+        # Groups are stored by one thread (its own connection); it writes a byte to the
+        # pipe when a group is done, which wakes this task to answer the batches.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-store")
+        self._storing: Future[list[tuple[list[_Item], Any]]] | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self.register(cast(Socket, _Wake(self._wake_r)), self._on_stored, pausable=False)
+        self._wait_poller = zmq.Poller()
+        self._wait_poller.register(self.logger.zmq_socket, zmq.POLLIN)
+        self._wait_poller.register(self._wake_r, zmq.POLLIN)
         self._seen: OrderedDict[tuple[bytes, int], int] = OrderedDict()
         self.dirty: set[date] = set()  # days to roll up again from the raw hits
         self.touched: set[date] = set()  # days batches brought rows for (current already)
@@ -102,6 +127,11 @@ class LogIngest(Task):
         self.duplicates = 0
         self.refused = 0
         self.rejected = 0  # batches PostgreSQL refused
+        # Seconds in the storing thread's transactions: wall, and that thread's CPU (the
+        # rest of the wall is waiting for PostgreSQL, while this one receives).
+        self.store_wall = 0.0
+        self.store_thread: int | None = None  # the storing thread's native id, once it ran
+        self.store_cpu = 0.0
         self._retry = RETRY_AFTER
         self._db_down = False
         self._rate = 0.0
@@ -133,39 +163,65 @@ class LogIngest(Task):
     def dispatch(self, sock: Socket) -> None:
         """Receive a BATCH and every one waiting behind it (up to a group), store them together.
 
-        Batches that queue up while one is stored (the logger keeps several
-        unacknowledged) are stored in one transaction: one COPY per table and
-        one rollup statement for all of them, so a busy ingest does fewer,
-        larger transactions and fewer upserts per record.  Each is still
-        recorded in ``log_batches`` and acknowledged once the group commits.
+        Batches that queue up while one group is stored (the logger keeps
+        several unacknowledged) are stored in one transaction: one COPY per
+        table and one rollup statement for all of them, so a busy ingest does
+        fewer, larger transactions and fewer upserts per record.  Each is still
+        recorded in ``log_batches`` and acknowledged once its group commits.
+
+        Groups are stored by a thread of their own (on its own connection)
+        while this one receives and checks the next: decoding and checking a
+        batch (CBOR, a pattern per table, the aggregates against the rows)
+        overlaps PostgreSQL storing the one before, instead of waiting for it.
+        At most one group is stored at a time and one more is gathered.
         """
         if sock is not self.logger:
             super().dispatch(sock)
             return
         group: list[tuple[dict[str, Any], tuple[bytes, ...]]] = []
-        records = 0
-        while True:
+        self._gather(sock, group)
+        if self._storing is not None and group:
+            # Gather more while the group before is stored; hand over when it is done
+            # (with nothing gathered, the wake-up answers that group).
+            while not self._full(group):
+                events = dict(self._wait_poller.poll())
+                if self._wake_r in events:
+                    break
+                self._gather(sock, group)
+            self._finish()
+        if group:
+            self._submit(group)
+
+    def _full(self, group: list[tuple[dict[str, Any], tuple[bytes, ...]]]) -> bool:
+        records = sum(data["records"] for data, _ in group)
+        return len(group) >= GROUP_BATCHES or records >= GROUP_RECORDS
+
+    def _gather(self, sock: Socket, group: list[tuple[dict[str, Any], tuple[bytes, ...]]]) -> None:
+        """Receive (and check) every message waiting, BATCHes into *group* up to its limits."""
+        while not self._full(group) and sock.poll(0):
             try:
                 received = sock.recv_msg()
             except ProtocolError as exc:
                 self.log.warning("%s", exc)
                 self.on_bad_message(sock, exc)
+                continue
+            if received.msg == "BATCH" and received.peer is not None:
+                group.append((received.data, received.peer))
             else:
-                if received.msg == "BATCH" and received.peer is not None:
-                    group.append((received.data, received.peer))
-                    records += received.data["records"]
-                else:
-                    self.handle_message(sock, received)
-            if len(group) >= GROUP_BATCHES or records >= GROUP_RECORDS or not sock.poll(0):
-                break
-        if group:
-            self.store_group(group)
+                self.handle_message(sock, received)
 
     def do_BATCH(self, data: dict[str, Any], peer: tuple[bytes, ...]) -> None:
         self.store_group([(data, peer)])
 
     def store_group(self, group: list[tuple[dict[str, Any], tuple[bytes, ...]]]) -> None:
-        """Store batches in one transaction and answer each (ACK, or NACK if the DB is down)."""
+        """Store batches in one transaction and answer each (ACK, or NACK if the DB is down);
+        returns once they are answered."""
+        self._finish()
+        self._submit(group)
+        self._finish()
+
+    def _submit(self, group: list[tuple[dict[str, Any], tuple[bytes, ...]]]) -> None:
+        """Answer batches stored before at once; hand the rest to the storing thread."""
         todo: list[tuple[dict[str, Any], tuple[bytes, ...]]] = []
         for data, peer in group:
             stored = self._seen.get((peer[0], data["batch_id"]))
@@ -175,50 +231,61 @@ class LogIngest(Task):
             self.duplicates += 1
             self.log.debug("batch %d from %r again: already stored", data["batch_id"], peer[0])
             self._reply(peer, "ACK", {"batch_id": data["batch_id"], "stored": stored})
-        if not todo:
-            return
+        if todo:
+            future = self._executor.submit(self._store, todo)
+            future.add_done_callback(lambda _f: os.write(self._wake_w, b"."))
+            self._storing = future
+
+    def _store(self, todo: list[_Item]) -> list[tuple[list[_Item], Any]]:
+        """In the storing thread: store *todo* in one transaction; if PostgreSQL refuses
+        a row, each batch alone (so only the bad one is refused).  Returns, for each
+        transaction, its batches and its results or the exception."""
+        self.store_thread = threading.get_native_id()
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            outcome = self._transaction(todo)
+            if isinstance(outcome, (DataError, IntegrityError)) and len(todo) > 1:
+                return [
+                    (item_list, self._transaction(item_list)) for item_list in ([i] for i in todo)
+                ]
+            return [(todo, outcome)]
+        finally:
+            self.store_wall += time.perf_counter() - w0
+            self.store_cpu += time.thread_time() - c0
+
+    def _transaction(self, todo: list[_Item]) -> Any:
         batches = [
             LogBatch(data["tables"], data["extra"], peer[0], data["batch_id"], data.get("rollup"))
             for data, peer in todo
         ]
         try:
             with self.env.engine.begin() as conn:
-                results = store_log_batches(conn, batches)
-        except (DataError, IntegrityError) as exc:
-            if len(todo) > 1:
-                # One batch spoils the group: store each alone, so only that one is refused.
-                for item in todo:
-                    self.store_group([item])
-                return
-            data, peer = todo[0]
-            self.rejected += 1
-            self.log.error(
-                "batch %d from %r refused by the database, not stored: %s",
-                data["batch_id"],
-                peer[0],
-                str(exc.orig).splitlines()[0] if exc.orig else exc,
-            )
-            self._remember((peer[0], data["batch_id"]), 0)
-            self._reply(peer, "ACK", {"batch_id": data["batch_id"], "stored": 0})
-            return
+                return store_log_batches(conn, batches)
         except (OperationalError, DBAPIError) as exc:
-            self.refused += len(todo)
-            if not self._db_down:
-                self.log.error("cannot store log batches: %s", str(exc).splitlines()[0])
-            self._db_down = True
-            retry = self._retry
-            self._retry = min(MAX_RETRY, self._retry * 2)
-            for data, peer in todo:
-                self._reply(
-                    peer,
-                    "NACK",
-                    {
-                        "batch_id": data["batch_id"],
-                        "reason": "database unavailable",
-                        "retry_after": retry,
-                    },
-                )
+            return exc
+
+    def _on_stored(self) -> None:
+        """The storing thread finished a group: answer its batches."""
+        self._finish()
+
+    def _finish(self) -> None:
+        """Wait for the group being stored (if any) and answer each of its batches."""
+        future, self._storing = self._storing, None
+        if future is None:
             return
+        outcomes = future.result()
+        # The wake-up byte is read here (it may not be written yet: wait for it), so the
+        # pipe holds one byte per group being stored at most.
+        os.read(self._wake_r, 1)
+        for todo, outcome in outcomes:
+            if isinstance(outcome, (DataError, IntegrityError)):
+                self._refuse(todo[0], outcome)
+            elif isinstance(outcome, BaseException):
+                self._unavailable(todo, outcome)
+            else:
+                self._acknowledge(todo, outcome)
+
+    def _acknowledge(self, todo: list[_Item], results: list[Any]) -> None:
         self.groups += 1
         if self._db_down:
             self.log.warning("storing log batches again")
@@ -237,6 +304,38 @@ class LogIngest(Task):
                 self.stored += res.stored
                 self.batches += 1
             self._reply(peer, "ACK", {"batch_id": batch_id, "stored": res.stored})
+
+    def _refuse(self, item: _Item, exc: DBAPIError) -> None:
+        """Acknowledge a batch PostgreSQL refused with ``stored`` 0 (it would never succeed)."""
+        data, peer = item
+        self.rejected += 1
+        self.log.error(
+            "batch %d from %r refused by the database, not stored: %s",
+            data["batch_id"],
+            peer[0],
+            str(exc.orig).splitlines()[0] if exc.orig else exc,
+        )
+        self._remember((peer[0], data["batch_id"]), 0)
+        self._reply(peer, "ACK", {"batch_id": data["batch_id"], "stored": 0})
+
+    def _unavailable(self, todo: list[_Item], exc: BaseException) -> None:
+        """NACK each batch with a growing ``retry_after``: the database cannot be reached."""
+        self.refused += len(todo)
+        if not self._db_down:
+            self.log.error("cannot store log batches: %s", str(exc).splitlines()[0])
+        self._db_down = True
+        retry = self._retry
+        self._retry = min(MAX_RETRY, self._retry * 2)
+        for data, peer in todo:
+            self._reply(
+                peer,
+                "NACK",
+                {
+                    "batch_id": data["batch_id"],
+                    "reason": "database unavailable",
+                    "retry_after": retry,
+                },
+            )
 
     def _remember(self, key: tuple[bytes, int], stored: int) -> None:
         self._seen[key] = stored
@@ -291,9 +390,23 @@ class LogIngest(Task):
         return report
 
     def teardown(self) -> None:
-        # Days someone asked to recompute are recomputed before stopping.
+        # The group being stored is answered; days someone asked to recompute are
+        # recomputed before stopping.
+        self._finish()
         if self.dirty:
             self.rollup_dirty()
+
+    def close(self) -> None:
+        if self._wake_r < 0:
+            return
+        try:
+            self._finish()
+        finally:
+            self._executor.shutdown(wait=True)
+            super().close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
 
 __all__ = ["LogIngest"]

@@ -404,3 +404,61 @@ def test_waiting_batches_are_stored_together(
     finally:
         peer.close()
         task.close()
+
+
+def test_batches_are_received_and_checked_while_a_group_is_stored(
+    engine: Engine, context: Context, tmp_short: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The storing thread holds a group (PostgreSQL blocks its COPY on a lock): the task
+    still receives and refuses a bad message, answers nothing before the commit, then
+    acknowledges the held group and stores the batch that came in meanwhile."""
+    task = LogIngest(context, make_env(engine, f"ipc://{tmp_short}/log", tmp_short))
+    peer = ScriptedPeer(
+        context, DEALER, reversed(protocols.logger), connect=task.address, drive=(task,)
+    )
+    good = batch([{}, {"kind": "index", "target": "index", "filename": None}])
+    locker = engine.connect()
+    once = threading.Lock()
+
+    def release() -> None:
+        if once.acquire(blocking=False):
+            locker.rollback()
+
+    # Should the task store in its own thread (and block), the lock goes after 8 s and
+    # the test fails instead of hanging.
+    safety = threading.Timer(8.0, release)
+    try:
+        locker.execute(text("LOCK TABLE downloads IN EXCLUSIVE MODE"))
+        safety.start()
+        peer.send("BATCH", {"batch_id": 1, **good})
+
+        def blocked() -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                            "'Lock' AND query LIKE 'COPY downloads%'"
+                        )
+                    ).scalar_one()
+                )
+
+        wait_for(blocked, drive=(task,))
+        with caplog.at_level(logging.WARNING, logger="piwheels.log_ingest"):
+            peer.socket.send_raw([b"\xa1\x00garbage"])
+            wait_for(lambda: bool(caplog.records), drive=(task,))
+        assert not peer.socket.poll(0.05)  # nothing acknowledged before the commit
+        assert count(engine, "searches") == 0
+        # Released by another thread: the task now waits in dispatch (batch 2 gathered).
+        peer.send("BATCH", {"batch_id": 2, **good})
+        threading.Timer(0.2, release).start()
+        peer.expect("ACK", {"batch_id": 1, "stored": 2})
+        peer.expect("ACK", {"batch_id": 2, "stored": 2})
+        assert count(engine, "downloads") == 2 and count(engine, "searches") == 2
+        assert (task.batches, task.stored) == (2, 4)
+    finally:
+        safety.cancel()
+        release()
+        locker.close()
+        peer.close()
+        task.close()
