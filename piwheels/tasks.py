@@ -84,7 +84,8 @@ class Task(threading.Thread):
         self._on_fatal = on_fatal
         self._quit = False
         self._poller = zmq.Poller()
-        self._handlers: dict[Any, tuple[Socket, Handler, bool]] = {}
+        # Keyed by what the poller returns: a zmq socket, or a file descriptor.
+        self._handlers: dict[Any, tuple[Handler, bool]] = {}
         self._sockets: list[Socket] = []
         self._timers: list[_Timer] = []
         self.control_address = f"inproc://control-{self.role}-{uuid.uuid4().hex[:8]}"
@@ -111,8 +112,19 @@ class Task(threading.Thread):
         if handler is None:
             handler = getattr(self, f"handle_{sock.name}", None) or (lambda: self.dispatch(sock))
         paus = self.pausable if pausable is None else pausable
-        self._handlers[sock.zmq_socket] = (sock, handler, paus)
+        self._handlers[sock.zmq_socket] = (handler, paus)
         self._poller.register(sock.zmq_socket, zmq.POLLIN)
+
+    def register_fd(self, fd: int, handler: Handler, *, pausable: bool | None = None) -> None:
+        """Poll the file descriptor *fd* too (e.g. a pipe a helper thread writes to when its
+        work is done); call *handler* when it is readable.  The caller owns and closes *fd*."""
+        self._handlers[fd] = (handler, self.pausable if pausable is None else pausable)
+        self._poller.register(fd, zmq.POLLIN)
+
+    def unregister_fd(self, fd: int) -> None:
+        """Stop polling *fd*."""
+        if self._handlers.pop(fd, None) is not None:
+            self._poller.unregister(fd)
 
     def unregister(self, sock: Socket) -> None:
         """Stop polling *sock*."""
@@ -199,7 +211,7 @@ class Task(threading.Thread):
             entry = self._handlers.get(zsock)
             if entry is None:
                 continue
-            _sock, handler, pausable = entry
+            handler, pausable = entry
             if self.paused and pausable:
                 continue
             handler()

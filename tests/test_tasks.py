@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -108,6 +109,28 @@ def test_bad_message_is_logged_and_the_task_goes_on(
     finally:
         peer.close()
         task.close()
+
+
+def test_file_descriptor_wakes_its_handler(context: Context) -> None:
+    # A helper thread's pipe is polled beside the sockets: its handler runs when a byte
+    # arrives and not before; once unregistered it is never called again.
+    task = PageSink(context, _address())
+    r, w = os.pipe()
+    woken: list[bytes] = []
+    try:
+        task.register_fd(r, lambda: woken.append(os.read(r, 1)), pausable=False)
+        task.poll(0.02)
+        assert woken == []
+        threading.Thread(target=os.write, args=(w, b"!")).start()
+        wait_for(lambda: woken == [b"!"], drive=(task,))
+        task.unregister_fd(r)
+        os.write(w, b"?")
+        task.poll(0.02)
+        assert woken == [b"!"]
+    finally:
+        task.close()
+        os.close(r)
+        os.close(w)
 
 
 def test_pause_stops_work_and_resume_catches_up(context: Context) -> None:

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, date, datetime
-from typing import Any, cast
+from typing import Any
 
 import zmq
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
@@ -61,14 +61,6 @@ GROUP_RECORDS = 100_000
 
 #: A received batch: its checked data and the logger's routing identity.
 _Item = tuple[dict[str, Any], tuple[bytes, ...]]
-
-
-class _Wake:
-    """The read end of the storing thread's wake-up pipe, as Task.register polls it."""
-
-    def __init__(self, fd: int) -> None:
-        self.zmq_socket = fd
-        self.name = "stored"
 
 
 def _days(data: dict[str, Any]) -> set[date]:
@@ -113,7 +105,7 @@ class LogIngest(Task):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="log-store")
         self._storing: Future[list[tuple[list[_Item], Any]]] | None = None
         self._wake_r, self._wake_w = os.pipe()
-        self.register(cast(Socket, _Wake(self._wake_r)), self._on_stored, pausable=False)
+        self.register_fd(self._wake_r, self._on_stored, pausable=False)
         self._wait_poller = zmq.Poller()
         self._wait_poller.register(self.logger.zmq_socket, zmq.POLLIN)
         self._wait_poller.register(self._wake_r, zmq.POLLIN)
