@@ -8,6 +8,7 @@ too.  The physical limit is the same bytes sent over a plain TCP socket on
 loopback, from the file on one side into a file on the other.  Usage::
 
     python bench/bench_filetransfer.py [--scale 1.0] [--chunk 256K] [--window 10] [--curve]
+        [--dir FOLDER]
 
 Scale 1.0 is a 200 MB file.
 """
@@ -72,11 +73,14 @@ def _sender(address: str, path: str, token: str, curve: list[Any] | None, out: A
     # Timed here, so process start-up and imports are not counted.
     start = time.perf_counter()
     cpu = _cpu()
+    threads = _threads_cpu()
     result = sender.run()
     elapsed = time.perf_counter() - start
     cpu = _cpu() - cpu
+    after = _threads_cpu()
+    per_thread = {n: after[n] - threads.get(n, 0.0) for n in after}
     ctx.close()
-    out.put((result.ok, result.reason, elapsed, cpu))
+    out.put((result.ok, result.reason, elapsed, cpu, per_thread))
 
 
 def _cpu() -> float:
@@ -85,9 +89,22 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_piwheels(
-    work: Path, wheel: Path, chunk: int, window: int, curve: bool
-) -> dict[str, float]:
+def _threads_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, summed by thread name (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def bench_piwheels(work: Path, wheel: Path, chunk: int, window: int, curve: bool) -> dict[str, Any]:
     keys = None
     ctx_kwargs: dict[str, Any] = {}
     client: list[Any] | None = None
@@ -132,10 +149,15 @@ def bench_piwheels(
             target=_sender, args=(receiver.file_address, str(wheel), token, client, out)
         )
         cpu = _cpu()
+        threads = _threads_cpu()
         proc.start()
-        ok, reason, transfer, sender_cpu = out.get(timeout=3600)
+        ok, reason, transfer, sender_cpu, sender_threads = out.get(timeout=3600)
         # Includes this process's waiting on the queue, which costs no CPU.
         receiver_cpu = _cpu() - cpu
+        after = _threads_cpu()
+        # Threads that ended during the transfer (the hash thread) are what is left over.
+        per_thread = {n: after[n] - threads.get(n, 0.0) for n in after}
+        per_thread["(ended threads)"] = receiver_cpu - sum(per_thread.values())
         proc.join()
         if not ok:
             raise SystemExit(f"transfer failed: {reason}")
@@ -155,6 +177,8 @@ def bench_piwheels(
         "publish": publish,
         "sender_cpu": sender_cpu,
         "receiver_cpu": receiver_cpu,
+        "receiver_threads": per_thread,
+        "sender_threads": sender_threads,
     }
 
 
@@ -199,10 +223,18 @@ def main() -> None:
     )
     parser.add_argument("--window", type=int, default=10, help="FETCHes in flight [10]")
     parser.add_argument("--curve", action="store_true", help="encrypt with CurveZMQ")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="folder for the files (a temporary folder inside it) [the system's temp folder]",
+    )
     args = parser.parse_args()
     size = int(200_000_000 * args.scale)
     chunk = CONVERTERS["size"].parse(args.chunk)
-    with tempfile.TemporaryDirectory(prefix="piw-bench-ft-") as tmp:
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="piw-bench-ft-", dir=args.dir) as tmp:
         work = Path(tmp)
         src = work / "src"
         src.mkdir()
@@ -221,6 +253,11 @@ def main() -> None:
         print(f"CPU per MB (less sensitive to a busy machine): sender "
               f"{piw['sender_cpu'] / mb * 1000:.2f} ms, receiver "
               f"{piw['receiver_cpu'] / mb * 1000:.2f} ms")  # fmt: skip
+        for side in ("sender", "receiver"):
+            shown = sorted(piw[f"{side}_threads"].items(), key=lambda kv: -kv[1])
+            print(f"  {side} threads, ms per MB: " + ", ".join(
+                f"{name} {cpu / mb * 1000:.2f}" for name, cpu in shown if cpu / mb >= 0.00001
+            ))  # fmt: skip
         print(f"transfer + verify + publish:               {both:8.1f} MB/s"
               f"  ({piw['publish']:.2f} s to verify and publish)")  # fmt: skip
 

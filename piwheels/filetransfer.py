@@ -72,6 +72,9 @@ MAX_CHUNK = 1024 * 1024
 DEFAULT_WINDOW = 10
 #: Files at least this big are hashed on a worker thread while chunks arrive.
 HASH_THREAD_MIN = 4 * 1024 * 1024
+#: Bytes kept before a chunk in the sender's buffer for the CHUNK message's CBOR head
+#: (at most 34 bytes: the name, two keys, a 64-bit offset and a length).
+HEAD_ROOM = 48
 #: Empty staging folders kept for reuse (about the transfers in flight at once).
 FREE_FOLDERS = 256
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
@@ -110,7 +113,7 @@ class _Hasher:
 
     def __init__(self) -> None:
         self._hasher = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._queue: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=64)
         self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
         self._thread.start()
 
@@ -119,7 +122,8 @@ class _Hasher:
         while (block := self._queue.get()) is not None:
             update(block)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
+        # A memoryview keeps the received frame it points into alive until hashed.
         self._queue.put(data)
 
     def hexdigest(self) -> str:
@@ -239,8 +243,12 @@ class Transfer:
             return [Reply(peer, "ERROR", {"reason": self.reason or "transfer failed"})]
         return self._fetches()
 
-    def chunk(self, peer: tuple[bytes, ...], offset: int, data: bytes) -> list[Reply]:
-        """Write one chunk from the bound sender; returns fetches, DONE or ERROR."""
+    def chunk(self, peer: tuple[bytes, ...], offset: int, data: bytes | memoryview) -> list[Reply]:
+        """Write one chunk from the bound sender; returns fetches, DONE or ERROR.
+
+        *data* may be a view of the received frame: it is written and hashed from
+        there (the bytes hashed are the bytes written), never copied.
+        """
         if self.state != "receiving":
             return []  # late duplicate after the end: nothing to do
         self.last_activity = time.monotonic()
@@ -257,8 +265,7 @@ class Transfer:
                 why = f"{self.filename}: sender sent {len(data)} bytes for a {asked} byte range"
             return self.fail("too_large" if len(data) > asked else "short", why)
         if data and self._overlaps_missing(offset, end):
-            assert self._fd is not None
-            os.pwrite(self._fd, data, offset)
+            self._write(data, offset)
             self._subtract(offset, end)
             self._advance_hash(offset, data)
         if not self.missing:
@@ -335,7 +342,17 @@ class Transfer:
                 out.append([end, e])
         self.missing = out
 
-    def _advance_hash(self, offset: int, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview, offset: int) -> None:
+        assert self._fd is not None
+        written = os.pwrite(self._fd, data, offset)
+        while written < len(data):
+            # A short write (a signal, a full disk): the rest, or the error it meets.
+            more = os.pwrite(self._fd, memoryview(data)[written:], offset + written)
+            if not more:
+                raise OSError(errno.EIO, f"{self.path}: nothing written at {offset + written}")
+            written += more
+
+    def _advance_hash(self, offset: int, data: bytes | memoryview) -> None:
         # Hash in file order as the contiguous prefix grows; in the usual
         # in-order case straight from the chunk, otherwise from the file.
         if offset == self._hashed and data:
@@ -628,6 +645,7 @@ class FileSender:
         #: Tests use this to make a sender vanish mid-transfer.
         self.max_chunks = max_chunks
         self.connections = connections
+        self._buffer: bytearray | None = None
         self._key = (
             context,
             address,
@@ -713,23 +731,26 @@ class FileSender:
             else:
                 sock.close(linger=0 if self.max_chunks is not None else 1)
 
-    @staticmethod
-    def _send_chunk(sock: Socket, fd: int, offset: int, length: int) -> None:
-        """Read the range straight into the frame after its CBOR head, and send it as is."""
-        head = chunk_head(offset, length)
-        start = len(head)
-        frame = bytearray(start + length)
-        frame[:start] = head
-        got = os.preadv(fd, [memoryview(frame)[start:]], offset)
-        if got != length:
-            # The file is shorter than the range asked for: send what there is (the
-            # receiver refuses a short chunk with a clear reason).
-            frame = bytearray(chunk_head(offset, got)) + frame[start : start + got]
+    def _send_chunk(self, sock: Socket, fd: int, offset: int, length: int) -> None:
+        """Read the range into a reused buffer, just after room for its CBOR head, and send
+        head and bytes as one frame (zmq copies it once into its message)."""
+        if self._buffer is None or len(self._buffer) < HEAD_ROOM + length:
+            self._buffer = bytearray(HEAD_ROOM + length)
+        view = memoryview(self._buffer)
+        got = os.preadv(fd, [view[HEAD_ROOM : HEAD_ROOM + length]], offset)
+        # A file shorter than the range asked for: what there is goes (the receiver
+        # refuses a short chunk with a clear reason).
+        head = chunk_head(offset, got)
+        start = HEAD_ROOM - len(head)
+        view[start:HEAD_ROOM] = head
         try:
-            # copy=False: zmq sends from this buffer (a fresh one per chunk).
-            sock.zmq_socket.send(frame, copy=False)
+            # Copied, not zero-copy: zero-copy sends cost a message to pyzmq's garbage
+            # thread per frame (more than the copy) and a fresh buffer per chunk.
+            sock.zmq_socket.send(view[start : HEAD_ROOM + got], copy=True)
         except zmq.ZMQError as exc:
             raise TransportError(f"{sock.name}: cannot send CHUNK: {exc}") from exc
+        finally:
+            view.release()
 
 
 def send_file(

@@ -533,6 +533,25 @@ builder = _protocol(
     },
 )
 
+
+def chunk_data(limit: int) -> Callable[[Any], bytes | memoryview]:
+    """Bytes of at most *limit* length, or a flat byte view of them (a chunk received in
+    place: see :func:`piwheels.transport.decode_view`)."""
+
+    def check(value: Any) -> bytes | memoryview:
+        if isinstance(value, memoryview):
+            if value.ndim != 1 or value.itemsize != 1 or not value.c_contiguous:
+                raise Invalid("expected bytes, got a shaped buffer")
+        elif not isinstance(value, bytes):
+            raise Invalid(f"expected bytes, got {type(value).__name__}")
+        if len(value) > limit:
+            raise Invalid(f"more than {limit} bytes")
+        return value
+
+    check.__doc__ = f"bytes (at most {limit})"
+    return check
+
+
 #: File transfer: a sender (DEALER) is pulled chunk by chunk by the master (ROUTER).
 files = _protocol(
     "files",
@@ -542,7 +561,7 @@ files = _protocol(
     recv={
         "HELLO": (record({"transfer": text(64, empty=False)}), "start or resume a transfer"),
         "CHUNK": (
-            record({"offset": integer(), "data": blob(1024 * 1024)}),
+            record({"offset": integer(), "data": chunk_data(1024 * 1024)}),
             "the bytes of one range",
         ),
     },

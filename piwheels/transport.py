@@ -124,6 +124,81 @@ def decode(payload: bytes) -> tuple[str, Any]:
     return obj[0], obj[1]
 
 
+def _cbor_arg(view: memoryview, pos: int) -> tuple[int, int, int] | None:
+    """(major type, argument, next position) of the CBOR head at *pos*; None if not a
+    plain definite one (the full decoder deals with those)."""
+    if pos >= len(view):
+        return None
+    byte = view[pos]
+    major, info = byte >> 5, byte & 31
+    if info < 24:
+        return major, info, pos + 1
+    if info > 27:
+        return None
+    width = 1 << (info - 24)
+    end = pos + 1 + width
+    if end > len(view):
+        return None
+    return major, int.from_bytes(view[pos + 1 : end], "big"), end
+
+
+def _decode_flat(view: memoryview) -> tuple[str, dict[str, Any]] | None:
+    """``[name, {text: uint | bytes, ...}]`` without copying the bytes values (memoryview
+    slices of *view*); None for anything else, which :func:`decode` then takes in full."""
+    head = _cbor_arg(view, 0)
+    if head is None or head[:2] != (4, 2):
+        return None
+    item = _cbor_arg(view, head[2])
+    if item is None or item[0] != 3:
+        return None
+    pos = item[2] + item[1]
+    try:
+        name = bytes(view[item[2] : pos]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    item = _cbor_arg(view, pos)
+    if item is None or item[0] != 5 or item[1] > 16:
+        return None
+    pos = item[2]
+    data: dict[str, Any] = {}
+    for _ in range(item[1]):
+        key = _cbor_arg(view, pos)
+        if key is None or key[0] != 3:
+            return None
+        pos = key[2] + key[1]
+        try:
+            field = bytes(view[key[2] : pos]).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        value = _cbor_arg(view, pos)
+        if value is None:
+            return None
+        if value[0] == 0:
+            data[field], pos = value[1], value[2]
+        elif value[0] == 2:
+            pos = value[2] + value[1]
+            data[field] = view[value[2] : pos]
+        else:
+            return None
+    if pos != len(view):
+        return None
+    return name, data
+
+
+def decode_view(payload: memoryview) -> tuple[str, Any]:
+    """:func:`decode` for a message in a buffer (a received frame).
+
+    A message shaped like a data chunk (a map of unsigned integers and byte
+    strings) is read in place: its byte strings are memoryview slices of
+    *payload*, so a large payload is never copied.  Anything else is copied
+    and decoded in full.
+    """
+    flat = _decode_flat(payload)
+    if flat is not None:
+        return flat
+    return decode(payload.tobytes())
+
+
 def _check(protocol: Protocol, msg: str, data: Any, *, sending: bool) -> Any:
     table = protocol.send if sending else protocol.recv
     if msg not in table:
@@ -352,16 +427,23 @@ class Socket:
             raise ProtocolError(f"the encoded payload is not a {msg} message")
         self._send_frames(msg, payload, peer, timeout)
 
-    def recv_msg(self, timeout: float | None = None) -> Received:
+    def recv_msg(self, timeout: float | None = None, *, copy: bool = True) -> Received:
         """Receive and check one message.
 
         Raises :class:`TransportTimeout` when nothing arrives within *timeout*
         seconds, and :class:`ProtocolError` (naming the peer) for anything
         malformed; the offending message is consumed either way, so the next
         call gets the next message.
+
+        With *copy* false, the byte strings of a data message (see
+        :func:`decode_view`) are memoryviews of the received frame instead of
+        copies: for large payloads (file chunks) that are written and hashed
+        straight from where ZeroMQ put them.  The message is checked the same.
         """
         if timeout is not None and not self.poll(timeout):
             raise TransportTimeout(f"{self.name}: nothing received within {timeout}s")
+        if not copy:
+            return self._recv_view()
         frames = self._sock.recv_multipart()
         peer: tuple[bytes, ...] | None = None
         if self.kind == zmq.ROUTER:
@@ -383,6 +465,36 @@ class Socket:
             )
         try:
             msg, data = decode(payload)
+            data = _check(self.protocol, msg, data, sending=False)
+        except ProtocolError as exc:
+            err = ProtocolError(f"{exc} (from {who})")
+            err.peer = peer  # type: ignore[attr-defined]
+            raise err from exc
+        return Received(msg, data, peer)
+
+    def _recv_view(self) -> Received:
+        """:meth:`recv_msg` without copying the payload frame (``copy=False``)."""
+        parts = self._sock.recv_multipart(copy=False)
+        peer: tuple[bytes, ...] | None = None
+        if self.kind == zmq.ROUTER:
+            if len(parts) < 2:
+                raise ProtocolError(f"{self.name}: message without envelope")
+            peer, parts = tuple(p.bytes for p in parts[:-1]), parts[-1:]
+        elif self.kind == zmq.REQ or (
+            self.kind == zmq.DEALER and len(parts) == 2 and not len(parts[0].buffer)
+        ):
+            parts = parts[-1:]
+        who = describe_peer(peer)
+        if len(parts) != 1:
+            raise ProtocolError(f"{self.name}: {len(parts)} frames from {who}, expected 1")
+        payload = parts[0].buffer
+        if len(payload) > self.max_msg_size:
+            raise ProtocolError(
+                f"{self.name}: {len(payload)} byte message from {who} is over the "
+                f"{self.max_msg_size} byte limit"
+            )
+        try:
+            msg, data = decode_view(payload)
             data = _check(self.protocol, msg, data, sending=False)
         except ProtocolError as exc:
             err = ProtocolError(f"{exc} (from {who})")

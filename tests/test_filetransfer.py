@@ -41,10 +41,10 @@ def router(context: Context) -> Iterator[Socket]:
     sock.close(linger=0)
 
 
-def serve_one(table: TransferTable, router: Socket) -> None:
-    """Receive one message and send the table's replies."""
+def serve_one(table: TransferTable, router: Socket, *, copy: bool = True) -> None:
+    """Receive one message and send the table's replies (chunks as frame views unless *copy*)."""
     try:
-        received = router.recv_msg()
+        received = router.recv_msg(copy=copy)
     except ProtocolError as exc:
         logging.getLogger("test").warning("%s", exc)
         return
@@ -55,14 +55,16 @@ def serve_one(table: TransferTable, router: Socket) -> None:
             pass  # the sender vanished (as FileReceiver does: it will say HELLO again)
 
 
-def run_sender(table: TransferTable, router: Socket, sender: FileSender) -> SendResult:
+def run_sender(
+    table: TransferTable, router: Socket, sender: FileSender, *, copy: bool = True
+) -> SendResult:
     """Run *sender* in a thread while this thread serves the receiver."""
     result: list[SendResult] = []
     thread = threading.Thread(target=lambda: result.append(sender.run()))
     thread.start()
     while thread.is_alive():
         if router.poll(0.05):
-            serve_one(table, router)
+            serve_one(table, router, copy=copy)
     thread.join()
     return result[0]
 
@@ -73,14 +75,17 @@ def random_file(path: Path, size: int) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_multi_chunk_file_arrives_intact(tmp_path: Path, context: Context, router: Socket) -> None:
+@pytest.mark.parametrize("copy", [True, False])
+def test_multi_chunk_file_arrives_intact(
+    tmp_path: Path, context: Context, router: Socket, copy: bool
+) -> None:
     source = tmp_path / "src.bin"
     digest = random_file(source, 20 * CHUNK + 123)
     table = TransferTable(tmp_path / "staging", max_size=1 << 30, chunk_size=CHUNK, window=4)
     token = new_token()
     transfer = table.expect(token, "x.bin", source.stat().st_size)
     sender = FileSender(context, router.endpoints[0], source, token, silence=2.0)
-    result = run_sender(table, router, sender)
+    result = run_sender(table, router, sender, copy=copy)
     assert result.ok, result.reason
     assert transfer.state == "complete"
     # The receiver's figures come from what it wrote, and match the real file.
@@ -97,18 +102,24 @@ def test_chunk_frames_are_what_the_encoder_makes(offset: int, length: int) -> No
     assert chunk_head(offset, length) + data == encode("CHUNK", {"offset": offset, "data": data})
 
 
+@pytest.mark.parametrize("copy", [True, False])
 def test_big_file_hashed_beside_the_transfer(
-    tmp_path: Path, context: Context, router: Socket
+    tmp_path: Path, context: Context, router: Socket, copy: bool
 ) -> None:
+    """The hash thread hashes each chunk from the received frame (views of it, when not
+    copied) after the receiver has moved on to the next ones."""
     source = tmp_path / "big.bin"
     size = filetransfer.HASH_THREAD_MIN + 3 * CHUNK + 7
     digest = random_file(source, size)
     table = TransferTable(tmp_path / "staging", max_size=1 << 30, chunk_size=CHUNK, window=8)
     token = new_token()
     transfer = table.expect(token, "big.bin", size)
-    result = run_sender(table, router, FileSender(context, router.endpoints[0], source, token))
+    result = run_sender(
+        table, router, FileSender(context, router.endpoints[0], source, token), copy=copy
+    )
     assert result.ok, result.reason
     assert transfer.sha256 == digest == result.sha256
+    assert transfer.path.read_bytes() == source.read_bytes()
     assert not [t for t in threading.enumerate() if t.name == "sha256"]
 
 
@@ -448,3 +459,27 @@ def test_sender_connections_carry_many_files(tmp_path: Path) -> None:
     finally:
         connections.close()
         ctx.close()
+
+
+def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.pwrite may write less than asked (a signal, a nearly full disk): the rest follows."""
+    real = os.pwrite
+    calls = []
+
+    def stingy(fd: int, data: bytes | memoryview, offset: int) -> int:
+        calls.append(len(data))
+        return real(fd, memoryview(data)[: max(1, len(data) // 3)], offset)
+
+    monkeypatch.setattr(filetransfer.os, "pwrite", stingy)
+    data = os.urandom(5000)
+    table = TransferTable(tmp_path / "staging", max_size=1 << 20, chunk_size=2000, window=4)
+    transfer = table.expect("tok", "f.bin", len(data))
+    peer = (b"p",)
+    transfer.hello(peer)
+    replies = []
+    for start in range(0, len(data), 2000):
+        replies = transfer.chunk(peer, start, memoryview(data)[start : start + 2000])
+    assert [r.msg for r in replies] == ["DONE"]
+    assert len(calls) > 3
+    assert transfer.path.read_bytes() == data
+    assert transfer.sha256 == hashlib.sha256(data).hexdigest()

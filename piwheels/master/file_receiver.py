@@ -143,7 +143,8 @@ class FileReceiver(Task):
 
     def _file_message(self) -> None:
         try:
-            received = self.file.recv_msg()
+            # copy=False: a chunk's bytes are written and hashed from the received frame.
+            received = self.file.recv_msg(copy=False)
         except ProtocolError as exc:
             self.log.warning("file: %s", exc)
             return
