@@ -106,6 +106,15 @@ def test_edge_lines_same_batches() -> None:
         json_line(whl).replace('"referer":""', '"referer":"a\\"b\\\\"'),
         json_line(whl).replace('"body_bytes":934', '"body_bytes":"-"'),
         json_line(whl).replace('"proto":"HTTP/1.1"', '"protocol":"HTTP/1.1"'),
+        # Escapes before the status (the match lets them through; a find sends them
+        # the general way), and a line whose last field is cut short after its ',"'.
+        json_line("/simple/a\\\\b/"),
+        json_line("/simple/numpy/\\u0041/"),
+        json_line(whl).replace('"method":"GET"', '"method":"G\\u0045T"'),
+        json_line(whl).replace('"proto":"HTTP/1.1"', '"proto":"HTTP\\/1.1"'),
+        json_line(whl).replace('"addr":"192.0.2.10"', '"addr":"192.0.2.10\\\\"'),
+        json_line(whl).replace('"host":"piwheels.test"}', "}"),
+        json_line(whl).replace('"host":"piwheels.test"}', '"}'),
         json_line(whl, time="2021-10-01T12:00:60+00:00"),
         json_line(whl, time="2021-10-01T12:00:00Z"),
         json_line(whl) + "   ",
