@@ -62,14 +62,18 @@ def test_build_steps(build, sandbox: str, steps: list[str]) -> None:  # type: ig
 
 
 # A child that leaves the session and outlives the command (double fork + setsid).
+# The command leaves exactly one process behind: it waits for the middle process, so a
+# straggler scan under load cannot also find that one on its way out.
 _ESCAPE = """
 import os, sys
-if os.fork() == 0:
+pid = os.fork()
+if pid == 0:
     os.setsid()
     if os.fork() == 0:
         sleep = "import time; time.sleep(300)"
         os.execv(sys.executable, [sys.executable, "-c", sleep, sys.argv[1]])
     os._exit(0)
+os.waitpid(pid, 0)
 """
 
 
