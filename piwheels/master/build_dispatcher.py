@@ -219,8 +219,9 @@ class BuildDispatcher(Task):
         self.changed: dict[tuple[bytes, ...], BuilderState] = {}
         self.every(1.0, self.expire, pausable=False)
         self.every(STATUS_INTERVAL, self.publish_changed, pausable=False)
-        # Builds left unfinished by a previous master: their builders get one
-        # builder timeout to come back and resume them; the rest are given back.
+        # Builds left unfinished by a previous master (or by a COMMIT whose answer was
+        # lost): their builders get one builder timeout from here to come back and
+        # resume them; the rest are given back.
         self.started_at = self.clock()
         self.orphans: set[int] = set()
 
@@ -389,13 +390,27 @@ class BuildDispatcher(Task):
             # The kept connection broke since its last use (e.g. the server restarted):
             # nothing was committed, so the same work goes again on a new connection.  (Had
             # it broken during COMMIT itself and the COMMIT landed, the retry finds those
-            # builds finished and refuses them: nothing is recorded twice.)
+            # builds finished and refuses them, and the builds it started were never handed
+            # out: _suspect_orphans gives them back.)
             self.log.warning("database connection lost: %s; trying again", str(exc).strip()[:200])
             started = self._write(items, results, asking)
+            if asking:
+                self._suspect_orphans()
         for item in items:
             self._finished(item)
         if asking:
             self._answer(asking, started)
+
+    def _suspect_orphans(self) -> None:
+        """Treat every unfinished build as a possible orphan once more.
+
+        After a connection lost around a COMMIT that may have landed, builds that
+        transaction started may exist that no builder was told of.  As after a
+        restart, :meth:`expire` gives back those nobody holds one builder timeout on.
+        """
+        with self._db() as conn:
+            self.orphans |= set(db_builds.unfinished_builds(conn))
+        self.started_at = self.clock()
 
     def _holder(self, build: BuildInFlight) -> BuilderState | None:
         """The connected builder holding *build* (None once it went away)."""

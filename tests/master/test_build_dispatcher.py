@@ -7,6 +7,7 @@ tasks are driven with ``poll(0)`` by the scripted peers while they wait.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -638,6 +639,57 @@ def test_broken_kept_connection_is_replaced(
     assert rows == [(first["package"], "failed"), (second["package"], "building")]
     new = rig.dispatcher._conn
     assert new is not None and new.connection.dbapi_connection.info.backend_pid != old
+    builder.close()
+
+
+def test_build_started_by_a_commit_whose_answer_was_lost_goes_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection dies after a COMMIT landed but before its answer: the retry starts
+    another build, and the one the lost COMMIT started (told to no builder) is given
+    back after the builder timeout instead of staying "building" for ever."""
+    from sqlalchemy.exc import DBAPIError
+
+    rig.add("foo")
+    rig.add("bar")
+    builder = rig.builder()
+    greet(rig, builder)
+    dispatcher = rig.dispatcher
+    real_write = dispatcher._write
+    calls: list[int] = []
+
+    def commit_then_lose_answer(*args: Any) -> Any:
+        started = real_write(*args)
+        if not calls and started:
+            calls.append(1)
+            raise DBAPIError(
+                "COMMIT", {}, Exception("server closed the connection"), connection_invalidated=True
+            )
+        return started
+
+    monkeypatch.setattr(dispatcher, "_write", commit_then_lose_answer)
+    builder.send("IDLE", {"stats": stats()})
+    told = builder.expect("BUILD").data
+    assert calls == [1]
+    rows = rig.sql("SELECT package, status FROM builds ORDER BY build_id")
+    assert sorted(rows) == [("bar", "building"), ("foo", "building")]
+    lost = next(p for p, _ in rows if p != told["package"])
+
+    def given_back() -> bool:
+        query = "SELECT status, failure_class FROM builds WHERE package = :p"
+        return rig.sql(query, p=lost) == [("failed", "builder_lost")]
+
+    # The builder keeps reporting (the timeout drops silent builders, not busy ones).
+    deadline = time.monotonic() + 15
+    while not given_back():
+        assert time.monotonic() < deadline, "the build of the lost COMMIT was never given back"
+        builder.send("BUSY", {"build_id": told["build_id"], "stats": stats()})
+        builder.expect("CONT")
+        pause = time.monotonic() + 0.3
+        wait_for(lambda until=pause: time.monotonic() > until, drive=rig.tasks)
+    assert rig.sql("SELECT status FROM builds WHERE package = :p", p=told["package"]) == [
+        ("building",)
+    ]
     builder.close()
 
 
