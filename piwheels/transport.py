@@ -25,7 +25,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -457,20 +457,7 @@ class Socket:
         who = describe_peer(peer)
         if len(frames) != 1:
             raise ProtocolError(f"{self.name}: {len(frames)} frames from {who}, expected 1")
-        payload = frames[0]
-        if len(payload) > self.max_msg_size:
-            raise ProtocolError(
-                f"{self.name}: {len(payload)} byte message from {who} is over the "
-                f"{self.max_msg_size} byte limit"
-            )
-        try:
-            msg, data = decode(payload)
-            data = _check(self.protocol, msg, data, sending=False)
-        except ProtocolError as exc:
-            err = ProtocolError(f"{exc} (from {who})")
-            err.peer = peer  # type: ignore[attr-defined]
-            raise err from exc
-        return Received(msg, data, peer)
+        return self._decoded(frames[0], peer, who, decode)
 
     def _recv_view(self) -> Received:
         """:meth:`recv_msg` without copying the payload frame (``copy=False``)."""
@@ -487,14 +474,23 @@ class Socket:
         who = describe_peer(peer)
         if len(parts) != 1:
             raise ProtocolError(f"{self.name}: {len(parts)} frames from {who}, expected 1")
-        payload = parts[0].buffer
+        return self._decoded(parts[0].buffer, peer, who, decode_view)
+
+    def _decoded(
+        self,
+        payload: Any,
+        peer: tuple[bytes, ...] | None,
+        who: str,
+        decoder: Callable[[Any], tuple[str, Any]],
+    ) -> Received:
+        """The message in *payload* (bytes or a frame's buffer), decoded and checked."""
         if len(payload) > self.max_msg_size:
             raise ProtocolError(
                 f"{self.name}: {len(payload)} byte message from {who} is over the "
                 f"{self.max_msg_size} byte limit"
             )
         try:
-            msg, data = decode_view(payload)
+            msg, data = decoder(payload)
             data = _check(self.protocol, msg, data, sending=False)
         except ProtocolError as exc:
             err = ProtocolError(f"{exc} (from {who})")

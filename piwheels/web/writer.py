@@ -239,6 +239,17 @@ class SiteWriter:
         tmp, fd = self._open_temp(str(target))
         try:
             os.fchmod(fd, 0o644)  # the umask must not make it unreadable to nginx
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        self._fill(fd, tmp, data)
+        return tmp
+
+    def _fill(self, fd: int, path: str, data: bytes) -> None:
+        """Write all of *data* to *fd* (fsynced if asked) and close it; on any error the
+        file at *path* is removed."""
+        try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -246,10 +257,9 @@ class SiteWriter:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink_quietly(tmp)
+            _unlink_quietly(path)
             raise
         os.close(fd)
-        return tmp
 
     def _atomic(self, target: Path | str, data: bytes) -> None:
         if self.reuse_inodes and self._swap_in(str(target), data):
@@ -338,17 +348,7 @@ class SiteWriter:
             os.fchmod(fd, 0o644)  # the umask must not make it unreadable to nginx
         else:
             path, fd = taken
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quietly(path)
-            raise
-        os.close(fd)
+        self._fill(fd, path, data)
         if _exchange(path, target):
             if len(state.pool) < SPARES_KEPT:
                 state.pool.append(path)
