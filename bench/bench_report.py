@@ -1,8 +1,8 @@
 """Benchmark: a quarterly report over 50,000,000 download rows (at --scale 1.0).
 
     python bench/bench_report.py --scale 0.01          # 500,000 downloads
-    python bench/bench_report.py --scale 1 --keep /tmp/piwrep   # 50M, kept for re-runs
-    python bench/bench_report.py --scale 1 --keep /tmp/piwrep --explain  # re-run, no fill
+    python bench/bench_report.py --scale 1 --keep DIR   # 50M, kept in DIR for re-runs
+    python bench/bench_report.py --scale 1 --keep DIR --explain  # re-run, no fill
 
 Fills a private PostgreSQL cluster (or --dsn) with one quarter of downloads
 made by PostgreSQL itself (``generate_series``, set-based: no row passes
