@@ -107,20 +107,6 @@ def duration(value: Any) -> timedelta:
     return value
 
 
-def blob(limit: int) -> Callable[[Any], bytes]:
-    """Bytes of at most *limit* length."""
-
-    def check(value: Any) -> bytes:
-        if not isinstance(value, bytes):
-            raise Invalid(f"expected bytes, got {type(value).__name__}")
-        if len(value) > limit:
-            raise Invalid(f"more than {limit} bytes")
-        return value
-
-    check.__doc__ = f"bytes (at most {limit})"
-    return check
-
-
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 
 

@@ -377,6 +377,8 @@ class BatchEncoder:
                 n = 0 if nbytes == b"-" else int(nbytes)
                 n_s = str(n)
             # The rollup tallies (as _add, inlined: this runs for every row).
+            # The tallies are spelt out, not a helper: a call per tally costs this loop
+            # (run for every line of every log) more than the tally itself.
             key3 = (table, stamp[:13], ckind)
             tot = r_hours.get(key3)
             if tot is None:
