@@ -412,7 +412,8 @@ _EOCD_SIG = b"PK\x05\x06"
 _ZIP64_LOCATOR_SIG = b"PK\x06\x07"
 _ZIP64_EOCD_SIG = b"PK\x06\x06"
 _LOCAL_SIG = b"PK\x03\x04"
-_CHUNK = 1 << 16
+#: Bytes read from a member at a time (large reads: fewer calls per MB hashed).
+_CHUNK = 1 << 20
 #: Archives up to this size are read into memory once and checked from there.
 IN_MEMORY_LIMIT = 32 << 20
 _HASHES = {"sha256", "sha384", "sha512"}
@@ -529,7 +530,7 @@ def _top_level_modules(files: Iterable[str], dist_info: str) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-def read_wheel(path: str | Path) -> WheelInfo:
+def read_wheel(path: str | Path, *, digest: tuple[int, str] | None = None) -> WheelInfo:
     """Check the wheel at *path* on its own and return what it holds.
 
     Refuses (:class:`InvalidWheel`, one line) a bad filename, an archive that
@@ -538,25 +539,37 @@ def read_wheel(path: str | Path) -> WheelInfo:
     ``.dist-info``, a missing ``WHEEL``/``METADATA``/``RECORD``, ``RECORD``
     hashes or sizes that differ from the contents, files missing from
     ``RECORD`` and metadata that names another project or version.
+
+    *digest* is the file's (size, SHA-256 hex) when the caller computed it
+    already (the master, while receiving the bytes): the file is then not
+    hashed whole again, only its size is checked against it.  Without it the
+    file is hashed here.  Either way each member is read once, and its
+    ``RECORD`` hash checked.
     """
     path = Path(path)
     fn = parse_wheel_filename(path.name)
     filename = fn.filename
-    whole = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
+            if digest is not None and digest[0] != size:
+                raise _bad(filename, f"is {size} bytes on disk, not the {digest[0]} hashed")
             if size > IN_MEMORY_LIMIT:
-                while chunk := fh.read(1 << 20):
-                    whole.update(chunk)
-                return _read_archive(fn, fh, size, whole.hexdigest())
+                if digest is None:
+                    whole = hashlib.sha256()
+                    while chunk := fh.read(1 << 20):
+                        whole.update(chunk)
+                    digest = (size, whole.hexdigest())
+                return _read_archive(fn, fh, size, digest[1])
             # Most wheels are small: read once, then hash and check the bytes in memory
             # (one open and one read instead of a pass per check).
             data = fh.read()
     except OSError as exc:
         raise _bad(filename, f"cannot read: {exc.strerror}")
-    whole.update(data)
-    return _read_archive(fn, io.BytesIO(data), len(data), whole.hexdigest())
+    if len(data) != size:
+        raise _bad(filename, f"changed while read ({len(data)} bytes, {size} expected)")
+    sha256 = hashlib.sha256(data).hexdigest() if digest is None else digest[1]
+    return _read_archive(fn, io.BytesIO(data), len(data), sha256)
 
 
 def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> WheelInfo:
@@ -783,12 +796,15 @@ def verify_wheel(
     package: str,
     version: str,
     abi: BuildAbi | None = None,
+    digest: tuple[int, str] | None = None,
 ) -> WheelInfo:
     """The master's check of a received file: is it the wheel it asked for?
 
     On top of :func:`read_wheel`, refuses a wheel for another *package* or
     *version*, and (when *abi* is given, as ``"cp311"`` or
     ``("cp311", "linux_armv7l")``) one that does not serve that build ABI.
+    *digest* (size, SHA-256 hex), when known, spares hashing the file again
+    (see :func:`read_wheel`).
     """
     path = Path(path)
     fn = parse_wheel_filename(path.name)
@@ -799,4 +815,4 @@ def verify_wheel(
     if abi is not None and not abis_served(fn.tags, [abi]):
         shown = abi if isinstance(abi, str) else "-".join(abi)
         raise _bad(fn.filename, f"does not serve ABI {shown}")
-    return read_wheel(path)
+    return read_wheel(path, digest=digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -460,6 +461,61 @@ def test_large_wheel_checked_streamed_like_in_memory(
         with pytest.raises(InvalidWheel) as err:
             verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311")
         assert reason in str(err.value), kind
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
+def test_known_digest_is_not_recomputed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """A caller's (size, sha256) is taken as the file's; the members are still checked."""
+    from piwheels import wheels
+
+    if streamed:
+        monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
+    good = make_wheel(tmp_path)
+    size = good.stat().st_size
+    # Not the file's real hash: taken as given, so the file was not hashed again.
+    told = "ab" * 32
+    info = verify_wheel(good, package="demo-pkg", version="1.0", digest=(size, told))
+    assert info.sha256 == told
+    assert info.size == size
+    # Without a digest the file is hashed here; otherwise the facts are the same.
+    alone = read_wheel(good)
+    assert alone.sha256 == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert dataclasses.replace(info, sha256=alone.sha256) == alone
+    with pytest.raises(InvalidWheel, match=rf"is {size} bytes on disk, not the {size + 1} hashed"):
+        read_wheel(good, digest=(size + 1, told))
+    for kind, (knobs, reason) in BAD_WHEELS.items():
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        path = make_wheel(folder, **knobs)  # type: ignore[arg-type]
+        digest = (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+        with pytest.raises(InvalidWheel) as err:
+            verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311", digest=digest)
+        assert reason in str(err.value), kind
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
+def test_each_member_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    from piwheels import wheels
+
+    if streamed:
+        monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
+    path = make_wheel(tmp_path)
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def counting_open(self: zipfile.ZipFile, name: object, *args: object, **kw: object) -> object:
+        opened.append(name if isinstance(name, str) else name.filename)  # type: ignore[attr-defined]
+        return real_open(self, name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    read_wheel(path)
+    with zipfile.ZipFile(path) as zf:
+        members = sorted(i.filename for i in zf.infolist() if not i.is_dir())
+    assert sorted(opened) == members
 
 
 def test_verify_refuses_not_a_zip(tmp_path: Path) -> None:

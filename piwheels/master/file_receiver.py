@@ -11,9 +11,10 @@ Two sockets:
 Nothing a sender says about a file is trusted.  EXPECT refuses a filename
 with path parts or that is not a wheel of the package, version and ABI
 expected, and a claimed size over ``[master] max_file_size``; the transfer
-itself refuses bytes past the claimed size.  VERIFY computes size and
-SHA-256 from what was written, compares them with the claim, and checks the
-archive (:func:`piwheels.wheels.verify_wheel`).  PUBLISH links the file into
+itself refuses bytes past the claimed size.  The transfer computes size and
+SHA-256 from every byte as it is written; VERIFY compares them with the
+claim and checks the archive (:func:`piwheels.wheels.verify_wheel`, given
+that digest, so the file is not hashed whole a second time).  PUBLISH links the file into
 ``simple/<canonical name>/`` (a hard link, which never replaces an existing
 file, so a published filename never changes content) and writes its
 ``.metadata`` beside it.  A refused transfer leaves nothing behind.
@@ -471,13 +472,16 @@ class FileReceiver(Task):
         try:
             # The ABI check of EXPECT (cached) on the same file name, then the archive.
             verify_abi(transfer.path.name, exp.abi, exp.platform)
-            info = verify_wheel(transfer.path, package=exp.package, version=exp.version)
+            # The size and SHA-256 computed from every byte as it was received (and
+            # compared with the builder's claim above) are the file's: not hashed again.
+            info = verify_wheel(
+                transfer.path,
+                package=exp.package,
+                version=exp.version,
+                digest=(transfer.size, transfer.sha256),
+            )
         except (InvalidWheel, InvalidName) as exc:
             self._refuse(peer, token, "invalid_wheel", str(exc))
-            return None
-        # read_wheel hashed the file on disk again: it must be what we received.
-        if info.sha256 != transfer.sha256 or info.size != transfer.size:
-            self._refuse(peer, token, "hash_mismatch", f"{exp.filename} changed on disk")
             return None
         exp.info = info
         return exp
