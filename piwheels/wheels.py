@@ -117,13 +117,17 @@ def validate_version(version: str) -> str:
     return version
 
 
+@functools.lru_cache(maxsize=4096)
 def _parse_version(version: str) -> Version | None:
+    # Cached: the master parses each received wheel's version six times or more (name
+    # checks, the archive check, METADATA), and a Version is immutable.
     try:
         return Version(version)
     except InvalidVersion:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_version(version: str) -> str:
     """The PEP 440 normal form of *version*, or *version* unchanged if it is legacy."""
     parsed = _parse_version(version)
@@ -149,6 +153,7 @@ def _num(n: int) -> bytes:
 _PRE_ORDER = {"a": 1, "b": 2, "rc": 3}
 
 
+@functools.lru_cache(maxsize=4096)
 def version_key(version: str) -> bytes:
     """A key whose byte order is the PEP 440 order of *version*.
 
@@ -416,6 +421,9 @@ _LOCAL_SIG = b"PK\x03\x04"
 _CHUNK = 1 << 20
 #: Archives up to this size are read into memory once and checked from there.
 IN_MEMORY_LIMIT = 32 << 20
+#: General purpose flags of entries zipfile reads specially: encrypted (0x1), compressed
+#: patch data (0x20), strong encryption (0x40).
+_NOT_PLAIN = 0x1 | 0x20 | 0x40
 _HASHES = {"sha256", "sha384", "sha512"}
 # Extension suffixes that make a file importable as a top-level module.
 _MODULE_FILE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z0-9_-]+)*\.(py|so|pyd|pyc)$")
@@ -426,8 +434,14 @@ def _bad(filename: str, why: str) -> InvalidWheel:
     return InvalidWheel(f"{filename}: {why}")
 
 
-def _check_zip_layout(fh: BinaryIO, size: int, filename: str, zf: zipfile.ZipFile) -> None:
-    """Refuse archives that different readers could read differently (*fh*: the archive)."""
+def _check_zip_layout(
+    fh: BinaryIO, size: int, filename: str, zf: zipfile.ZipFile
+) -> dict[str, int]:
+    """Refuse archives that different readers could read differently (*fh*: the archive).
+
+    Returns where each entry's data starts (after its local header), for the entries whose
+    local header sets no encryption or patch flag (the others are read by zipfile only).
+    """
     tail_len = min(size, 65535 + 22)
     fh.seek(size - tail_len)
     tail = fh.read(tail_len)
@@ -464,6 +478,7 @@ def _check_zip_layout(fh: BinaryIO, size: int, filename: str, zf: zipfile.ZipFil
     # name the same file as the central directory.
     infos = sorted(zf.infolist(), key=lambda i: i.header_offset)
     expected = 0
+    starts: dict[str, int] = {}
     for info in infos:
         if info.header_offset < expected:
             raise _bad(filename, f"entry {info.filename!r} overlaps the previous one")
@@ -476,16 +491,64 @@ def _check_zip_layout(fh: BinaryIO, size: int, filename: str, zf: zipfile.ZipFil
         header = fh.read(30)
         if len(header) < 30 or header[:4] != _LOCAL_SIG:
             raise _bad(filename, f"entry {info.filename!r} has no local header")
+        (local_flags,) = struct.unpack("<H", header[6:8])
         name_len, extra_len = struct.unpack("<HH", header[26:30])
         raw_name = fh.read(name_len)
         central = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         if raw_name != central:
             raise _bad(filename, f"local and central names differ for {info.filename!r}")
-        expected = info.header_offset + 30 + name_len + extra_len + info.compress_size
+        data_at = info.header_offset + 30 + name_len + extra_len
+        if not local_flags & _NOT_PLAIN:
+            starts[info.filename] = data_at
+        expected = data_at + info.compress_size
     if infos and expected > cd_offset:
         raise _bad(filename, "the last entry overlaps the central directory")
     if infos and expected != cd_offset and cd_offset - expected not in (12, 16, 20, 24):
         raise _bad(filename, "unexplained data before the central directory")
+    return starts
+
+
+def _read_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, data: bytes | None, start: int | None
+) -> bytes | memoryview:
+    """The contents of member *info*, checked against its CRC and size as zipfile checks them.
+
+    From an archive held in memory (*data*, the member's bytes at *start*) the plain
+    cases are taken straight from the bytes: stored, or a deflate stream that ends
+    exactly at the recorded size, not encrypted, with the recorded CRC.  Anything else
+    (and every member of an archive read from disk) is read through zipfile, which
+    reports what is wrong as it always did.  Raises zipfile's and zlib's errors.
+    """
+    direct = _plain_member(info, data, start)
+    if direct is not None:
+        return direct
+    with zf.open(info) as member:
+        return member.read()
+
+
+def _plain_member(
+    info: zipfile.ZipInfo, data: bytes | None, start: int | None
+) -> bytes | memoryview | None:
+    """A member's bytes taken straight from *data*, or None where zipfile must read it."""
+    if data is None or start is None or info.flag_bits & _NOT_PLAIN:
+        return None
+    if info.file_size > IN_MEMORY_LIMIT or start + info.compress_size > len(data):
+        return None  # (a size that large: zipfile reads it in bounded pieces)
+    raw = memoryview(data)[start : start + info.compress_size]
+    out: bytes | memoryview
+    if info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size:
+        out = raw
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        stream = zlib.decompressobj(-15)
+        try:
+            out = stream.decompress(raw, info.file_size + 1)
+        except zlib.error:
+            return None
+        if len(out) != info.file_size or not stream.eof or stream.unused_data:
+            return None
+    else:
+        return None
+    return out if zlib.crc32(out) == info.CRC else None
 
 
 def _check_member_name(filename: str, name: str) -> None:
@@ -560,7 +623,7 @@ def read_wheel(path: str | Path, *, digest: tuple[int, str] | None = None) -> Wh
                     while chunk := fh.read(1 << 20):
                         whole.update(chunk)
                     digest = (size, whole.hexdigest())
-                return _read_archive(fn, fh, size, digest[1])
+                return _read_archive(fn, fh, size, digest[1], None)
             # Most wheels are small: read once, then hash and check the bytes in memory
             # (one open and one read instead of a pass per check).
             data = fh.read()
@@ -569,11 +632,17 @@ def read_wheel(path: str | Path, *, digest: tuple[int, str] | None = None) -> Wh
     if len(data) != size:
         raise _bad(filename, f"changed while read ({len(data)} bytes, {size} expected)")
     sha256 = hashlib.sha256(data).hexdigest() if digest is None else digest[1]
-    return _read_archive(fn, io.BytesIO(data), len(data), sha256)
+    return _read_archive(fn, io.BytesIO(data), len(data), sha256, data)
 
 
-def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> WheelInfo:
-    """The checks of :func:`read_wheel` on the open archive *fh* of *size* bytes."""
+def _read_archive(
+    fn: WheelFilename, fh: BinaryIO, size: int, sha256: str, data: bytes | None
+) -> WheelInfo:
+    """The checks of :func:`read_wheel` on the open archive *fh* of *size* bytes.
+
+    *data* is the whole archive when it is held in memory (members are then taken
+    straight from it where zipfile would read them the same way).
+    """
     filename = fn.filename
     try:
         zf = zipfile.ZipFile(fh)
@@ -588,7 +657,7 @@ def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> Wh
             if name in seen:
                 raise _bad(filename, f"duplicate entry {name!r}")
             seen.add(name)
-        _check_zip_layout(fh, size, filename, zf)
+        starts = _check_zip_layout(fh, size, filename, zf)
 
         dist_infos = sorted(
             {n.split("/", 1)[0] for n in names if n.split("/", 1)[0].endswith(".dist-info")}
@@ -610,7 +679,8 @@ def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> Wh
         # RECORD: every file listed once with a good hash and size, and nothing unlisted.
         record_name = f"{dist_info}/RECORD"
         try:
-            record_text = zf.read(record_name).decode("utf-8")
+            record_info = zf.getinfo(record_name)
+            record_text = str(_read_member(zf, record_info, data, starts.get(record_name)), "utf-8")
             rows = list(csv.reader(io.StringIO(record_text)))
         except (UnicodeDecodeError, csv.Error, zipfile.BadZipFile) as exc:
             raise _bad(filename, f"RECORD is unreadable ({exc})")
@@ -651,12 +721,19 @@ def _read_archive(fn: WheelFilename, fh: BinaryIO, size: int, sha256: str) -> Wh
             length = 0
             buf = bytearray() if name in keep else None
             try:
-                with zf.open(info) as member:
-                    while chunk := member.read(_CHUNK):
-                        hasher.update(chunk)
-                        length += len(chunk)
-                        if buf is not None:
-                            buf += chunk
+                whole = _plain_member(info, data, starts.get(name))
+                if whole is not None:
+                    hasher.update(whole)
+                    length = len(whole)
+                    if buf is not None:
+                        buf += whole
+                else:
+                    with zf.open(info) as member:
+                        while chunk := member.read(_CHUNK):
+                            hasher.update(chunk)
+                            length += len(chunk)
+                            if buf is not None:
+                                buf += chunk
             except (zipfile.BadZipFile, zlib.error, OSError, NotImplementedError, EOFError) as exc:
                 raise _bad(filename, f"cannot read {name!r} ({exc})")
             if _hash_b64(algorithm, hasher.digest()) != rhash:

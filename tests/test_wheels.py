@@ -9,6 +9,7 @@ import hashlib
 import io
 import itertools
 import random
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -499,23 +500,66 @@ def test_known_digest_is_not_recomputed(
 def test_each_member_read_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
 ) -> None:
+    """Every member is read exactly once: straight from memory or through zipfile."""
+    from piwheels import wheels
+
+    if streamed:
+        monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
+    path = make_wheel(tmp_path, files={"demo_pkg/__init__.py": b"x = 1\n" * 500})
+    read: list[str] = []
+    real_open = zipfile.ZipFile.open
+    real_plain = wheels._plain_member
+
+    def counting_open(self: zipfile.ZipFile, name: object, *args: object, **kw: object) -> object:
+        read.append(name if isinstance(name, str) else name.filename)  # type: ignore[attr-defined]
+        return real_open(self, name, *args, **kw)  # type: ignore[arg-type]
+
+    def counting_plain(info: zipfile.ZipInfo, *args: object) -> object:
+        out = real_plain(info, *args)  # type: ignore[arg-type]
+        if out is not None:
+            read.append(info.filename)
+        return out
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
+    monkeypatch.setattr(wheels, "_plain_member", counting_plain)
+    read_wheel(path)
+    with zipfile.ZipFile(path) as zf:
+        members = sorted(i.filename for i in zf.infolist() if not i.is_dir())
+    assert sorted(read) == members
+
+
+def _set_crc(path: Path, member: str, crc: int) -> None:
+    """Write *crc* into *member*'s local and central headers."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member)
+    packed = crc.to_bytes(4, "little")
+    data[info.header_offset + 14 : info.header_offset + 18] = packed
+    at = data.index(b"PK\x01\x02")  # the central directory: walk its entries
+    while True:
+        name_len, extra_len, comment_len = struct.unpack("<HHH", data[at + 28 : at + 34])
+        if data[at + 46 : at + 46 + name_len] == member.encode():
+            break
+        at += 46 + name_len + extra_len + comment_len
+    data[at + 16 : at + 20] = packed
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
+def test_verify_refuses_bad_crc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """A member whose CRC is wrong (the RECORD hash right) is refused, as pip would fail."""
     from piwheels import wheels
 
     if streamed:
         monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
     path = make_wheel(tmp_path)
-    opened: list[str] = []
-    real_open = zipfile.ZipFile.open
-
-    def counting_open(self: zipfile.ZipFile, name: object, *args: object, **kw: object) -> object:
-        opened.append(name if isinstance(name, str) else name.filename)  # type: ignore[attr-defined]
-        return real_open(self, name, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(zipfile.ZipFile, "open", counting_open)
-    read_wheel(path)
     with zipfile.ZipFile(path) as zf:
-        members = sorted(i.filename for i in zf.infolist() if not i.is_dir())
-    assert sorted(opened) == members
+        crc = zf.getinfo("demo_pkg/core.py").CRC
+    _set_crc(path, "demo_pkg/core.py", crc ^ 1)
+    with pytest.raises(InvalidWheel, match=r"cannot read 'demo_pkg/core\.py' \(Bad CRC-32"):
+        read_wheel(path)
 
 
 def test_verify_refuses_not_a_zip(tmp_path: Path) -> None:

@@ -417,7 +417,13 @@ class FileReceiver(Task):
                 except OSError as exc:
                     failed[path] = exc
             return failed
-        futures = {path: self.syncer.submit(_fsync, path) for path in paths}
+        # The others on the pool, the first here: this thread would only wait meanwhile,
+        # and each handoff to a pool thread costs CPU of its own.
+        futures = {path: self.syncer.submit(_fsync, path) for path in paths[1:]}
+        try:
+            _fsync(paths[0])
+        except OSError as exc:
+            failed[paths[0]] = exc
         for path, future in futures.items():
             err = future.exception()
             if err is not None:
