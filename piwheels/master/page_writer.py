@@ -603,12 +603,17 @@ def _site_ready() -> None:
 
 def _site_projects(names: list[str]) -> tuple[list[str], list[str]]:
     """Read and write the pages of *names*; returns (written, published among them)."""
-    writer, _ = _site_state()
     # No cycles among the batch's objects: collections would only walk them (gcpause).
     with paused_gc():
-        projects, published = _site_read(names)
-        for project in projects.values():
-            writer.write_project(project)
+        return _site_write(names)
+
+
+def _site_write(names: list[str]) -> tuple[list[str], list[str]]:
+    # The batch's projects die with this frame, before collection resumes (gcpause).
+    writer, _ = _site_state()
+    projects, published = _site_read(names)
+    for project in projects.values():
+        writer.write_project(project)
     return list(projects), sorted(published)
 
 

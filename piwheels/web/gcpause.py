@@ -12,6 +12,10 @@ needs to see them.
 nested and concurrent users (the master's page writer thread and its site process may pause
 at once), and only the last one out turns collection back on, and only if it was on when the
 first came in.  Cyclic garbage made meanwhile waits for the next collection.
+
+Drop the block's objects before it ends where you can: objects made during a pause and
+still alive when collection resumes are all young, and the first allocation after it sets
+off a collection that walks every one of them (about 50 ms for a chunk of 1,000 projects).
 """
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import time
 import zlib
 from collections import deque
@@ -101,9 +102,22 @@ def _load_renameat2() -> Callable[..., int] | None:
     return fn  # type: ignore[no-any-return]
 
 
+def _load_linkat() -> Callable[..., int] | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).linkat
+    except (AttributeError, OSError):  # pragma: no cover - every libc has it
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int)
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
 _renameat2 = _load_renameat2()
+_linkat = _load_linkat()
 _AT_FDCWD = -100
+_AT_SYMLINK_FOLLOW = 0x400
 _RENAME_EXCHANGE = 2
+_TMPFILE_FLAGS = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
 
 
 def _exchange(a: str, b: str) -> bool:
@@ -164,6 +178,9 @@ class SiteWriter:
         self.skip_unchanged = skip_unchanged
         self.project_twins = project_twins
         self.reuse_inodes = reuse_inodes and _renameat2 is not None
+        # New files are made nameless and linked in (see _new_file) until that proves
+        # impossible here.
+        self._tmpfiles = _linkat is not None and hasattr(os, "O_TMPFILE")
         self._spares: _Spares | None = None
         self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         self._root = str(self.root)
@@ -199,7 +216,17 @@ class SiteWriter:
         # Plain string paths: pathlib costs more than the system calls on this hot path.
         twin = target + ".gz"
         big = gz is True and len(data) >= self.gzip_threshold
-        if self.skip_unchanged and _holds(target, data):
+        found = _on_disk(target, data) if self.skip_unchanged else _DIFFERS
+        if found is _MISSING and self._tmpfiles:
+            # A new page (first write of a project): no old inode to swap with, and a file
+            # made nameless and then linked costs less than a named temporary file renamed.
+            if big:
+                self._new_file(twin, self.gzip(data))
+            elif gz is not None:
+                _unlink_quietly(twin)  # a leftover from a write cut short
+            self._new_file(target, data)
+            return True
+        if found is _SAME:
             # Creating a file is the dearest step of a write; reading is cheap.  Skipping also
             # keeps the page's mtime, so nginx's ETag stays valid and clients get 304s.
             if gz is None:
@@ -219,6 +246,60 @@ class SiteWriter:
                 pass
         self._atomic(target, data)
         return True
+
+    def _new_file(self, target: str, data: bytes) -> None:
+        """Write *target*, which did not exist a moment ago: an ``O_TMPFILE`` inode in its
+        directory, filled, then given its name by ``linkat``, which fails rather than replace
+        a file.  Readers see no name before the whole file is there, as with a rename, and
+        nothing is left behind if anything fails (a nameless inode goes when it is closed).
+        Falls back to :meth:`_atomic` where the target appeared meanwhile or the file system
+        (or a missing ``/proc``) does not allow it.
+        """
+        head = target.rpartition("/")[0]
+        fd = self._open_nameless(head)
+        if fd is None:
+            self._atomic(target, data)
+            return
+        try:
+            os.fchmod(fd, 0o644)  # the umask must not make it unreadable to nginx
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.fsync:
+                os.fsync(fd)
+            # /proc/self/fd/N is a link to the nameless inode: AT_SYMLINK_FOLLOW links the
+            # inode itself (os.link would link the /proc entry).
+            source = b"/proc/self/fd/%d" % fd
+            assert _linkat is not None  # self._tmpfiles says so
+            failed = _linkat(_AT_FDCWD, source, _AT_FDCWD, os.fsencode(target), _AT_SYMLINK_FOLLOW)
+            err = ctypes.get_errno() if failed else 0
+        finally:
+            os.close(fd)
+        if err:
+            if err != errno.EEXIST:  # EEXIST: the page appeared meanwhile
+                if err not in (errno.ENOENT, errno.EPERM, errno.EXDEV, errno.ENOSYS):
+                    raise OSError(err, os.strerror(err), target)
+                self._tmpfiles = False  # no /proc, or such links refused: named temp files
+            self._atomic(target, data)
+
+    def _open_nameless(self, head: str) -> int | None:
+        """A nameless writable file in the directory *head* (made if missing), or None
+        (and no more tries) where the file system has no ``O_TMPFILE``."""
+        for attempt in (1, 2):
+            try:
+                return os.open(head, _TMPFILE_FLAGS, 0o644)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                # Only the first page of a new project pays for making its directories.
+                os.makedirs(head, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                # EOPNOTSUPP: this file system cannot; EISDIR: a kernel without O_TMPFILE.
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                self._tmpfiles = False
+                return None
+        return None  # pragma: no cover - the loop returns or raises
 
     def _temp_name(self, target: Path | str) -> Path:
         head, name = os.path.split(target)
@@ -614,31 +695,49 @@ class SiteWriter:
         return done
 
 
-def _holds(path: str, data: bytes) -> bool:
-    """True if the file at *path* holds exactly *data*."""
+# What _on_disk found at a page's path.
+_MISSING, _DIFFERS, _SAME = "missing", "differs", "same"
+
+
+def _on_disk(path: str, data: bytes) -> str:
+    """_SAME if the file at *path* holds exactly *data*, _MISSING if there is none, else
+    _DIFFERS."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return False
+        return _MISSING
     try:
         if os.fstat(fd).st_size != len(data):
-            return False
+            return _DIFFERS
         chunks = []
         while chunk := os.read(fd, len(data) + 1):
             chunks.append(chunk)
-        return b"".join(chunks) == data
+        return _SAME if b"".join(chunks) == data else _DIFFERS
     finally:
         os.close(fd)
 
 
 def _twin_holds(twin: str, data: bytes) -> bool:
-    """True if the gzip file *twin* decompresses to *data* (whatever level made it)."""
+    """True if the gzip file *twin* was made from *data* (whatever level made it).
+
+    Twins are only ever put in place whole (see :meth:`SiteWriter._atomic`), so a gzip
+    header and a trailer holding *data*'s CRC-32 and length say which page a twin was made
+    from: a twin of other bytes is told apart (CRC-32 and length both matching by chance:
+    about one in 4 billion) without decompressing it, which cost five times as much.
+    """
     try:
         with open(twin, "rb") as f:
             packed = f.read()
-        return zlib.decompress(packed, 31) == data
-    except (FileNotFoundError, zlib.error):
+    except FileNotFoundError:
         return False
+    return (
+        len(packed) >= 18
+        and packed[:3] == b"\x1f\x8b\x08"
+        and packed[-8:] == _TRAILER.pack(zlib.crc32(data), len(data) & 0xFFFFFFFF)
+    )
+
+
+_TRAILER = struct.Struct("<II")
 
 
 def _unlink_quietly(path: str | Path) -> None:
@@ -675,19 +774,24 @@ _LoadMany = Callable[[list[Any]], Iterable[ProjectData]]
 def _write_chunk_with(
     writer: SiteWriter, load: _Load | None, load_many: _LoadMany | None, chunk: list[Any]
 ) -> int:
-    count = 0
     # The chunk's rows and pages form no cycles and are gone when it is done: collections
-    # meanwhile would only walk them again and again (see piwheels.web.gcpause).
+    # meanwhile would only walk them again and again (see piwheels.web.gcpause).  The
+    # loaded projects live only in _write_items' frame, so they are freed before collection
+    # resumes (alive then, the young collection the next allocation sets off walks them all).
     with paused_gc():
-        loaded: Iterable[Any] = load_many(chunk) if load_many is not None else chunk
-        for item in loaded:
-            project = load(item) if load is not None else item
-            if project is None:
-                continue
-            if not isinstance(project, ProjectData):
-                raise TypeError(f"not a ProjectData: {type(project).__name__}")
-            writer.write_project(project)
-            count += 1
+        return _write_items(writer, load, load_many(chunk) if load_many is not None else chunk)
+
+
+def _write_items(writer: SiteWriter, load: _Load | None, loaded: Iterable[Any]) -> int:
+    count = 0
+    for item in loaded:
+        project = load(item) if load is not None else item
+        if project is None:
+            continue
+        if not isinstance(project, ProjectData):
+            raise TypeError(f"not a ProjectData: {type(project).__name__}")
+        writer.write_project(project)
+        count += 1
     return count
 
 

@@ -520,3 +520,103 @@ def test_project_pages_get_twins_only_when_asked(tmp_path: Path) -> None:
     pooled = SiteWriter(tmp_path / "pool", gzip_threshold=100, project_twins=True)
     assert pooled.write_all(["p1", "p2", "p3"], workers=2, load=_load, chunk_size=1) == 3
     assert len(list((tmp_path / "pool/project").glob("*/**/*.gz"))) == 6
+
+
+def test_twin_of_other_bytes_of_the_same_length_is_replaced(site: SiteWriter) -> None:
+    """The twin check reads the gzip trailer (CRC-32 and length): a twin made from other
+    bytes of the very same length is still told apart; one made at another level is kept."""
+    page = b"a" * 600 + b"b" * 400
+    other = b"b" * 400 + b"a" * 600
+    site.write_file("a/index.html", page, gz=True)
+    twin = site.root / "a/index.html.gz"
+    twin.write_bytes(gzip.compress(other, mtime=0))
+    site.write_file("a/index.html", page, gz=True)
+    assert gzip.decompress(twin.read_bytes()) == page
+    twin.write_bytes(gzip.compress(page, compresslevel=9, mtime=0))
+    inode = twin.stat().st_ino
+    site.write_file("a/index.html", page, gz=True)
+    assert twin.stat().st_ino == inode  # right bytes at another level: left alone
+    for bad in (b"", b"\x1f\x8b", twin.read_bytes()[:-8] + b"\x00" * 8):
+        twin.write_bytes(bad)
+        site.write_file("a/index.html", page, gz=True)
+        assert gzip.decompress(twin.read_bytes()) == page, bad[:4]
+
+
+def test_new_pages_are_made_nameless_and_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that does not exist yet is written into an O_TMPFILE inode and linked under
+    its name: no temporary name, no spare; a failed write leaves no name at all."""
+    site = SiteWriter(tmp_path / "www", gzip_threshold=100)
+    made: list[int] = []
+    real_open = os.open
+
+    def spy(path: object, flags: int, *args: object) -> int:
+        fd = real_open(path, flags, *args)  # type: ignore[arg-type]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            made.append(fd)
+        return fd
+
+    monkeypatch.setattr(os, "open", spy)
+    site.write_project(_generation(1))
+    files = [p for p in site.root.rglob("*") if p.is_file()]
+    assert len(files) == 6  # four pages and the twins of the two simple pages
+    assert len(made) == len(files)  # each made nameless
+    assert site._spares is None  # no spare was needed
+    for rel in ("simple/foo/index.html", "project/foo/json/index.json"):
+        assert mode(site.root / rel) == 0o644
+    assert (
+        gzip.decompress((site.root / "simple/foo/index.html.gz").read_bytes())
+        == (site.root / "simple/foo/index.html").read_bytes()
+    )
+
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "write", boom)
+    with pytest.raises(OSError, match="disk full"):
+        site.write_file("new/index.html", b"never seen")
+    monkeypatch.undo()
+    assert list((site.root / "new").iterdir()) == []
+    assert site._tmpfiles  # a write error is not a reason to stop using them
+
+
+def test_new_page_that_appears_meanwhile_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """linkat never replaces a file: if the page appeared after the writer looked, the
+    writer falls back to its atomic replacement, and goes on making new pages nameless."""
+    from piwheels.web import writer as writer_mod
+
+    site = SiteWriter(tmp_path / "www")
+    (site.root / "p").mkdir()
+    (site.root / "p/index.html").write_bytes(b"someone else's")
+    monkeypatch.setattr(writer_mod, "_on_disk", lambda path, data: writer_mod._MISSING)
+    site.write_file("p/index.html", b"mine")
+    assert (site.root / "p/index.html").read_bytes() == b"mine"
+    assert site._tmpfiles
+    assert not list(site.root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("err", ["EOPNOTSUPP", "EISDIR"])
+def test_writer_falls_back_without_o_tmpfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: str
+) -> None:
+    """A file system (or kernel) without O_TMPFILE: named temporary files from then on."""
+    import errno
+
+    real_open = os.open
+
+    def refuse(path: object, flags: int, *args: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+    site = SiteWriter(tmp_path / "www", gzip_threshold=100)
+    for k in range(3):
+        site.write_project(_generation(k))
+        assert b"generation %d " % k in (site.root / "project/foo/index.html").read_bytes()
+    assert not site._tmpfiles
+    assert mode(site.root / "simple/foo/index.html") == 0o644
+    assert not list(site.root.rglob("*.tmp"))
