@@ -446,6 +446,9 @@ def _cell(project: ProjectData, version: VersionData, abi: str) -> str:
             return '<td class="build skipped">skipped</td>\n'
         return '<td class="build pending">pending</td>\n'
     status = st.status
+    if st.reason is None and st.log_url is None and st.build_id is not None:
+        # The common case (a build with its log at the standard place), spelt out.
+        return f'<td class="build {status}"><a href="{_log_url(st.build_id)}">{status}</a></td>\n'
     title = f' title="{escape(st.reason)}"' if st.reason else ""
     if st.log_url:
         href = st.log_url if st.log_url.startswith("/") else _safe_url(st.log_url)
@@ -752,21 +755,57 @@ def _jbool(value: bool | None) -> str:
     return "null" if value is None else ("true" if value else "false")
 
 
+@lru_cache(maxsize=4096)
+def _file_tail_json(
+    abi_tag: str,
+    platform_tag: str,
+    builder_abis: tuple[str, ...],
+    import_ok: bool | None,
+    import_error: str | None,
+    missing_libraries: tuple[str, ...],
+    apt: tuple[str, ...],
+    pip: tuple[str, ...],
+) -> str:
+    # Everything after a file's hashes: the same for most files of a project (one per
+    # target) and for many projects, so made once.
+    return (
+        f'"abi_tag":{_jstr(abi_tag)},"platform_tag":{_jstr(platform_tag)},'
+        f'"builder_abis":{_jlist(builder_abis)},'
+        f'"import_test":{{"ok":{_jbool(import_ok)},"error":{_jopt(import_error)},'
+        f'"missing_libraries":{_jlist(missing_libraries)}}},'
+        f'"apt_dependencies":{_jlist(sorted(apt))},'
+        f'"pip_dependencies":{_jlist(sorted(pip))}}}'
+    )
+
+
+@lru_cache(maxsize=256)
+def _build_head_json(abi: str, status: str) -> str:
+    return f'{_jstr(abi)}:{{"status":"{status}","build_id":'
+
+
 def _release_json(project: ProjectData, v: VersionData) -> str:
     name = project.name
     builds = []
     by_abi = v.builds
     for abi in _abi_order(tuple(by_abi)):
         st = by_abi[abi]
+        build_id = st.build_id
         if st.log_url:
             log = _jstr(st.log_url)
-        elif st.build_id is not None:
-            log = f'"{_log_url(st.build_id)}"'
+        elif build_id is not None:
+            if st.reason is None and st.duration is None:
+                # The common case (a build with its log at the standard place), spelt out.
+                builds.append(
+                    f'{_build_head_json(abi, st.status)}{build_id},"log_url":'
+                    f'"{_log_url(build_id)}","reason":null,"duration":null}}'
+                )
+                continue
+            log = f'"{_log_url(build_id)}"'
         else:
             log = "null"
         builds.append(
-            f'{_jshort(abi)}:{{"status":"{st.status}",'
-            f'"build_id":{"null" if st.build_id is None else st.build_id},'
+            f"{_build_head_json(abi, st.status)}"
+            f"{'null' if build_id is None else build_id},"
             f'"log_url":{log},"reason":{_jopt(st.reason)},'
             f'"duration":{"null" if st.duration is None else repr(st.duration.total_seconds())}}}'
         )
@@ -774,19 +813,22 @@ def _release_json(project: ProjectData, v: VersionData) -> str:
     if project.offers_files:
         for f in v.files:
             # Checked hex: nothing to escape.
-            meta = "null" if f.metadata_sha256 is None else f'"{f.metadata_sha256}"'
+            meta = "null" if f.metadata_sha256 is None else '"' + f.metadata_sha256 + '"'
             files.append(
                 f'{{"filename":"{f.filename}","url":"/simple/{name}/{f.filename}",'
                 f'"sha256":"{f.sha256}","size":{f.size},'
                 f'"upload_time":"{upload_time(f.upload_time)}",'
-                f'"requires_python":{_jshort(f.requires_python)},'
-                f'"metadata_sha256":{meta},'
-                f'"abi_tag":{_jshort(f.abi_tag)},"platform_tag":{_jshort(f.platform_tag)},'
-                f'"builder_abis":{_jtuple(tuple(f.builder_abis))},'
-                f'"import_test":{{"ok":{_jbool(f.import_ok)},"error":{_jopt(f.import_error)},'
-                f'"missing_libraries":{_jtuple(tuple(f.missing_libraries))}}},'
-                f'"apt_dependencies":{_jsorted(tuple(f.apt_dependencies))},'
-                f'"pip_dependencies":{_jsorted(tuple(f.pip_dependencies))}}}'
+                f'"requires_python":{_jshort(f.requires_python)},"metadata_sha256":{meta},'
+                + _file_tail_json(
+                    f.abi_tag,
+                    f.platform_tag,
+                    tuple(f.builder_abis),
+                    f.import_ok,
+                    f.import_error,
+                    tuple(f.missing_libraries),
+                    tuple(f.apt_dependencies),
+                    tuple(f.pip_dependencies),
+                )
             )
     return (
         f'{{"version":{_jstr(v.version)},"released":{_jopt(_iso(v.released))},'
