@@ -8,8 +8,9 @@
    (``SiteWriter.write_all``), with and without the read-back of skip-unchanged, with the
    project pages twinned too and without twins, each beside the raw rate of replacing the same
    files, byte for byte, on the same disk the way an atomic writer must (a new temporary file
-   renamed over the old one: the physical limit), in one process and in as many as the pool, and
-   the ratio. Wall time depends on what else the machine runs; CPU time per project (user +
+   renamed over the old one: the physical limit; for a first write, a nameless file linked
+   under its new name, as the writer makes new pages), in one process and in as many as the
+   pool, and the ratio. Wall time depends on what else the machine runs; CPU time per project (user +
    system, children included) is printed beside it.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
@@ -139,7 +140,7 @@ def project_pages(p: ProjectData, threshold: int, level: int) -> Pages:
 
 
 def raw_write(
-    root: str, projects: list[Pages], fsync: bool, exchange: bool = False
+    root: str, projects: list[Pages], fsync: bool, how: str = "rename"
 ) -> tuple[float, float]:
     """The physical floor of a rewrite: each file written to a new temporary file and renamed
     over the old one, exactly the system calls an atomic writer cannot avoid, with the very
@@ -147,10 +148,12 @@ def raw_write(
     filler bytes are written several times faster than real pages) and no rendering,
     compression or checks.  Directories are made on first use.
 
-    With *exchange*, the floor of the writer's inode reuse instead: the bytes go into one
+    With *how* "exchange", the floor of the writer's inode reuse instead: the bytes go into one
     spare file (leased, emptied) that ``renameat2(RENAME_EXCHANGE)`` swaps with the page, so
     the page's old inode is the next spare and no inode is created (a new name takes the
-    spare by a plain rename).
+    spare by a plain rename).  With *how* "link", the floor of a first write as the writer
+    makes new pages: a nameless ``O_TMPFILE`` inode in the page's directory, filled and
+    linked under the page's name (``linkat``, which refuses to replace a file).
 
     Returns (wall seconds, CPU seconds).
     """
@@ -160,6 +163,8 @@ def raw_write(
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     spare = f"{root}/.spare-{os.getpid()}"
     os.makedirs(root, exist_ok=True)
+    # linkat(proc_fd, "N", ..., AT_SYMLINK_FOLLOW) links the inode /proc/self/fd/N points to.
+    proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     for files in projects:
         for rel, data in files:
             path = f"{root}/{rel}"
@@ -167,7 +172,15 @@ def raw_write(
             if head not in made:
                 os.makedirs(head, exist_ok=True)
                 made.add(head)
-            if exchange:
+            if how == "link":
+                fd = os.open(head, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+                os.write(fd, data)
+                if fsync:
+                    os.fsync(fd)
+                os.link(str(fd), path, src_dir_fd=proc_fd, follow_symlinks=True)
+                os.close(fd)
+                continue
+            if how == "exchange":
                 fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
                 os.ftruncate(fd, 0)
@@ -185,17 +198,19 @@ def raw_write(
                 os.fsync(fd)
             os.close(fd)
             os.replace(tmp, path)
-    if exchange and os.path.exists(spare):
+    wall, cpu = time.perf_counter() - t0, _cpu() - cpu0
+    os.close(proc_fd)
+    if how == "exchange" and os.path.exists(spare):
         os.unlink(spare)
-    return time.perf_counter() - t0, _cpu() - cpu0
+    return wall, cpu
 
 
 def raw_rewrite(
-    root: str, first: int, count: int, generation: int, settings: tuple[int, int, bool, bool]
+    root: str, first: int, count: int, generation: int, settings: tuple[int, int, bool, str]
 ) -> tuple[float, float]:
     """raw_write of projects first..first+count of *generation*, rendered (untimed) in
     chunks so memory stays small; returns the summed (wall, CPU) seconds of the writes."""
-    threshold, level, fsync, exchange = settings
+    threshold, level, fsync, how = settings
     wall = cpu = 0.0
     for start in range(first, first + count, 500):
         stop = min(first + count, start + 500)
@@ -203,14 +218,14 @@ def raw_rewrite(
             project_pages(synthetic_project(i, generation=generation), threshold, level)
             for i in range(start, stop)
         ]
-        w, c = raw_write(root, pages, fsync, exchange)
+        w, c = raw_write(root, pages, fsync, how)
         wall += w
         cpu += c
     return wall, cpu
 
 
 def raw_rewrite_pool(
-    root: str, count: int, generation: int, settings: tuple[int, int, bool, bool], workers: int
+    root: str, count: int, generation: int, settings: tuple[int, int, bool, str], workers: int
 ) -> tuple[float, float]:
     """raw_rewrite split over *workers* processes by project: (wall, CPU) seconds, the wall
     time being the longest worker's time spent writing (they write at the same time)."""
@@ -332,7 +347,7 @@ def bench_rewrite(
         figures.append((label, wall, cpu))
         return wall, cpu
 
-    run("first write, 1 process", lambda: site.write_all(projects))
+    first = run("first write, 1 process", lambda: site.write_all(projects))
     one = run("rewrite all changed, 1 process", lambda: site.write_all(changed))
     pool = run(
         f"rewrite all changed, pool of {workers}",
@@ -345,15 +360,25 @@ def bench_rewrite(
     start = timed(lambda: site.write_all(changed[:1], workers=workers))
 
     raw_root = str(base / "raw")
-    settings = (site.gzip_threshold, site.gzip_level, fsync, False)
+    settings = (site.gzip_threshold, site.gzip_level, fsync, "rename")
     for label, generation in (("first (new names)", 0), ("same files, 1 process", 1)):
         wall, cpu = raw_rewrite(raw_root, 0, count, generation, settings)
         figures.append((f"raw temp+rename, {label}", wall, cpu))
     raw1 = figures[-1][1:]
+    # The floor of a first write as the writer makes new pages (nameless inode, linked in).
+    lsettings = (*settings[:3], "link")
+    wall, cpu = raw_rewrite(raw_root + "-link1", 0, count, 0, lsettings)
+    figures.append(("raw nameless+link, first (new names), 1 process", wall, cpu))
+    rawl1 = figures[-1][1:]
+    rawln_wall, rawln_cpu = raw_rewrite_pool(raw_root + "-linkn", count, 0, lsettings, workers)
+    label = f"raw nameless+link, first (new names), {workers} procs"
+    figures.append((label, rawln_wall, rawln_cpu))
+    shutil.rmtree(raw_root + "-link1", ignore_errors=True)
+    shutil.rmtree(raw_root + "-linkn", ignore_errors=True)
     rawn_wall, rawn_cpu = raw_rewrite_pool(raw_root, count, 0, settings, workers)
     figures.append((f"raw temp+rename, same files, {workers} procs", rawn_wall, rawn_cpu))
     # The floor of the writer's inode reuse (a spare written and exchanged with the page).
-    xsettings = (*settings[:3], True)
+    xsettings = (*settings[:3], "exchange")
     wall, cpu = raw_rewrite(raw_root, 0, count, 1, xsettings)
     figures.append(("raw spare+exchange, same files, 1 process", wall, cpu))
     rawx1 = figures[-1][1:]
@@ -377,6 +402,10 @@ def bench_rewrite(
             f"CPU {cpu / count * 1000:6.2f} ms per project"
         )
     print(f"  (starting the pool of {workers}: {start * 1000:.0f} ms, included above)")
+    print(
+        f"  ratio first write / raw nameless+link of the same {nfiles / count:.0f} files per "
+        f"project, 1 process: {rawl1[0] / first[0]:.2f} (wall), {rawl1[1] / first[1]:.2f} (CPU)"
+    )
     print(f"  ratio rewrite / raw temp+rename, 1 process : {raw1[0] / one[0]:.2f} (wall)")
     print(
         f"  ratio rewrite / raw temp+rename, {workers} processes: {rawn_wall / pool[0]:.2f} (wall)"
@@ -414,6 +443,8 @@ def bench_rewrite(
         f"raw temp+rename, {workers} procs": count / rawn_wall,
         "raw spare+exchange, 1 process": count / rawx1[0],
         f"raw spare+exchange, {workers} procs": count / rawxn_wall,
+        "raw nameless+link, first, 1 process": count / rawl1[0],
+        f"raw nameless+link, first, {workers} procs": count / rawln_wall,
     }
     return projects, rates
 
@@ -619,6 +650,11 @@ def bench_database(
         print(f"  ratio from database / render only: {pool_rate / render_rate:.2f}")
         print(
             f"  ratio from database / raw temp+rename, {workers} procs: {pool_rate / raw_pool:.2f}"
+        )
+        raw_first = rates[f"raw nameless+link, first, {workers} procs"]
+        print(
+            f"  ratio first write from database, pool / raw nameless+link of the same new files, "
+            f"{workers} procs (the floor of a first write): {pool_rate / raw_first:.2f}"
         )
         changed_rate = count / changed
         rawx_pool = rates[f"raw spare+exchange, {workers} procs"]
