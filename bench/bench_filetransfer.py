@@ -7,7 +7,7 @@ random bytes, correct RECORD) so verification and publication are measured
 too.  The physical limit is the same bytes sent over a plain TCP socket on
 loopback, from the file on one side into a file on the other.  Usage::
 
-    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 256K] [--window 10] [--curve]
+    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 256K] [--window N] [--curve]
         [--dir FOLDER]
 
 Scale 1.0 is a 200 MB file.
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from piwheels import protocols
 from piwheels.filetransfer import FileSender, new_token, sha256_of
 from piwheels.master.env import MasterEnv
-from piwheels.master.file_receiver import FileReceiver
+from piwheels.master.file_receiver import FileReceiver, default_window
 from piwheels.settings import CONVERTERS, Settings
 from piwheels.transport import DEALER, Context, generate_keys, load_keys
 
@@ -104,7 +104,9 @@ def _threads_cpu() -> dict[str, float]:
     return out
 
 
-def bench_piwheels(work: Path, wheel: Path, chunk: int, window: int, curve: bool) -> dict[str, Any]:
+def bench_piwheels(
+    work: Path, wheel: Path, chunk: int, window: int | None, curve: bool
+) -> dict[str, Any]:
     keys = None
     ctx_kwargs: dict[str, Any] = {}
     client: list[Any] | None = None
@@ -225,7 +227,9 @@ def main() -> None:
         default=f"{default_chunk}K",
         help=f"chunk size (max 1M) [the farm's default, {default_chunk}K]",
     )
-    parser.add_argument("--window", type=int, default=10, help="FETCHes in flight [10]")
+    parser.add_argument(
+        "--window", type=int, default=None, help="FETCHes in flight [the file receiver's default]"
+    )
     parser.add_argument("--curve", action="store_true", help="encrypt with CurveZMQ")
     parser.add_argument(
         "--dir",
@@ -236,6 +240,8 @@ def main() -> None:
     args = parser.parse_args()
     size = int(200_000_000 * args.scale)
     chunk = CONVERTERS["size"].parse(args.chunk)
+    if args.window is None:
+        args.window = default_window(chunk)
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="piw-bench-ft-", dir=args.dir) as tmp:

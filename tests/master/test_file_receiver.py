@@ -508,3 +508,25 @@ def test_burst_of_publishes_each_answered_on_its_own(harness: Harness, tmp_path:
     assert harness.staged() == []
     leftovers = [p.name for p in harness.published() if ".tmp-" in p.name]
     assert leftovers == []
+
+
+# -- flow control ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("chunk", "window"), [(64 << 10, 10), (256 << 10, 10), (512 << 10, 6), (1 << 20, 3)]
+)
+def test_bytes_in_flight_per_transfer_are_bounded(tmp_path: Path, chunk: int, window: int) -> None:
+    """The receiver asks for at most ~3 MiB per transfer whatever the chunk size (its memory
+    per transfer), and never for fewer than three chunks (the link stays busy)."""
+    context = Context()
+    receiver = FileReceiver(context, make_env(tmp_path / "www", file_chunk_size=chunk))
+    try:
+        assert receiver.table.window == window
+        transfer = receiver.table.expect(new_token(), "x.bin", 64 << 20)
+        fetches = transfer.hello((b"peer",))
+        assert len(fetches) == window
+        assert sum(f.data["length"] for f in fetches) <= max(3 << 20, 10 * chunk)
+    finally:
+        receiver.close()
+        context.close()
