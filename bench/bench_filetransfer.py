@@ -7,7 +7,7 @@ random bytes, correct RECORD) so verification and publication are measured
 too.  The physical limit is the same bytes sent over a plain TCP socket on
 loopback, from the file on one side into a file on the other.  Usage::
 
-    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 256K] [--window N] [--curve]
+    python bench/bench_filetransfer.py [--scale 1.0] [--chunk 1M] [--window N] [--curve]
         [--dir FOLDER]
 
 Scale 1.0 is a 200 MB file.

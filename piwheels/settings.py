@@ -485,7 +485,7 @@ class MasterSettings:
         1 << 30, converter=SIZE, help="Largest wheel the master accepts from a builder."
     )
     file_chunk_size: int = setting(
-        256 << 10, converter=SIZE, help="Size of each chunk of a file transfer."
+        1 << 20, converter=SIZE, help="Size of each chunk of a file transfer."
     )
     page_coalesce: dt.timedelta = setting(
         dt.timedelta(milliseconds=50),

@@ -25,6 +25,7 @@ from piwheels import protocols
 from piwheels.db import abis as db_abis
 from piwheels.master import build_dispatcher
 from piwheels.master.file_receiver import FileReceiver
+from piwheels.settings import Settings
 from piwheels.transport import encode
 from tests import sdists
 from tests.sdists import make_sdist
@@ -270,7 +271,8 @@ def test_builder_vanishes_mid_transfer(farm: Farm) -> None:
     first = Rogue(farm, f"vanish-{uuid.uuid4().hex[:6]}")
     first.hello()
     build = first.take_build(package)
-    filename, data = wheel_bytes(package, payload=1 << 20)
+    # Several chunks of the farm's default size, so three of them are only part of the file.
+    filename, data = wheel_bytes(package, payload=4 * Settings().master.file_chunk_size)
     reply = first.built(build, [file_record(filename, data)])
     assert reply.msg == "SEND"
     result = first.send_file(reply.data["transfer"], data, max_chunks=3)
