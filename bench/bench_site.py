@@ -10,8 +10,8 @@
    files, byte for byte, on the same disk the way an atomic writer must (a new temporary file
    renamed over the old one: the physical limit; for a first write, a nameless file linked
    under its new name, as the writer makes new pages), in one process and in as many as the
-   pool, and the ratio. Wall time depends on what else the machine runs; CPU time per project (user +
-   system, children included) is printed beside it.
+   pool, and the ratio. Wall time depends on what else the machine runs; CPU time per
+   project (user + system, children included) is printed beside it.
 2. Latency from a finished build to its pages being replaced (render + atomic write of one
    project): median and 99th percentile.
 3. The production full rewrite, from the database: the same shape of synthetic projects
