@@ -23,7 +23,6 @@ from .schema import (
     abis,
     builders,
     builds,
-    dependencies,
     files,
 )
 
@@ -166,37 +165,45 @@ def start_build(
     return int(build_id)
 
 
-_LOCK_VERSIONS = text(
-    """
+# The statements below run once per burst of the build dispatcher: each is prepared on
+# the server once per connection (queue.execute_prepared), so a burst skips their
+# parsing and planning.  Arrays come in as parameters, one per column.
+
+_LOCK_VERSIONS = """
     SELECT v.package, v.version FROM versions v
-    JOIN unnest(CAST(:p AS text[]), CAST(:v AS text[])) AS w(package, version)
+    JOIN unnest($1::text[], $2::text[]) AS w(package, version)
       ON v.package = w.package AND v.version = w.version
     ORDER BY v.package, v.version
     FOR UPDATE OF v
-    """
-)
+"""
 
 # After the lock, in one statement (one snapshot, taken once the lock is held): which
 # releases are being built, each target's environment version, and past failures.
-_START_FACTS = text(
-    """
-    SELECT 'busy' AS kind, b.package, b.version, NULL AS abi, NULL AS n FROM builds b
-    JOIN (SELECT DISTINCT * FROM unnest(CAST(:p AS text[]), CAST(:v AS text[])))
-           AS w(package, version)
+_START_FACTS = """
+    SELECT 'busy' AS kind, b.package, b.version, NULL AS abi, NULL::bigint AS n FROM builds b
+    JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS w(package, version)
       ON b.package = w.package AND b.version = w.version
     WHERE b.status IN ('pending', 'building')
     UNION ALL
     SELECT 'env', NULL, NULL, a.abi, a.env_version FROM abis a
-    WHERE a.abi = ANY (CAST(:abis AS text[]))
+    WHERE a.abi = ANY ($3::text[])
     UNION ALL
     SELECT 'failed', b.package, b.version, b.abi, count(*) FROM builds b
-    JOIN unnest(CAST(:fp AS text[]), CAST(:fv AS text[]), CAST(:fa AS text[]))
-           AS w(package, version, abi)
+    JOIN unnest($4::text[], $5::text[], $6::text[]) AS w(package, version, abi)
       ON b.package = w.package AND b.version = w.version AND b.abi = w.abi
     WHERE b.status = 'failed' AND NOT b.cleared
     GROUP BY b.package, b.version, b.abi
-    """
-)
+"""
+
+# One row per new build; each release is at most once in a batch, so the rows returned
+# are matched to the input by release (RETURNING's order is not promised).
+_INSERT_BUILDS = """
+    INSERT INTO builds (package, version, abi, builder_id, status, attempt, env_version)
+    SELECT w.package, w.version, w.abi, w.builder_id, 'building', w.attempt, w.env_version
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::integer[],
+                $6::integer[]) AS w(package, version, abi, builder_id, attempt, env_version)
+    RETURNING build_id, package, version
+"""
 
 
 def start_builds(
@@ -204,6 +211,7 @@ def start_builds(
     wanted: Iterable[tuple[str, str, str, int | None]],
     *,
     savepoint: bool = True,
+    update_queue: bool = True,
 ) -> list[int | None]:
     """Start many builds at once, each (package, version, abi, builder id).
 
@@ -212,7 +220,10 @@ def start_builds(
     built (or asked for twice in *wanted*) is refused.  Returns the new build
     ids in input order, None for each refused one.  With *savepoint* false,
     inside the caller's transaction, no savepoint is made: an error leaves
-    that transaction to be rolled back whole.
+    that transaction to be rolled back whole.  With *update_queue* false the
+    started releases' queue rows are left for the caller to recompute
+    (:func:`piwheels.db.queue.update_versions`) in the same transaction, e.g.
+    together with other releases in one statement.
     """
     items = [(canonical(p), check_version(v), a, b) for p, v, a, b in wanted]
     if not items:
@@ -221,20 +232,29 @@ def start_builds(
     args = {"p": [p for p, _ in pairs], "v": [v for _, v in pairs]}
     with _atomic(conn, savepoint):
         # Lock the releases (in a fixed order) so concurrent starts are serialised.
-        exists = {(p, v) for p, v in conn.execute(_LOCK_VERSIONS, args)}
+        exists = {
+            (p, v)
+            for p, v in queue.execute_prepared(
+                conn, "piw_lock_versions", _LOCK_VERSIONS, "text[], text[]", (args["p"], args["v"])
+            )
+        }
         triples = sorted({(p, v, a) for p, v, a, _ in items})
         busy: set[tuple[str, str]] = set()
         envs: dict[str, int] = {}
         failures: dict[tuple[str, str, str], int] = {}
-        facts = conn.execute(
+        facts = queue.execute_prepared(
+            conn,
+            "piw_start_facts",
             _START_FACTS,
-            {
-                **args,
-                "abis": sorted({a for _, _, a, _ in items}),
-                "fp": [t[0] for t in triples],
-                "fv": [t[1] for t in triples],
-                "fa": [t[2] for t in triples],
-            },
+            "text[], text[], text[], text[], text[], text[]",
+            (
+                args["p"],
+                args["v"],
+                sorted({a for _, _, a, _ in items}),
+                [t[0] for t in triples],
+                [t[1] for t in triples],
+                [t[2] for t in triples],
+            ),
         )
         for kind, package, version, abi, n in facts:
             if kind == "busy":
@@ -256,19 +276,36 @@ def start_builds(
                     "version": v,
                     "abi": a,
                     "builder_id": b,
-                    "status": "building",
                     "attempt": failures.get((p, v, a), 0) + 1,
                     "env_version": envs[a],
                 }
             )
         out: list[int | None] = [None] * len(items)
         if rows:
-            ids = conn.execute(
-                builds.insert().returning(builds.c.build_id, sort_by_parameter_order=True), rows
-            ).scalars()
-            for i, build_id in zip(chosen, ids, strict=True):
-                out[i] = int(build_id)
-            queue.update_versions(conn, {(items[i][0], items[i][1]) for i in chosen})
+            new = {
+                (p, v): int(build_id)
+                for build_id, p, v in queue.execute_prepared(
+                    conn,
+                    "piw_insert_builds",
+                    _INSERT_BUILDS,
+                    "text[], text[], text[], integer[], integer[], integer[]",
+                    tuple(
+                        [r[k] for r in rows]
+                        for k in (
+                            "package",
+                            "version",
+                            "abi",
+                            "builder_id",
+                            "attempt",
+                            "env_version",
+                        )
+                    ),
+                )
+            }
+            for i in chosen:
+                out[i] = new[(items[i][0], items[i][1])]
+            if update_queue:
+                queue.update_versions(conn, {(items[i][0], items[i][1]) for i in chosen})
     return out
 
 
@@ -287,8 +324,7 @@ class BuildResult:
 _TRANSIENT_SQL = ", ".join(f"'{c}'" for c in TRANSIENT_FAILURES)
 
 # Transient failures get a retry time: the configured base, doubled per attempt.
-_FINISH_BUILDS = text(
-    f"""
+_FINISH_BUILDS = f"""
     UPDATE builds b
     SET status = u.status,
         duration = u.duration,
@@ -296,14 +332,12 @@ _FINISH_BUILDS = text(
         retry_after = CASE WHEN u.failure_class IN ({_TRANSIENT_SQL})
                            THEN now() + c.retry_base * power(2, b.attempt - 1) END,
         log_path = u.log_path
-    FROM unnest(CAST(:ids AS bigint[]), CAST(:status AS text[]), CAST(:duration AS interval[]),
-                CAST(:failure_class AS text[]), CAST(:log_path AS text[]))
+    FROM unnest($1::bigint[], $2::text[], $3::interval[], $4::text[], $5::text[])
              AS u(build_id, status, duration, failure_class, log_path),
          configuration c
     WHERE c.id = 1 AND b.build_id = u.build_id AND b.status IN ('pending', 'building')
     RETURNING b.*
-    """
-)
+"""
 
 # Why some builds could not be finished (only asked after a refusal).
 _BUILD_STATES = text(
@@ -338,6 +372,41 @@ def _file_rows(build_id: int, records: Iterable[FileRecord]) -> list[dict[str, o
     return rows
 
 
+_FILE_COLUMNS = (
+    ("filename", "text"),
+    ("build_id", "bigint"),
+    ("size", "bigint"),
+    ("sha256", "text"),
+    ("name_tag", "text"),
+    ("version_tag", "text"),
+    ("build_tag", "text"),
+    ("python_tag", "text"),
+    ("abi_tag", "text"),
+    ("platform_tag", "text"),
+    ("py_min", "integer"),
+    ("py_max", "integer"),
+    ("requires_python", "text"),
+    ("metadata_sha256", "text"),
+    ("import_test", "text"),
+    ("import_error", "text"),
+)
+
+# Every file of a burst in one statement, a column per array parameter.
+_INSERT_FILES = f"""
+    INSERT INTO files ({", ".join(c for c, _ in _FILE_COLUMNS)})
+    SELECT * FROM unnest({", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_FILE_COLUMNS, 1))})
+    ON CONFLICT DO NOTHING
+    RETURNING filename
+"""
+_FILE_TYPES = ", ".join(f"{t}[]" for _, t in _FILE_COLUMNS)
+
+_INSERT_DEPENDENCIES = """
+    INSERT INTO dependencies (filename, tool, requirement)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[])
+    ON CONFLICT DO NOTHING
+"""
+
+
 def _add_files_many(
     conn: Connection, rows: list[dict[str, object]], records: list[FileRecord]
 ) -> None:
@@ -357,12 +426,17 @@ def _add_files_many(
                 f"{name} is already published with another hash; a published file is never replaced"
             )
     # The usual case is all new: one INSERT; the names it skipped are checked after.
-    inserted = set(
-        conn.execute(
-            pg_insert(files).on_conflict_do_nothing().returning(files.c.filename),
-            list(first.values()),
-        ).scalars()
-    )
+    new = list(first.values())
+    inserted = {
+        name
+        for (name,) in queue.execute_prepared(
+            conn,
+            "piw_insert_files",
+            _INSERT_FILES,
+            _FILE_TYPES,
+            tuple([r[c] for r in new] for c, _ in _FILE_COLUMNS),
+        )
+    }
     others = [name for name in first if name not in inserted]
     if others:
         for name, sha in conn.execute(
@@ -377,14 +451,21 @@ def _add_files_many(
         (rec.filename, d.tool, d.requirement): None for rec in records for d in rec.dependencies
     }
     if deps:
-        conn.execute(
-            pg_insert(dependencies).on_conflict_do_nothing(),
-            [{"filename": f, "tool": t, "requirement": r} for f, t, r in deps],
+        queue.execute_prepared(
+            conn,
+            "piw_insert_dependencies",
+            _INSERT_DEPENDENCIES,
+            "text[], text[], text[]",
+            tuple(list(column) for column in zip(*deps, strict=True)),
         )
 
 
 def finish_builds(
-    conn: Connection, results: Iterable[BuildResult], *, savepoint: bool = True
+    conn: Connection,
+    results: Iterable[BuildResult],
+    *,
+    savepoint: bool = True,
+    update_queue: bool = True,
 ) -> list[Build]:
     """Record the outcomes of many builds (with their files) in a few statements.
 
@@ -393,7 +474,9 @@ def finish_builds(
     files inserted, and the queue rows of the releases recomputed in one
     statement.  Any error raises and records nothing (with *savepoint* false,
     inside the caller's transaction, that transaction must be rolled back).
-    Returns the finished builds in input order.
+    With *update_queue* false the releases' queue rows are left for the caller
+    to recompute in the same transaction.  Returns the finished builds in
+    input order.
     """
     results = list(results)
     file_rows: list[dict[str, object]] = []
@@ -423,7 +506,14 @@ def finish_builds(
     with _atomic(conn, savepoint):
         # One statement locks, checks and updates: the UPDATE takes each row's lock
         # and skips a build that is no longer unfinished once it holds it.
-        done = {r.build_id: r for r in (_row(x) for x in conn.execute(_FINISH_BUILDS, params))}
+        finished = queue.execute_prepared(
+            conn,
+            "piw_finish_builds",
+            _FINISH_BUILDS,
+            "bigint[], text[], interval[], text[], text[]",
+            tuple(params.values()),
+        )
+        done = {r.build_id: r for r in (_row(x) for x in finished)}
         if len(done) != len(id_list):
             state = {int(i): str(st) for i, st in conn.execute(_BUILD_STATES, {"ids": id_list})}
             for build_id in id_list:
@@ -434,7 +524,8 @@ def finish_builds(
                     raise BuildError(f"no such build: {build_id}")
                 raise BuildError(f"build {build_id} already finished ({status})")
         _add_files_many(conn, file_rows, records)
-        queue.update_versions(conn, {(b.package, b.version) for b in done.values()})
+        if update_queue:
+            queue.update_versions(conn, {(b.package, b.version) for b in done.values()})
     return [done[i] for i in id_list]
 
 

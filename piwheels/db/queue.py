@@ -158,11 +158,13 @@ def _recompute(conn: Connection, where: str, params: dict[str, object]) -> int:
     return result.rowcount
 
 
-def _execute_prepared(conn: Connection, name: str, sql: str, types: str, args: tuple) -> Any:
-    """Run *sql* (with ``$n`` parameters) as a server-side prepared statement.
+def execute_prepared(conn: Connection, name: str, sql: str, types: str, args: tuple) -> Any:
+    """Run *sql* (with ``$n`` parameters of *types*) as a server-side prepared statement.
 
     The statement is prepared once per database connection (PREPARE is not
     undone by a rollback), so repeated small calls skip parsing and planning.
+    Python lists are sent as array literals; an empty one (``'{}'``) takes its
+    parameter's type.
     """
     prepared: set[str] = conn.connection.info.setdefault("piw_prepared", set())
     if name not in prepared:
@@ -185,7 +187,7 @@ def update_versions(conn: Connection, pairs: Iterable[tuple[str, str]]) -> int:
     if not keys:
         return 0
     args = ([k[0] for k in keys], [k[1] for k in keys])
-    result = _execute_prepared(conn, "piw_queue_update", _UPDATE_MANY_SQL, "text[], text[]", args)
+    result = execute_prepared(conn, "piw_queue_update", _UPDATE_MANY_SQL, "text[], text[]", args)
     return int(result.scalar_one())
 
 
@@ -321,22 +323,19 @@ class QueuedBuild:
     released_at: datetime | None
 
 
+_NEXT_BUILDS = """
+    SELECT abi, package, version, attempt, priority, demand,
+           CASE WHEN released_at = '-infinity' THEN NULL ELSE released_at END AS released
+    FROM build_queue
+    WHERE abi = $1 AND not_before <= now()
+    ORDER BY priority DESC, demand DESC, released_at DESC, package, version
+    LIMIT $2
+"""
+
+
 def next_builds(conn: Connection, abi: str, limit: int = 1) -> list[QueuedBuild]:
     """The next *limit* builds for *abi*, best first (ready now: backoff respected)."""
-    rows = conn.execute(
-        text(
-            """
-            SELECT abi, package, version, attempt, priority, demand,
-                   CASE WHEN released_at = '-infinity' THEN NULL ELSE released_at END
-                       AS released
-            FROM build_queue
-            WHERE abi = :abi AND not_before <= now()
-            ORDER BY priority DESC, demand DESC, released_at DESC, package, version
-            LIMIT :limit
-            """
-        ),
-        {"abi": abi, "limit": limit},
-    )
+    rows = execute_prepared(conn, "piw_next_builds", _NEXT_BUILDS, "text, bigint", (abi, limit))
     return [
         QueuedBuild(
             abi=r.abi,

@@ -584,12 +584,22 @@ class BuildDispatcher(Task):
     ) -> list[tuple[BuilderState, db_queue.QueuedBuild, int]]:
         """Record *results* and start builds for *asking*: one transaction if all goes well."""
         started: list[tuple[BuilderState, db_queue.QueuedBuild, int]] = []
+        merge = self._one_queue_update(items, results, asking)
         try:
             with self._db() as conn:
+                done = []
                 if results:
-                    db_builds.finish_builds(conn, results, savepoint=False)
+                    done = db_builds.finish_builds(
+                        conn, results, savepoint=False, update_queue=not merge
+                    )
                 if asking:
-                    started = self._start(conn, asking)
+                    started = self._start(conn, asking, update_queue=not merge)
+                if merge:
+                    db_queue.update_versions(
+                        conn,
+                        {(b.package, b.version) for b in done}
+                        | {(q.package, q.version) for _, q, _ in started},
+                    )
         except (BuildError, InvalidWheel):
             if not results:
                 raise
@@ -600,6 +610,27 @@ class BuildDispatcher(Task):
                 with self._db() as conn:
                     started = self._start(conn, asking)
         return started
+
+    @staticmethod
+    def _one_queue_update(
+        items: list[_Finish], results: list[db_builds.BuildResult], asking: list[BuilderState]
+    ) -> bool:
+        """Whether the finished and the started releases may share one queue update.
+
+        The finished releases' rows are then recomputed after the queue is read for
+        the builders asking, so this is only done when that read could not have
+        seen any of them: every build succeeded with files (its release then has
+        nothing left for its own target) and every builder asking has that same
+        one target (other targets may get rows of those releases back).
+        """
+        if not results or not asking:
+            return False
+        targets = {item.build.target for item in items}
+        return (
+            len(targets) == 1
+            and all(r.status == "success" and r.files for r in results)
+            and all(s.target in targets for s in asking)
+        )
 
     def _asking(self) -> list[BuilderState]:
         """The builders that asked for a build and still want one."""
@@ -612,9 +643,14 @@ class BuildDispatcher(Task):
         return asking
 
     def _start(
-        self, conn: Connection, asking: list[BuilderState]
+        self, conn: Connection, asking: list[BuilderState], *, update_queue: bool = True
     ) -> list[tuple[BuilderState, db_queue.QueuedBuild, int]]:
-        """Start a build for every builder asking (in the caller's transaction)."""
+        """Start a build for every builder asking (in the caller's transaction).
+
+        With *update_queue* false the started releases' queue rows are left to the
+        caller (only for builders of one target: another target's read of the
+        queue would still see them).
+        """
         by_target: dict[str, list[BuilderState]] = {}
         for state in asking:
             by_target.setdefault(state.target, []).append(state)
@@ -636,6 +672,7 @@ class BuildDispatcher(Task):
                     conn,
                     [(q.package, q.version, target, s.builder_id) for s, q in picks],
                     savepoint=False,
+                    update_queue=update_queue,
                 )
                 for (state, queued), build_id in zip(picks, ids, strict=True):
                     if build_id is None:
