@@ -1,8 +1,10 @@
 """Everything a project page needs, as the web model's dataclasses.
 
-:func:`get_project_data` reads one project (the page writer's everyday path);
-:func:`get_projects_data` reads a batch of projects in a fixed number of queries (the full
-rewrite).  Both feed the same assembly, so a project looks the same whichever read it.
+:func:`get_project_data` reads one project; :func:`get_projects_data` and
+:func:`get_projects_batch` read a batch of projects in a fixed number of queries (the page
+writer's site process and the full rewrite), on a connection in autocommit in one read-only
+REPEATABLE READ transaction, so every page of a batch is made from one snapshot.  Both feed
+the same assembly, so a project looks the same whichever read it.
 """
 
 from __future__ import annotations
@@ -169,30 +171,56 @@ def get_project_data(conn: Connection, name: str) -> ProjectData:
     return _assemble(pkg.name, pkg, targets, rows)
 
 
-# The bulk read: one query per table for a whole chunk, each ordered by package so the rows
-# of one project come together.  Plain DB-API cursor: rows are tuples, read by position.
+# The bulk read: a few queries for a whole chunk, each ordered by package so the rows of one
+# project come together.  Plain DB-API cursor: rows are tuples, read by position.
 _BULK_TARGETS = """
 SELECT abi FROM abis WHERE enabled ORDER BY py_major, py_minor, platform_tag
 """
-_BULK_PACKAGES = """
-SELECT name, display_name, summary, status, status_reason, skip_reason, removed_at IS NULL
-FROM packages WHERE name = ANY(%(n)s)
+# On a connection in autocommit (the site process's kept one) the batch makes its own
+# read-only transaction, opened in the same round trip as the first query: one snapshot for
+# every query (REPEATABLE READ), so the pages never mix rows from before and after a write
+# committed in between, and one transaction instead of one per query.
+_BULK_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;" + _BULK_TARGETS
+# The package row with its downloads and aliases (a few index lookups each per package,
+# in the same round trip).
+_BULK_PACKAGES = f"""
+SELECT p.name, p.display_name, p.summary, p.status, p.status_reason, p.skip_reason,
+       p.removed_at IS NULL, d.recent, d.total,
+       ARRAY(SELECT a.alias FROM package_aliases a WHERE a.package = p.name
+             ORDER BY a.last_seen DESC, a.alias)
+FROM packages p
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(s.downloads) FILTER (WHERE s.day >= current_date - {RECENT_DAYS}), 0),
+           coalesce(sum(s.downloads), 0)
+    FROM daily_package_stats s WHERE s.package = p.name
+) d (recent, total)
+WHERE p.name = ANY(%(n)s)
 """
 _BULK_VERSIONS = """
 SELECT package, version, released_at, yanked, yank_reason, prerelease, skip_reason
 FROM versions WHERE package = ANY(%(n)s)
 ORDER BY package, sort_key DESC, version DESC
 """
-# A page looks at the latest build of a (version, target) only when it did not succeed
-# (building, failed); a success shows through its file.  Leaving the successes out spares
-# decoding most rows (the read's dearest part in Python).
-_BULK_LATEST = """
-SELECT package, version, abi, build_id, status, failure_class, duration FROM (
+# What a target's cell needs besides the files, in one query (the first column says which):
+# 0, the latest build of a (version, target) when it did not succeed (building, failed; a
+# success shows through its file, and leaving the successes out spares decoding most rows);
+# 1, a queued (version, target); 2, an exclusion (version NULL for a whole-project skip).
+_BULK_STATES = """
+SELECT 0, package, version, abi, build_id, status, failure_class, duration FROM (
     SELECT DISTINCT ON (package, version, abi) package, version, abi, build_id, status,
            failure_class, duration
     FROM builds WHERE package = ANY(%(n)s)
     ORDER BY package, version, abi, build_id DESC
 ) latest WHERE status <> 'success'
+UNION ALL
+SELECT 1, package, version, abi, NULL, NULL, NULL, NULL FROM build_queue
+WHERE package = ANY(%(n)s)
+UNION ALL
+SELECT 2, package, version, abi, NULL, kind, reason, NULL FROM version_exclusions
+WHERE package = ANY(%(n)s)
+UNION ALL
+SELECT 2, package, NULL, abi, NULL, 'skip', reason, NULL FROM package_abi_skips
+WHERE package = ANY(%(n)s)
 """
 # Each file with the targets it serves and its dependencies by tool, so no separate reads
 # (and no join of the whole files table) are needed.  The targets come from ``abis`` (a
@@ -214,22 +242,6 @@ LEFT JOIN LATERAL (
 ) d ON true
 WHERE b.package = ANY(%(n)s)
 ORDER BY b.package, f.filename
-"""
-_BULK_QUEUED = "SELECT package, version, abi FROM build_queue WHERE package = ANY(%(n)s)"
-_BULK_EXCLUSIONS = """
-SELECT package, version, abi, kind, reason FROM version_exclusions WHERE package = ANY(%(n)s)
-UNION ALL
-SELECT package, NULL, abi, 'skip', reason FROM package_abi_skips WHERE package = ANY(%(n)s)
-"""
-_BULK_DOWNLOADS = f"""
-SELECT package,
-       coalesce(sum(downloads) FILTER (WHERE day >= current_date - {RECENT_DAYS}), 0),
-       coalesce(sum(downloads), 0)
-FROM daily_package_stats WHERE package = ANY(%(n)s) GROUP BY package
-"""
-_BULK_ALIASES = """
-SELECT package, alias FROM package_aliases WHERE package = ANY(%(n)s)
-ORDER BY package, last_seen DESC, alias
 """
 
 
@@ -274,19 +286,34 @@ def _read_batch(conn: Connection, names: Sequence[str]) -> tuple[dict[str, Proje
     if raw is None:  # pragma: no cover - a live Connection always has one
         raise RuntimeError("connection is closed")
     q = {"n": canons}
+    # In autocommit the read makes its own transaction (see _BULK_BEGIN); otherwise the
+    # queries run in the caller's.
+    own = bool(raw.autocommit)
+    read = False
     cur = raw.cursor()
     try:
+        targets = [r[0] for r in _fetch(cur, _BULK_BEGIN if own else _BULK_TARGETS, q)]
         pkgs = {r[0]: r for r in _fetch(cur, _BULK_PACKAGES, q)}
         if not pkgs:
+            read = True
             return {}, set()
-        targets = [r[0] for r in _fetch(cur, _BULK_TARGETS, q)]
         rows = {name: _Rows() for name in pkgs}
         empty = _Rows()  # sink for rows of a project not (or no longer) in pkgs
+        for name, r in pkgs.items():
+            got = rows[name]
+            got.downloads = (int(r[7]), int(r[8]))
+            got.aliases = r[9]
 
         for r in _fetch(cur, _BULK_VERSIONS, q):
             rows.get(r[0], empty).vers.append(r[1:])  # type: ignore[arg-type]
-        for r in _fetch(cur, _BULK_LATEST, q):
-            rows.get(r[0], empty).latest[(r[1], r[2])] = r[3:]  # type: ignore[assignment]
+        for r in _fetch(cur, _BULK_STATES, q):
+            kind = r[0]
+            if kind == 0:
+                rows.get(r[1], empty).latest[(r[2], r[3])] = r[4:]  # type: ignore[assignment]
+            elif kind == 1:
+                rows.get(r[1], empty).queued.add((r[2], r[3]))
+            else:
+                rows.get(r[1], empty).exclusions.append((r[2], r[3], r[5], r[6]))
         for r in _fetch(cur, _BULK_FILES, q):
             got = rows.get(r[0], empty)
             got.files.append(r)
@@ -299,16 +326,19 @@ def _read_batch(conn: Connection, names: Sequence[str]) -> tuple[dict[str, Proje
                     # When two builds' files serve a target the newest build wins.
                     if by_abi.get(abi, -1) < build_id:
                         by_abi[abi] = build_id
-        for r in _fetch(cur, _BULK_QUEUED, q):
-            rows.get(r[0], empty).queued.add((r[1], r[2]))
-        for r in _fetch(cur, _BULK_EXCLUSIONS, q):
-            rows.get(r[0], empty).exclusions.append(r[1:])  # type: ignore[arg-type]
-        for r in _fetch(cur, _BULK_DOWNLOADS, q):
-            rows.get(r[0], empty).downloads = (int(r[1]), int(r[2]))
-        for r in _fetch(cur, _BULK_ALIASES, q):
-            rows.get(r[0], empty).aliases.append(r[1])
+        read = True
     finally:
-        cur.close()
+        try:
+            if own:
+                # Ends the transaction (COMMIT of an aborted one rolls it back), so the
+                # kept connection is never left idle in a transaction.
+                cur.execute("COMMIT")
+        except Exception:
+            if read:
+                raise
+            # else the error that stopped the read is the one to see
+        finally:
+            cur.close()
     out = {
         name: _assemble(name, _PkgRow(*pkgs[name][1:6]), targets, rows[name])
         for name in canons
@@ -376,6 +406,9 @@ class ProjectLoader:
             assert self.url is not None
             self._engine = create_engine(self.url, pool_size=1, max_overflow=0)
         with self._engine.connect() as conn:
+            # In autocommit the chunk is read in one read-only REPEATABLE READ transaction
+            # of its own (see _BULK_BEGIN): one snapshot for all its queries.
+            conn.execution_options(isolation_level="AUTOCOMMIT")
             return list(get_projects_data(conn, names).values())
 
 

@@ -15,12 +15,12 @@ The task's thread only routes: project pages, the root index, the home page,
 sitemaps and the search index are read, rendered and written by one
 long-lived *site process* (so that work never holds the master's GIL, which
 the dispatcher and file receiver need).  Due projects go to it in batches
-(read with :func:`piwheels.db.projects.get_projects_data` in a fixed number
-of queries); one batch at a time, so while it works later requests gather
-into the next batch, and a later request is always written after an earlier
-one.  Deletions wait for the batch in flight and are done by the thread, so
-nothing the process writes afterwards can undo them.  Logs are written by the
-thread (one small gzip each).
+(read with :func:`piwheels.db.projects.get_projects_batch` in a fixed number
+of queries and one read-only transaction); one batch at a time, so while it
+works later requests gather into the next batch, and a later request is
+always written after an earlier one.  Deletions wait for the batch in flight
+and are done by the thread, so nothing the process writes afterwards can undo
+them.  Logs are written by the thread (one small gzip each).
 
 The root index lists every published project (hundreds of thousands at full
 size): it is rewritten only when the set of published names changes (the
@@ -566,10 +566,11 @@ def _site_read(names: list[str]) -> tuple[dict[str, ProjectData], set[str]]:
     """:func:`get_projects_batch` of *names* on the kept connection.
 
     A batch is often one project (a finished build), so its fixed costs count: the
-    connection stays open between batches in autocommit (no BEGIN and ROLLBACK round trips,
-    no pre-ping, and no transaction left open while idle; each query reads committed data as
-    the default isolation level would).  If a kept connection fails (e.g. PostgreSQL
-    restarted) the batch is read once more on a new one; an error on a new one is raised.
+    connection stays open between batches in autocommit (no pre-ping, and no transaction
+    left open while idle), and the read opens its own read-only REPEATABLE READ transaction
+    in its first query's round trip and commits it after its last (one transaction and one
+    snapshot for the batch).  If a kept connection fails (e.g. PostgreSQL restarted) the
+    batch is read once more on a new one; an error on a new one is raised.
     """
     global _site_conn
     _, engine = _site_state()
