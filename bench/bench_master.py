@@ -16,7 +16,10 @@ Part 2, overhead: one real small sdist built through a running master and a
 real BuilderDaemon (from the moment the master starts the build until the
 build is recorded) against the same ``pip wheel`` command alone.
 
-Run small: ``python bench/bench_master.py --scale 0.1``.
+Run small: ``python bench/bench_master.py --scale 0.1``.  With ``--log-statements``
+the private server logs every statement with its duration and the build
+dispatcher's statements and transactions per build are printed by kind (the
+logging costs the server CPU: compare CPU figures from runs without it).
 """
 
 from __future__ import annotations
@@ -277,6 +280,55 @@ def xacts(engine: Any) -> int:
         )
 
 
+def statement_counts(
+    log: Path, start: int, end: int, kinds: dict[str, list[float]] | None = None
+) -> dict[str, tuple[int, int]]:
+    """Statements and transactions per client role in the server's log between two offsets.
+
+    Needs ``log_min_duration_statement = 0`` and ``log_line_prefix = '%p '``.  A
+    backend is the build dispatcher's if it ever finished builds (``UPDATE builds``),
+    another's if not (the site process only reads); BEGIN, COMMIT and ROLLBACK are
+    counted as transactions (COMMIT and ROLLBACK), not statements.  *kinds* gets the
+    dispatcher's statements by kind (first words): [count, milliseconds in all].
+    """
+    with log.open("rb") as f:
+        f.seek(start)
+        text_ = f.read(end - start).decode("utf-8", "replace")
+    per_pid: dict[str, list[tuple[float, str]]] = {}
+    current: list[tuple[float, str]] | None = None
+    for line in text_.splitlines():
+        pid, _, rest = line.partition(" ")
+        if not pid.isdigit():
+            if current is not None:  # a statement's next line
+                ms, st = current[-1]
+                current[-1] = (ms, (st + " " + line.strip()).strip())
+            continue
+        current = None
+        if rest.startswith("LOG:  duration: "):
+            ms, _, what = rest[len("LOG:  duration: ") :].partition(" ms  ")
+            for mark in ("statement: ", "execute "):
+                if what.startswith(mark):
+                    current = per_pid.setdefault(pid, [])
+                    current.append((float(ms), what[len(mark) :].strip()))
+    ends = ("COMMIT", "ROLLBACK")
+    counts: dict[str, tuple[int, int]] = {}
+    for stmts in per_pid.values():
+        heads = [(st.split() or [""])[0].upper() for _, st in stmts]
+        writes = any(st.startswith(("UPDATE builds", "EXECUTE piw_finish")) for _, st in stmts)
+        who = "dispatcher" if writes else "others"
+        n = sum(1 for h in heads if h not in ("BEGIN", *ends))
+        if kinds is not None and who == "dispatcher":
+            for ms, st in stmts:  # the statement's kind: its first words, without values
+                kind = " ".join(st.split("(", 1)[0].split()[:4])[:48]
+                tally = kinds.setdefault(kind, [0, 0.0])
+                tally[0] += 1
+                tally[1] += ms
+        x = sum(1 for h in heads if h in ends)
+        old = counts.get(who, (0, 0))
+        counts[who] = (old[0] + n, old[1] + x)
+    return counts
+
+
 def descendants(pid: int) -> list[int]:
     """Every live process under *pid* (the page writer's site process and its forkserver)."""
     out: list[int] = []
@@ -493,6 +545,7 @@ def throughput(
     postgres_pid: int | None = None,
     py_spy: str = "",
     workdir: str | None = None,
+    statement_log: Path | None = None,
 ) -> None:
     spawn = mp.get_context("spawn")
     # The output folder, staging and pages: creating files costs far more in some folders of
@@ -554,6 +607,7 @@ def throughput(
     cpu0, kids0 = tree_cpu(master.pid)
     threads0 = thread_cpu(master.pid, tid_dir)
     pg0, machine0 = postgres_cpu(postgres_pid), machine_cpu()
+    log0 = statement_log.stat().st_size if statement_log is not None else 0
     start = time.perf_counter()
     workers = [
         spawn.Process(
@@ -573,6 +627,7 @@ def throughput(
     threads = thread_cpu(master.pid, tid_dir)
     threads = {k: v - threads0.get(k, 0.0) for k, v in threads.items()}
     pg = postgres_cpu(postgres_pid) - pg0
+    log1 = statement_log.stat().st_size if statement_log is not None else 0
     busy, total = (a - b for a, b in zip(machine_cpu(), machine0, strict=True))
     peak = proc_peak_rss(master.pid)
     for w in workers:
@@ -670,6 +725,14 @@ def throughput(
     print(f"  master threads, ms per build: {shown}")
     print(f"  database transactions per build (every client, the site's reads included): "
           f"{xact / max(done, 1):.2f}")  # fmt: skip
+    if statement_log is not None:
+        kinds: dict[str, list[float]] = {}
+        for who, (n, x) in sorted(statement_counts(statement_log, log0, log1, kinds).items()):
+            print(f"  server log, {who}: {n / max(done, 1):.2f} statements and "
+                  f"{x / max(done, 1):.2f} transactions per build")  # fmt: skip
+        for kind, (n, ms) in sorted(kinds.items(), key=lambda kv: -kv[1][1])[:12]:
+            print(f"    dispatcher {n / max(done, 1):.2f} per build, {ms / max(n, 1):.3f} ms "
+                  f"each ({ms / max(done, 1):.3f} ms per build): {kind}")  # fmt: skip
     ncpu = os.cpu_count() or 1
     room = max(elapsed * ncpu, 1e-9)  # CPU seconds the machine had during the run
     print(f"  machine over the run: {busy / max(total, 1e-9):.0%} of {ncpu} CPUs busy "
@@ -819,6 +882,13 @@ def main() -> None:
         action="store_true",
         help="open a file connection per transfer (as FileSender without SenderConnections)",
     )
+    parser.add_argument(
+        "--log-statements",
+        action="store_true",
+        help="log every statement with its duration on the private server and count them "
+        "per build "
+        "(costs the server CPU: measure CPU in a run without it)",
+    )
     args = parser.parse_args()
     cluster = None
     if args.dsn:
@@ -829,6 +899,13 @@ def main() -> None:
         cluster = Cluster(Path(tempfile.mkdtemp(prefix="piwbench-", dir="/tmp")), fsync=False)
         cluster.start()
         admin = cluster.url()
+        if args.log_statements:
+            engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.exec_driver_sql("ALTER SYSTEM SET log_min_duration_statement = 0")
+                conn.exec_driver_sql("ALTER SYSTEM SET log_line_prefix = '%%p '")
+                conn.exec_driver_sql("SELECT pg_reload_conf()")
+            engine.dispose()
     try:
         throughput(
             admin,
@@ -840,6 +917,7 @@ def main() -> None:
             cluster.pid if cluster is not None else None,
             args.py_spy,
             args.dir,
+            cluster.logfile if cluster is not None and args.log_statements else None,
         )
         if not args.skip_overhead:
             overhead(admin, max(1, round(5 * args.scale)), args.sandbox)
