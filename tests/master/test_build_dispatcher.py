@@ -6,6 +6,7 @@ tasks are driven with ``poll(0)`` by the scripted peers while they wait.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -18,15 +19,23 @@ import pytest
 from sqlalchemy import text
 
 from piwheels import protocols
-from piwheels.db import abis, packages, versions
+from piwheels.db import abis, packages, queue, versions
+from piwheels.db import builds as db_builds
+from piwheels.db.files import FileRecord
 from piwheels.filetransfer import FileSender
-from piwheels.master.build_dispatcher import BuildDispatcher
+from piwheels.master.build_dispatcher import (
+    BuildDispatcher,
+    BuilderState,
+    BuildInFlight,
+    _Finish,
+)
 from piwheels.master.env import MasterEnv
 from piwheels.master.file_receiver import FileReceiver
 from piwheels.master.page_writer import PageWriter
 from piwheels.settings import Settings
 from piwheels.transport import DEALER, PULL, PUSH, Context, encode, now
 from tests.admin.harness import fresh_engine, make_wheel
+from tests.db import factories as f
 from tests.peer import ScriptedPeer, wait_for
 
 TARGET = "cp311-linux_armv7l"
@@ -751,3 +760,266 @@ def test_handlers_return_when_the_other_handler_drained_their_socket(rig: Rig) -
         thread.start()
         thread.join(10)
         assert not thread.is_alive(), f"{handler.__name__} blocked on an empty socket"
+
+
+# -- one queue update for a flush that finishes and starts builds ------------------------
+
+
+def _flight(build_id: int, target: str = TARGET) -> BuildInFlight:
+    return BuildInFlight(
+        build_id=build_id,
+        package=f"p{build_id}",
+        version="1.0",
+        started_at=now(),
+        timeout=timedelta(hours=1),
+        target=target,
+    )
+
+
+def _asker(builder_id: int, target: str = TARGET) -> BuilderState:
+    return BuilderState(
+        peer=(f"b{builder_id}".encode(),),
+        builder_id=builder_id,
+        label=f"pi-{builder_id}",
+        abi=target.split("-", 1)[0],
+        platform=target.split("-", 1)[1],
+        target=target,
+        os_name="Debian GNU/Linux",
+        os_version="12",
+        first_seen=now(),
+        last_seen=now(),
+    )
+
+
+def _finish(
+    build: BuildInFlight, records: list[FileRecord], status: str = "success"
+) -> tuple[_Finish, db_builds.BuildResult]:
+    failure = None if status == "success" else "compile_error"
+    item = _Finish(build, status, failure, "log\n", timedelta(seconds=5), records)
+    result = db_builds.BuildResult(
+        build.build_id, status, item.duration, failure, tuple(records), f"/logs/{build.build_id}"
+    )
+    return item, result
+
+
+T312 = "cp312-linux_armv7l"
+
+
+def _merge(
+    finished: list[tuple[_Finish, db_builds.BuildResult]], asking: list[BuilderState]
+) -> bool:
+    return BuildDispatcher._one_queue_update(
+        [i for i, _ in finished], [r for _, r in finished], asking
+    )
+
+
+def test_one_queue_update_only_for_successes_with_files_of_one_target_asked_for() -> None:
+    """The merged update is chosen only when the queue read could not see a finished release."""
+    wheel = f.wheel("p1", "1.0", "cp311-cp311-linux_armv7l")
+    ok = [_finish(_flight(1), [wheel]), _finish(_flight(2), [wheel])]
+    askers = [_asker(1), _asker(2)]
+    assert _merge(ok, askers)
+    assert _merge(ok[:1], askers[:1])
+    # A failure (its release may come back into its target's queue).
+    assert not _merge([ok[0], _finish(_flight(3), [], "failed")], askers)
+    # A success without files (its release is queued again for its target).
+    assert not _merge([ok[0], _finish(_flight(3), [])], askers)
+    # Builds of two targets finished, or a builder of another target asking.
+    assert not _merge([ok[0], _finish(_flight(3, T312), [wheel])], askers)
+    assert not _merge(ok, [*askers, _asker(3, T312)])
+    assert not _merge(ok, [_asker(3, T312)])
+    # Nothing finished, or nobody asking.
+    assert not _merge([], askers)
+    assert not _merge(ok, [])
+
+
+@dataclass
+class _Flush:
+    """One flush to replay on fresh databases: what ends, who asks."""
+
+    targets: list[tuple[str, str]]
+    # Release -> the wheel tags its (successful) build for TARGET produces.
+    finished: dict[str, str]
+    # Releases being built that stay so (package -> target).
+    busy: dict[str, str]
+    asking: int
+
+
+_FLUSHES = {
+    # One target, more builders asking than releases left: every queued one goes out.
+    "one-target": _Flush(
+        targets=[("cp311", "linux_armv7l")],
+        finished={
+            "a": "cp311-cp311-linux_armv7l",
+            "b": "cp311-cp311-linux_armv7l",
+            "c": "cp311-cp311-linux_armv7l",
+        },
+        busy={"d": TARGET},
+        asking=7,
+    ),
+    # A second target: an abi3 wheel and a pure one serve it too, a cp311 wheel does not
+    # (its release comes back into cp312's queue); another release is being built for it.
+    "abi3-and-pure": _Flush(
+        targets=[("cp311", "linux_armv7l"), ("cp312", "linux_armv7l")],
+        finished={
+            "a": "cp311-abi3-linux_armv7l",
+            "b": "cp311-cp311-linux_armv7l",
+            "c": "py3-none-any",
+        },
+        busy={"d": T312},
+        asking=3,
+    ),
+}
+
+
+def _seed(
+    engine: Any, flush: _Flush
+) -> tuple[list[_Finish], list[db_builds.BuildResult], list[BuilderState]]:
+    """Releases a..h (and e 2.0, g 0.9) queued, some being built; returns the flush's
+    finished builds with their files and its builders asking (all of TARGET)."""
+    with engine.begin() as conn:
+        for tag, platform in flush.targets:
+            f.abi(conn, tag, platform)
+        for i, name in enumerate("abcdefgh"):
+            f.version(conn, name, "1.0", days_ago=i + 1)
+        f.version(conn, "e", "2.0", days_ago=0)
+        f.version(conn, "g", "0.9", days_ago=30)
+        # A past permanent failure keeps g 0.9 out of TARGET's queue (not cp312's).
+        f.build(conn, "g", "0.9", TARGET, failure="compile_error")
+        for package, target in flush.busy.items():
+            db_builds.start_build(conn, package, "1.0", target, f"busy-{package}")
+
+        def builder(i: int) -> int:
+            return db_builds.register_builder(conn, f"pi-{i}", abi=TARGET)
+
+        items, results = [], []
+        for i, (package, tags) in enumerate(flush.finished.items()):
+            build_id = db_builds.start_build(conn, package, "1.0", TARGET, builder(i))
+            name = f"{package}-1.0-{tags}.whl"
+            flight = BuildInFlight(
+                build_id=build_id,
+                package=package,
+                version="1.0",
+                started_at=now(),
+                timeout=timedelta(hours=1),
+                target=TARGET,
+            )
+            # No tags: a success without files.
+            records = [FileRecord(filename=name, size=len(name), sha256=f.sha(name))]
+            item, result = _finish(flight, records if tags else [])
+            items.append(item)
+            results.append(result)
+        # The builders that just finished ask again, with others idle until now.
+        asking = [_asker(builder(i)) for i in range(flush.asking)]
+    return items, results, asking
+
+
+def _db_state(engine: Any) -> dict[str, list[tuple[Any, ...]]]:
+    queries = {
+        "builds": "SELECT build_id, package, version, abi, builder_id, status, attempt, "
+        "failure_class FROM builds ORDER BY build_id",
+        "queue": "SELECT * FROM build_queue ORDER BY abi, package, version",
+        "files": "SELECT filename, build_id FROM files ORDER BY filename",
+    }
+    with engine.connect() as conn:
+        return {k: [tuple(r) for r in conn.execute(text(q))] for k, q in queries.items()}
+
+
+def _refreshed_queue(engine: Any) -> list[tuple[Any, ...]]:
+    """The queue a full recomputation gives (rolled back)."""
+    with engine.connect() as conn, conn.begin() as trans:
+        queue.refresh(conn, rebuild=False)
+        rows = [tuple(r) for r in conn.execute(text("SELECT * FROM build_queue ORDER BY 1, 2, 3"))]
+        trans.rollback()
+    return rows
+
+
+def _replay(rig: Rig, engine: Any, flush: _Flush, *, merge: bool | None = None) -> Any:
+    """Seed *engine*'s database and write *flush* through the dispatcher's ``_write``:
+    merged or not as it decides (None) or as forced; returns (its decision, started,
+    state before, state after)."""
+    dispatcher = rig.dispatcher
+    items, results, asking = _seed(engine, flush)
+    before = _db_state(engine)
+    dispatcher._drop_conn()
+    dispatcher.env = dataclasses.replace(rig.env, engine=engine)
+    real = dispatcher._one_queue_update
+    chose = real(items, results, asking)
+    try:
+        if merge is not None:
+            dispatcher._one_queue_update = lambda *args: merge  # type: ignore[method-assign]
+        started = dispatcher._write(items, results, asking)
+    finally:
+        dispatcher._one_queue_update = real  # type: ignore[method-assign]
+        dispatcher._drop_conn()
+        dispatcher.env = rig.env
+    given = [(s.label, q.package, q.version, b) for s, q, b in started]
+    return chose, given, before, _db_state(engine)
+
+
+@pytest.mark.parametrize("name", list(_FLUSHES))
+def test_one_queue_update_gives_what_separate_updates_give(
+    rig: Rig, new_database: Any, name: str
+) -> None:
+    """The same flush on two identical databases, merged (one queue update after the
+    builds start) and separate (one update per step): the same builds start and the same
+    queue is left, the one a full recomputation gives; nothing is handed out twice."""
+    flush = _FLUSHES[name]
+    merged_engine, separate_engine = rig.engine, fresh_engine(new_database)
+    try:
+        merged = _replay(rig, merged_engine, flush)
+        separate = _replay(rig, separate_engine, flush, merge=False)
+    finally:
+        separate_engine.dispose()
+    assert merged[0], "the flush must take the merged path"
+    outcomes = {"merged": merged[1], "separate": separate[1]}
+    states = {"merged": merged[2:], "separate": separate[2:]}
+    assert states["merged"][0] == states["separate"][0]  # two identical databases
+    assert outcomes["merged"] == outcomes["separate"]
+    assert states["merged"][1] == states["separate"][1]
+    after = states["merged"][1]
+    assert after["queue"] == _refreshed_queue(merged_engine)
+    # Nothing handed out twice: not a release being built or just built, each at most once.
+    given = [(p, v) for _, p, v, _ in outcomes["merged"]]
+    assert len(given) == len(set(given))
+    assert not set(given) & {(p, "1.0") for p in [*flush.finished, *flush.busy]}
+    with merged_engine.connect() as conn:
+        left = queue.next_builds(conn, TARGET, 100)
+    assert not {(q.package, q.version) for q in left} & {*given, ("g", "0.9")}
+    building = {(p, v) for _, p, v, _, _, st, _, _ in after["builds"] if st == "building"}
+    assert building == set(given) | {(p, "1.0") for p in flush.busy}
+    assert not {(p, v) for _, p, v, *_ in after["queue"]} & building
+    if name == "one-target":
+        # Seven builders, five releases left (e 1.0, e 2.0, f, g, h): all handed out.
+        assert sorted(given) == [
+            ("e", "1.0"),
+            ("e", "2.0"),
+            ("f", "1.0"),
+            ("g", "1.0"),
+            ("h", "1.0"),
+        ]
+        assert after["queue"] == []
+    else:
+        # cp312 gets b back (a cp311 wheel does not serve it), not a (abi3) nor c (pure).
+        assert given == [("e", "2.0"), ("e", "1.0"), ("f", "1.0")]  # newest first
+        back = {(p, v) for a, p, v, *_ in after["queue"] if a == T312}
+        assert ("b", "1.0") in back and not back & {("a", "1.0"), ("c", "1.0")}
+        assert ("g", "0.9") in back
+
+
+def test_a_success_without_files_keeps_the_updates_separate(rig: Rig, new_database: Any) -> None:
+    """Why the condition matters: a success without files puts its release back in its
+    target's queue, so the builders asking in the same flush may get it.  The dispatcher
+    keeps the updates separate and hands it out; a forced merge would not see it."""
+    flush = _Flush(targets=[("cp311", "linux_armv7l")], finished={"a": ""}, busy={}, asking=3)
+    forced_engine = fresh_engine(new_database)
+    try:
+        chose, given, _, after = _replay(rig, rig.engine, flush)
+        _, forced, _, _ = _replay(rig, forced_engine, flush, merge=True)
+    finally:
+        forced_engine.dispose()
+    assert not chose
+    assert after["queue"] == _refreshed_queue(rig.engine)
+    # Newest first: e 2.0, then a (back in the queue), b, c.
+    assert [(p, v) for _, p, v, _ in given] == [("e", "2.0"), ("a", "1.0"), ("b", "1.0")]
+    assert [(p, v) for _, p, v, _ in forced] == [("e", "2.0"), ("b", "1.0"), ("c", "1.0")]
