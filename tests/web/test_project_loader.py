@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2.errors
 import psycopg2.extensions
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from piwheels.db import builds, packages, projects
 from piwheels.web.writer import SiteWriter
@@ -124,86 +125,84 @@ def _idle(conn: Any) -> bool:
     return bool(status == psycopg2.extensions.TRANSACTION_STATUS_IDLE)
 
 
+@pytest.fixture
+def kept(new_database: Any) -> Iterator[tuple[Engine, Connection, list[str]]]:
+    """An engine on a fresh database of varied projects, a connection in autocommit on it
+    (as the site process keeps one), and the projects' names."""
+    engine = create_engine(new_database(template=TEMPLATE_DB, prefix="piwsnap"))
+    try:
+        with engine.begin() as conn:
+            names = _varied(conn)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield engine, conn, names
+    finally:
+        engine.dispose()
+
+
 def test_batch_in_autocommit_reads_one_snapshot(
-    new_database: Any, monkeypatch: pytest.MonkeyPatch
+    kept: tuple[Engine, Connection, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Writes committed while a batch is being read (between its queries) show in none of
     # its pages: the batch reads one snapshot, and then leaves no transaction open.
-    url = new_database(template=TEMPLATE_DB, prefix="piwsnap")
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = _varied(conn)
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        before = projects.get_projects_batch(conn, names)
-        assert _idle(conn)
-        real = projects._fetch
-        calls: list[str] = []
+    engine, conn, names = kept
+    before = projects.get_projects_batch(conn, names)
+    assert _idle(conn)
+    real = projects._fetch
+    calls: list[str] = []
 
-        def meanwhile(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-            rows = real(cur, query, params)
-            calls.append(query)
-            if len(calls) == 1:  # after the first query: every table the later ones read
-                with engine.begin() as other:
-                    cp39 = f.abi(other, "cp39")
-                    f.version(other, "alpha", "4.0")
-                    f.build(other, "alpha", "4.0", cp39, tags="cp39-cp39-linux_armv7l")
-                    f.version(other, "eta", "1.0")
-                    f.build(other, "eta", "1.0", cp39, tags="cp39-cp39-linux_armv7l")
-                    builds.request_retry(other, "alpha", "3.0a1")
-                    packages.add_alias(other, "Alpha")
-                    packages.set_status(other, "zeta", "active")
-                    other.execute(
-                        text(
-                            "INSERT INTO daily_package_stats (day, package, downloads) "
-                            "VALUES (current_date, 'beta', 40)"
-                        )
+    def meanwhile(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        rows = real(cur, query, params)
+        calls.append(query)
+        if len(calls) == 1:  # after the first query: every table the later ones read
+            with engine.begin() as other:
+                cp39 = f.abi(other, "cp39")
+                f.version(other, "alpha", "4.0")
+                f.build(other, "alpha", "4.0", cp39, tags="cp39-cp39-linux_armv7l")
+                f.version(other, "eta", "1.0")
+                f.build(other, "eta", "1.0", cp39, tags="cp39-cp39-linux_armv7l")
+                builds.request_retry(other, "alpha", "3.0a1")
+                packages.add_alias(other, "Alpha")
+                packages.set_status(other, "zeta", "active")
+                other.execute(
+                    text(
+                        "INSERT INTO daily_package_stats (day, package, downloads) "
+                        "VALUES (current_date, 'beta', 40)"
                     )
-            return rows
+                )
+        return rows
 
-        monkeypatch.setattr(projects, "_fetch", meanwhile)
-        during = projects.get_projects_batch(conn, names)
-        monkeypatch.setattr(projects, "_fetch", real)
-        assert len(calls) > 2
-        assert during == before
-        assert _idle(conn)
-        after, published = projects.get_projects_batch(conn, names)
-        assert after["alpha"].versions[0].version == "4.0"
-        assert "Alpha" in after["alpha"].aliases
-        assert after["beta"].downloads_all == before[0]["beta"].downloads_all + 40
-        assert after["zeta"].status == "active" and before[0]["zeta"].status == "quarantined"
-        assert "eta" in published - before[1]
-        conn.close()
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(projects, "_fetch", meanwhile)
+    during = projects.get_projects_batch(conn, names)
+    monkeypatch.setattr(projects, "_fetch", real)
+    assert len(calls) > 2
+    assert during == before
+    assert _idle(conn)
+    after, published = projects.get_projects_batch(conn, names)
+    assert after["alpha"].versions[0].version == "4.0"
+    assert "Alpha" in after["alpha"].aliases
+    assert after["beta"].downloads_all == before[0]["beta"].downloads_all + 40
+    assert after["zeta"].status == "active" and before[0]["zeta"].status == "quarantined"
+    assert "eta" in published - before[1]
 
 
 def test_batch_error_leaves_no_transaction_open(
-    new_database: Any, monkeypatch: pytest.MonkeyPatch
+    kept: tuple[Engine, Connection, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A read that fails half-way ends its transaction, so the kept connection can read again.
-    url = new_database(template=TEMPLATE_DB, prefix="piwsnap")
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = _varied(conn)
-        conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        real = projects._fetch
+    _, conn, names = kept
+    real = projects._fetch
 
-        def failing(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-            if "FROM versions" in query:
-                cur.execute("SELECT 1 / 0")  # a server error: the transaction is aborted
-            return real(cur, query, params)
+    def failing(cur: Any, query: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if "FROM versions" in query:
+            cur.execute("SELECT 1 / 0")  # a server error: the transaction is aborted
+        return real(cur, query, params)
 
-        monkeypatch.setattr(projects, "_fetch", failing)
-        with pytest.raises(psycopg2.errors.DivisionByZero):
-            projects.get_projects_batch(conn, names)
-        assert _idle(conn)
-        monkeypatch.setattr(projects, "_fetch", real)
-        assert "alpha" in projects.get_projects_batch(conn, names)[0]
-        conn.close()
-    finally:
-        engine.dispose()
+    monkeypatch.setattr(projects, "_fetch", failing)
+    with pytest.raises(psycopg2.errors.DivisionByZero):
+        projects.get_projects_batch(conn, names)
+    assert _idle(conn)
+    monkeypatch.setattr(projects, "_fetch", real)
+    assert "alpha" in projects.get_projects_batch(conn, names)[0]
 
 
 @pytest.mark.parametrize("build_id", [0, 7, 12345, 99_999_999, 10**12 + 5])
