@@ -184,7 +184,9 @@ async def test_pause_and_resume_reach_the_master(
             lambda: getattr(dispatcher_state(farm, builder_id), "state", None) == "paused",
             what="builder told paused",
         )
-        assert "(paused)" in caplog.text
+        # The dispatcher counts the builder as paused when it sends SLEEP; the builder
+        # logs it when that arrives, a moment later.
+        await wait(lambda: "(paused)" in caplog.text, what="the builder told it is paused")
         farm.publish_sdist(sdists.pure_sdist, "piwtest-while-paused")
         farm.add_release("piwtest-while-paused")
         await wait(
