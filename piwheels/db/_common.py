@@ -1,10 +1,12 @@
-"""Helpers shared by the query modules: name and version checks, nested transactions."""
+"""Helpers shared by the query modules: name and version checks, nested transactions,
+server-side prepared statements."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from packaging.utils import canonicalize_name
 from sqlalchemy.engine import Connection
@@ -59,3 +61,19 @@ def atomic(conn: Connection) -> Iterator[Connection]:
     else:
         with conn.begin():
             yield conn
+
+
+def execute_prepared(conn: Connection, name: str, sql: str, types: str, args: tuple) -> Any:
+    """Run *sql* (with ``$n`` parameters of *types*) as a server-side prepared statement.
+
+    The statement is prepared once per database connection (PREPARE is not
+    undone by a rollback), so repeated small calls skip parsing and planning.
+    Python lists are sent as array literals; an empty one (``'{}'``) takes its
+    parameter's type.
+    """
+    prepared: set[str] = conn.connection.info.setdefault("piw_prepared", set())
+    if name not in prepared:
+        conn.exec_driver_sql(f"PREPARE {name}({types}) AS {sql}")
+        prepared.add(name)
+    marks = ", ".join(["%s"] * len(args))
+    return conn.exec_driver_sql(f"EXECUTE {name}({marks})", args)

@@ -15,7 +15,7 @@ from piwheels.errors import BuildError, InvalidName, InvalidWheel
 
 from . import files as files_mod
 from . import queue
-from ._common import atomic, canonical, check_version
+from ._common import atomic, canonical, check_version, execute_prepared
 from .files import FileRecord
 from .schema import (
     FAILURE_CLASSES,
@@ -166,7 +166,7 @@ def start_build(
 
 
 # The statements below run once per burst of the build dispatcher: each is prepared on
-# the server once per connection (queue.execute_prepared), so a burst skips their
+# the server once per connection (_common.execute_prepared), so a burst skips their
 # parsing and planning.  Arrays come in as parameters, one per column.
 
 _LOCK_VERSIONS = """
@@ -234,7 +234,7 @@ def start_builds(
         # Lock the releases (in a fixed order) so concurrent starts are serialised.
         exists = {
             (p, v)
-            for p, v in queue.execute_prepared(
+            for p, v in execute_prepared(
                 conn, "piw_lock_versions", _LOCK_VERSIONS, "text[], text[]", (args["p"], args["v"])
             )
         }
@@ -242,7 +242,7 @@ def start_builds(
         busy: set[tuple[str, str]] = set()
         envs: dict[str, int] = {}
         failures: dict[tuple[str, str, str], int] = {}
-        facts = queue.execute_prepared(
+        facts = execute_prepared(
             conn,
             "piw_start_facts",
             _START_FACTS,
@@ -284,7 +284,7 @@ def start_builds(
         if rows:
             new = {
                 (p, v): int(build_id)
-                for build_id, p, v in queue.execute_prepared(
+                for build_id, p, v in execute_prepared(
                     conn,
                     "piw_insert_builds",
                     _INSERT_BUILDS,
@@ -429,7 +429,7 @@ def _add_files_many(
     new = list(first.values())
     inserted = {
         name
-        for (name,) in queue.execute_prepared(
+        for (name,) in execute_prepared(
             conn,
             "piw_insert_files",
             _INSERT_FILES,
@@ -451,7 +451,7 @@ def _add_files_many(
         (rec.filename, d.tool, d.requirement): None for rec in records for d in rec.dependencies
     }
     if deps:
-        queue.execute_prepared(
+        execute_prepared(
             conn,
             "piw_insert_dependencies",
             _INSERT_DEPENDENCIES,
@@ -506,7 +506,7 @@ def finish_builds(
     with _atomic(conn, savepoint):
         # One statement locks, checks and updates: the UPDATE takes each row's lock
         # and skips a build that is no longer unfinished once it holds it.
-        finished = queue.execute_prepared(
+        finished = execute_prepared(
             conn,
             "piw_finish_builds",
             _FINISH_BUILDS,

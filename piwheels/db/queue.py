@@ -34,14 +34,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from piwheels.errors import DatabaseError
 
-from ._common import atomic
+from ._common import atomic, execute_prepared
 from .schema import TRANSIENT_FAILURES
 
 _TRANSIENT = ", ".join(f"'{c}'" for c in TRANSIENT_FAILURES)
@@ -156,22 +155,6 @@ def _recompute(conn: Connection, where: str, params: dict[str, object]) -> int:
     rules = _RULES.format(vfilter=vwhere, bfilter=bwhere)
     result = conn.execute(text(f"INSERT INTO build_queue ({_COLUMNS}) {rules}"), params)
     return result.rowcount
-
-
-def execute_prepared(conn: Connection, name: str, sql: str, types: str, args: tuple) -> Any:
-    """Run *sql* (with ``$n`` parameters of *types*) as a server-side prepared statement.
-
-    The statement is prepared once per database connection (PREPARE is not
-    undone by a rollback), so repeated small calls skip parsing and planning.
-    Python lists are sent as array literals; an empty one (``'{}'``) takes its
-    parameter's type.
-    """
-    prepared: set[str] = conn.connection.info.setdefault("piw_prepared", set())
-    if name not in prepared:
-        conn.exec_driver_sql(f"PREPARE {name}({types}) AS {sql}")
-        prepared.add(name)
-    marks = ", ".join(["%s"] * len(args))
-    return conn.exec_driver_sql(f"EXECUTE {name}({marks})", args)
 
 
 _UPDATE_MANY_SQL = _UPDATE_MANY.replace(":q_packages", "$1").replace(":q_versions", "$2")
