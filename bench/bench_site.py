@@ -20,7 +20,9 @@
    loader (``db.projects.ProjectLoader``, a chunk per fixed number of queries) feeding
    ``SiteWriter.write_all`` in one process and in the pool (each worker with its own
    connection), beside the bulk read alone, the per-project loader, and the render-only and
-   raw temp+rename figures of part 1, with ratios.
+   raw floor figures of part 1, with ratios.  The first site is removed (untimed) before the
+   pool writes the second, so a full-size run needs room for one site (at scale 1 about
+   900,000 inodes and 9 GB, plus the database).
    Then the latency from a finished build to its pages being replaced through the page
    writer task with its default settings (coalescing window, site process): median and 99th
    percentile for builds one at a time, a stream of builds, and bursts for one project.
@@ -28,8 +30,15 @@
    nginx, with and without ``.metadata`` files, beside the same HTTP requests made one by one
    with http.client (the loopback floor).
 
-Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers N] [--no-uv]
-       [--no-db] [--latency-only] [--samples N] [--dsn SUPERUSER-URL]
+Usage: python bench/bench_site.py --scale 0.01 [--dir DIR] [--fsync] [--workers N]
+       [--parts rewrite,latency,db,task-latency,uv] [--sample N] [--no-uv] [--no-db]
+       [--latency-only] [--samples N] [--dsn SUPERUSER-URL]
+
+``--parts`` picks the parts (default all).  ``--parts db`` runs part 3's full rewrite from the
+database alone, over every project of the scale; part 1's figures it is compared with (render
+only, rewrite from memory, raw floors: per-project constants) are then measured on a sample of
+at most ``--sample`` projects (10,000), and said so.  ``--no-uv``, ``--no-db`` and
+``--latency-only`` (= ``--parts task-latency``) still work.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -54,7 +64,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
 from piwheels.db import initdb
 from piwheels.db import projects as db_projects
@@ -285,9 +295,22 @@ def measured(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def bench_rewrite(
-    base: Path, count: int, fsync: bool, workers: int
-) -> tuple[list[ProjectData], dict[str, float]]:
-    print(f"== full rewrite: {count} projects x 10 versions x 3 files, 4 pages each")
+    base: Path, count: int, fsync: bool, workers: int, sample: bool = False
+) -> dict[str, float]:
+    """Part 1; returns the rates and per-project CPU figures part 3 prints beside its own.
+
+    With *sample*, only what part 3 needs (render only, the rewrite from memory in one
+    process and in the pool, the raw floors), measured on *count* projects taken as a sample
+    (per-project constants: the database part alone at full size need not wait for all of
+    part 1's variants over every project).
+    """
+    if sample:
+        print(
+            f"== part 1's per-project constants for part 3, measured on a sample of {count} "
+            "projects (render only, rewrite from memory, raw floors)"
+        )
+    else:
+        print(f"== full rewrite: {count} projects x 10 versions x 3 files, 4 pages each")
     t0 = time.perf_counter()
     projects = [synthetic_project(i) for i in range(count)]
     print(f"  (building the synthetic projects: {count / (time.perf_counter() - t0):.0f}/s)")
@@ -353,10 +376,14 @@ def bench_rewrite(
         f"rewrite all changed, pool of {workers}",
         lambda: site.write_all(projects, workers=workers),
     )
-    blind = SiteWriter(base / "site", CONFIG, fsync=fsync, skip_unchanged=False)
-    run("  same, no read-back (skip_unchanged off)", lambda: blind.write_all(changed))
-    run("rewrite unchanged, 1 process", lambda: site.write_all(changed))
-    run(f"rewrite unchanged, pool of {workers}", lambda: site.write_all(changed, workers=workers))
+    if not sample:
+        blind = SiteWriter(base / "site", CONFIG, fsync=fsync, skip_unchanged=False)
+        run("  same, no read-back (skip_unchanged off)", lambda: blind.write_all(changed))
+        run("rewrite unchanged, 1 process", lambda: site.write_all(changed))
+        run(
+            f"rewrite unchanged, pool of {workers}",
+            lambda: site.write_all(changed, workers=workers),
+        )
     start = timed(lambda: site.write_all(changed[:1], workers=workers))
 
     raw_root = str(base / "raw")
@@ -385,15 +412,16 @@ def bench_rewrite(
     rawxn_wall, rawxn_cpu = raw_rewrite_pool(raw_root, count, 0, xsettings, workers)
     figures.append((f"raw spare+exchange, same files, {workers} procs", rawxn_wall, rawxn_cpu))
     shutil.rmtree(raw_root, ignore_errors=True)
-    fresh = SiteWriter(base / "site", CONFIG, fsync=fsync, reuse_inodes=False)
-    fresh.write_all(projects)  # gen 0 back (not timed), then every page changes again
-    run("  same, no inode reuse (temp+rename)", lambda: fresh.write_all(changed))
-    twins = SiteWriter(base / "site", CONFIG, fsync=fsync, project_twins=True)
-    twins.write_all(projects)  # adds the project pages' twins (not timed)
-    run("  same, project pages twinned too", lambda: twins.write_all(changed))
-    nogz = SiteWriter(base / "site", CONFIG, fsync=fsync, gzip_threshold=1 << 40)
-    nogz.write_all(projects)  # removes the twins (not timed)
-    run("  same, no .gz twins at all", lambda: nogz.write_all(changed))
+    if not sample:
+        fresh = SiteWriter(base / "site", CONFIG, fsync=fsync, reuse_inodes=False)
+        fresh.write_all(projects)  # gen 0 back (not timed), then every page changes again
+        run("  same, no inode reuse (temp+rename)", lambda: fresh.write_all(changed))
+        twins = SiteWriter(base / "site", CONFIG, fsync=fsync, project_twins=True)
+        twins.write_all(projects)  # adds the project pages' twins (not timed)
+        run("  same, project pages twinned too", lambda: twins.write_all(changed))
+        nogz = SiteWriter(base / "site", CONFIG, fsync=fsync, gzip_threshold=1 << 40)
+        nogz.write_all(projects)  # removes the twins (not timed)
+        run("  same, no .gz twins at all", lambda: nogz.write_all(changed))
 
     width = max(len(label) for label, _, _ in figures)
     for label, wall, cpu in figures:
@@ -446,7 +474,7 @@ def bench_rewrite(
         "raw nameless+link, first, 1 process": count / rawl1[0],
         f"raw nameless+link, first, {workers} procs": count / rawln_wall,
     }
-    return projects, rates
+    return rates
 
 
 # --- the production path: from the database -------------------------------------------------
@@ -461,63 +489,99 @@ def _copy(conn: Connection, table: str, cols: str, rows: list[str]) -> None:
     cur.close()
 
 
-def fill_database(conn: Connection, count: int) -> None:
+def fill_database(engine: Engine, count: int, streams: int = 2) -> None:
     """*count* projects shaped like :func:`synthetic_project`: 10 versions, one wheel per
-    target each (three targets), two apt and two pip dependencies per wheel, downloads."""
-    for k, abi in enumerate(ABIS):
+    target each (three targets), two apt and two pip dependencies per wheel, downloads.
+
+    The batches of 2,000 projects are sent over *streams* connections at once (the server's
+    work per row, above all the ``files`` table's two hash-format checks, is most of the
+    cost, and each connection has its own backend), each stream in one transaction with the
+    foreign-key triggers off (``session_replication_role = replica``: the rows meet every
+    reference by construction, and skipping the per-row lookups halves the fill).  Check
+    constraints and indexes stay, so the rows are exactly those of a checked insert.
+    """
+    with engine.begin() as conn:
+        for k, abi in enumerate(ABIS):
+            conn.execute(
+                text(
+                    "INSERT INTO abis (abi, abi_tag, py_major, py_minor, platform_tag) "
+                    "VALUES (:a, :t, 3, :m, 'linux_armv7l')"
+                ),
+                {"a": f"{abi}-linux_armv7l", "t": abi, "m": (9, 11, 13)[k]},
+            )
+    # 70 distinct version strings: each one's sort key (and row tail) computed once.
+    keys: dict[str, str] = {}
+    starts = list(range(0, count, 2000))
+    errors: list[BaseException] = []
+
+    def stream(mine: list[int]) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                for start in mine:
+                    _fill_batch(conn, range(start, min(count, start + 2000)), keys)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=stream, args=(starts[k::streams],), name=f"fill-{k}")
+        for k in range(streams)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    with engine.begin() as conn:
         conn.execute(
-            text(
-                "INSERT INTO abis (abi, abi_tag, py_major, py_minor, platform_tag) "
-                "VALUES (:a, :t, 3, :m, 'linux_armv7l')"
-            ),
-            {"a": f"{abi}-linux_armv7l", "t": abi, "m": (9, 11, 13)[k]},
+            text("SELECT setval(pg_get_serial_sequence('builds', 'build_id'), :n)"),
+            {"n": (count * 10 + 10) * 3 + 3},
         )
-    for start in range(0, count, 2000):
-        ids = range(start, min(count, start + 2000))
-        pkgs, vers, blds, files, deps, dls = [], [], [], [], [], []
-        for i in ids:
-            name = f"project-{i}"
-            dist = name.replace("-", "_")
-            pkgs.append(f"{name}\t{name}\tSynthetic project number {i}\n")
-            dls.append(f"2026-01-01\t{name}\t{i * 10}\n")
-            for v in range(10, 0, -1):
-                version = f"{v}.0.{i % 7}"
-                key = db_versions.sort_key(version).hex()
-                vers.append(f"{name}\t{version}\t\\\\x{key}\tt\tf\t2026-01-{v + 1:02d}\n")
-                for k, abi in enumerate(ABIS):
-                    build_id = (i * 10 + v) * 3 + k + 1
-                    blds.append(
-                        f"{build_id}\t{name}\t{version}\t{abi}-linux_armv7l\tsuccess\t00:01:00\n"
-                    )
-                    wheel = f"{dist}-{version}-{abi}-{abi}-linux_armv7l.whl"
-                    sha = hashlib.sha256(wheel.encode()).hexdigest()
-                    files.append(
-                        f"{wheel}\t{build_id}\t{100_000 + i + v}\t{sha}\t{sha}\t{dist}\t"
-                        f"{version}\t{abi}\t{abi}\tlinux_armv7l\t0\t-1\t>=3.9\tpassed\n"
-                    )
-                    for tool, req in (
-                        ("apt", "libc6"),
-                        ("apt", "libffi8"),
-                        ("pip", "numpy>=1.20"),
-                        ("pip", "typing-extensions"),
-                    ):
-                        deps.append(f"{wheel}\t{tool}\t{req}\n")
-        _copy(conn, "packages", "name, display_name, summary", pkgs)
-        _copy(conn, "versions", "package, version, sort_key, valid, prerelease, released_at", vers)
-        _copy(conn, "builds", "build_id, package, version, abi, status, duration", blds)
-        _copy(
-            conn,
-            "files",
-            "filename, build_id, size, sha256, metadata_sha256, name_tag, version_tag, "
-            "python_tag, abi_tag, platform_tag, py_min, py_max, requires_python, import_test",
-            files,
-        )
-        _copy(conn, "dependencies", "filename, tool, requirement", deps)
-        _copy(conn, "daily_package_stats", "day, package, downloads", dls)
-    conn.execute(
-        text("SELECT setval(pg_get_serial_sequence('builds', 'build_id'), :n)"),
-        {"n": (count * 10 + 10) * 3 + 3},
+
+
+def _fill_batch(conn: Connection, ids: range, keys: dict[str, str]) -> None:
+    """COPY the rows of projects *ids* into the six tables (see :func:`fill_database`)."""
+    pkgs, vers, blds, files, deps, dls = [], [], [], [], [], []
+    for i in ids:
+        name = f"project-{i}"
+        dist = name.replace("-", "_")
+        pkgs.append(f"{name}\t{name}\tSynthetic project number {i}\n")
+        dls.append(f"2026-01-01\t{name}\t{i * 10}\n")
+        for v in range(10, 0, -1):
+            version = f"{v}.0.{i % 7}"
+            key = keys.get(version)
+            if key is None:
+                key = keys[version] = db_versions.sort_key(version).hex()
+            vers.append(f"{name}\t{version}\t\\\\x{key}\tt\tf\t2026-01-{v + 1:02d}\n")
+            size = 100_000 + i + v
+            for k, abi in enumerate(ABIS):
+                build_id = (i * 10 + v) * 3 + k + 1
+                blds.append(
+                    f"{build_id}\t{name}\t{version}\t{abi}-linux_armv7l\tsuccess\t00:01:00\n"
+                )
+                wheel = f"{dist}-{version}-{abi}-{abi}-linux_armv7l.whl"
+                sha = hashlib.sha256(wheel.encode()).hexdigest()
+                files.append(
+                    f"{wheel}\t{build_id}\t{size}\t{sha}\t{sha}\t{dist}\t"
+                    f"{version}\t{abi}\t{abi}\tlinux_armv7l\t0\t-1\t>=3.9\tpassed\n"
+                )
+                deps.append(
+                    f"{wheel}\tapt\tlibc6\n{wheel}\tapt\tlibffi8\n"
+                    f"{wheel}\tpip\tnumpy>=1.20\n{wheel}\tpip\ttyping-extensions\n"
+                )
+    _copy(conn, "packages", "name, display_name, summary", pkgs)
+    _copy(conn, "versions", "package, version, sort_key, valid, prerelease, released_at", vers)
+    _copy(conn, "builds", "build_id, package, version, abi, status, duration", blds)
+    _copy(
+        conn,
+        "files",
+        "filename, build_id, size, sha256, metadata_sha256, name_tag, version_tag, "
+        "python_tag, abi_tag, platform_tag, py_min, py_max, requires_python, import_test",
+        files,
     )
+    _copy(conn, "dependencies", "filename, tool, requirement", deps)
+    _copy(conn, "daily_package_stats", "day, package, downloads", dls)
 
 
 def bench_database(
@@ -527,8 +591,16 @@ def bench_database(
     rates: dict[str, float] | None,
     dsn: str | None,
     latency_samples: int = 300,
+    task_latency: bool = True,
+    sampled: int = 0,
 ) -> None:
-    print(f"== full rewrite from the database (piw-rebuild all's path): {count} projects")
+    """Part 3: the full rewrite from the database (unless *rates* is None: part 1's figures,
+    measured on a sample of *sampled* projects when not 0), then the latency through the page
+    writer task if *task_latency*."""
+    if rates is not None:
+        print(f"== full rewrite from the database (piw-rebuild all's path): {count} projects")
+    else:
+        print(f"== a database of {count} projects for the page writer task")
     cluster = None
     if dsn is None:
         from piwheels.pgcluster import Cluster
@@ -541,12 +613,11 @@ def bench_database(
         initdb.upgrade(url, yes=True)
         engine = create_engine(url)
         t0 = time.perf_counter()
-        with engine.begin() as conn:
-            fill_database(conn, count)
+        fill_database(engine, count)
         with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
             conn.execute(text("VACUUM ANALYZE"))
         print(f"  (filling the database with COPY: {count / (time.perf_counter() - t0):.0f}/s)")
-        if rates is None:  # --latency-only
+        if rates is None:  # the task latency alone
             engine.dispose()
             bench_task_latency(base, url, count, latency_samples)
             return
@@ -578,6 +649,8 @@ def bench_database(
         with engine.connect() as conn:
             first_pg = server(conn) - pg0
         figures.append(("first write, 1 process", count / first))
+        # Not used again: removed (untimed) so that a full-size run needs room for one site.
+        gone = timed(lambda: shutil.rmtree(base / "dbsite"))
         # The pool: started once (its start-up timed apart), then chunks streamed to it.
         site = SiteWriter(base / "dbsite2", CONFIG)
         start = timed(
@@ -616,6 +689,7 @@ def bench_database(
         for label, rate in figures:
             print(f"  {label:{width}}: {rate:8.0f} projects/s")
         print(f"  (starting the pool of {workers} with a connection each: {start * 1000:.0f} ms)")
+        print(f"  (removing the first site after its write, untimed: {gone:.0f} s)")
         render_ms = rates["render CPU ms per project"]
         writer_ms = rates["writer CPU ms per project"]
         print(
@@ -623,11 +697,12 @@ def bench_database(
             f"Python + {server_cpu / count * 1000:.2f} in PostgreSQL (all its processes)"
         )
         total_ms = (first_cpu + first_pg) / count * 1000
+        where = f"part 1 on a sample of {sampled}" if sampled else "part 1"
         print(
             f"  CPU ms per project, first write from the database in 1 process: "
             f"{first_cpu / count * 1000:.2f} in Python + {first_pg / count * 1000:.2f} in "
             f"PostgreSQL = {total_ms:.2f} (of which render {render_ms:.2f} and writer "
-            f"{writer_ms:.2f} measured in part 1; aim: 1 ms per project per core)"
+            f"{writer_ms:.2f} measured in {where}; aim: 1 ms per project per core)"
         )
         print(
             f"  CPU ms per project, rewrite with downloads changed: 1 process "
@@ -635,7 +710,10 @@ def bench_database(
             f"{changed_cpu / count * 1000:.2f} in Python (workers included) + "
             f"{changed_pg / count * 1000:.2f} in PostgreSQL"
         )
-        print("  beside part 1 (no database):")
+        if sampled:
+            print(f"  beside part 1 (no database; measured on a sample of {sampled} projects):")
+        else:
+            print("  beside part 1 (no database):")
         for label, rate in rates.items():
             if "CPU" not in label:
                 print(f"  {label:{width}}: {rate:8.0f} projects/s")
@@ -672,7 +750,8 @@ def bench_database(
             f"{pool_rate / 2000:.0%} of it"
         )
         engine.dispose()
-        bench_task_latency(base, url, count, latency_samples)
+        if task_latency:
+            bench_task_latency(base, url, count, latency_samples)
     finally:
         if cluster is not None:
             cluster.destroy()
@@ -761,7 +840,6 @@ def bench_task_latency(base: Path, url: str, count: int, samples: int) -> None:
     finishing together), where the later requests merge into the window after the first write.
     """
     import random
-    import threading
 
     from piwheels import protocols
     from piwheels.master.env import MasterEnv
@@ -864,11 +942,14 @@ def bench_task_latency(base: Path, url: str, count: int, samples: int) -> None:
         engine.dispose()
 
 
-def bench_latency(base: Path, projects: list[ProjectData], fsync: bool) -> None:
+def bench_latency(base: Path, count: int, fsync: bool) -> None:
     print("== latency: finished build -> pages replaced (render + write of one project)")
     site = SiteWriter(base / "site", CONFIG, fsync=fsync)
     samples = []
-    n = min(len(projects), 500)
+    n = min(count, 500)
+    if not (base / "site" / "project" / f"project-{n - 1}").exists():
+        # Part 1 did not run (or ran on fewer projects): pages to replace first, untimed.
+        site.write_all([synthetic_project(i) for i in range(n)])
     # A finished build changes the pages: write a new generation of each project.
     for p in [synthetic_project(i, generation=2) for i in range(n)]:
         t0 = time.perf_counter()
@@ -964,6 +1045,9 @@ def bench_uv(base: Path, repeats: int) -> None:
         )
 
 
+PARTS = ("rewrite", "latency", "db", "task-latency", "uv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 100,000 projects")
@@ -973,12 +1057,28 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 2, help="processes for the pool figures"
     )
+    parser.add_argument(
+        "--parts",
+        default="all",
+        help="comma-separated parts to run, of " + ", ".join(PARTS) + " (default all): "
+        "rewrite = part 1, latency = part 2, db = part 3's full rewrite from the database, "
+        "task-latency = part 3's latency through the page writer task, uv = part 4",
+    )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=10_000,
+        help="with db but not rewrite: projects on which part 1's per-project figures that "
+        "part 3 compares with are measured (at most the run's count)",
+    )
     parser.add_argument("--no-uv", action="store_true", help="skip the uv pip compile part")
-    parser.add_argument("--no-db", action="store_true", help="skip the database part")
+    parser.add_argument(
+        "--no-db", action="store_true", help="skip the database parts (db and task-latency)"
+    )
     parser.add_argument(
         "--latency-only",
         action="store_true",
-        help="only the build -> pages latency through the page writer task",
+        help="only the build -> pages latency through the page writer task (--parts task-latency)",
     )
     parser.add_argument(
         "--samples", type=int, default=300, help="builds per pattern in the latency part"
@@ -991,19 +1091,48 @@ def main() -> None:
         parser.error("--scale must be positive")
     if args.workers < 1:
         parser.error("--workers must be positive")
+    if args.sample < 1:
+        parser.error("--sample must be positive")
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if "all" in parts:
+        parts = set(PARTS)
+    unknown = sorted(parts - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part {', '.join(unknown)!r}; choose from {', '.join(PARTS)}")
+    if args.latency_only:
+        parts = {"task-latency"}
+    if args.no_uv:
+        parts.discard("uv")
+    if args.no_db:
+        parts -= {"db", "task-latency"}
+    if not parts:
+        parser.error("no part left to run")
     base = Path(tempfile.mkdtemp(prefix="piw-bench-site-", dir=args.dir))
     os.chmod(base, 0o755)
     try:
         count = max(1, int(100_000 * args.scale))
-        if args.latency_only:
-            bench_database(base, count, args.workers, None, args.dsn, args.samples)
-            return
-        projects, rates = bench_rewrite(base, count, args.fsync, args.workers)
-        bench_latency(base, projects, args.fsync)
-        del projects
-        if not args.no_db:
-            bench_database(base, count, args.workers, rates, args.dsn, args.samples)
-        if not args.no_uv:
+        rates: dict[str, float] | None = None
+        sampled = 0
+        if "rewrite" in parts:
+            rates = bench_rewrite(base, count, args.fsync, args.workers)
+        elif "db" in parts:
+            sampled = min(count, args.sample)
+            rates = bench_rewrite(base, sampled, args.fsync, args.workers, sample=True)
+        if "latency" in parts:
+            bench_latency(base, count, args.fsync)  # removes part 1's site
+        shutil.rmtree(base / "site", ignore_errors=True)
+        if "db" in parts or "task-latency" in parts:
+            bench_database(
+                base,
+                count,
+                args.workers,
+                rates if "db" in parts else None,
+                args.dsn,
+                args.samples,
+                task_latency="task-latency" in parts,
+                sampled=sampled,
+            )
+        if "uv" in parts:
             bench_uv(base, args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
