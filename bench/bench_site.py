@@ -489,7 +489,7 @@ def _copy(conn: Connection, table: str, cols: str, rows: list[str]) -> None:
     cur.close()
 
 
-def fill_database(engine: Engine, count: int, streams: int = 2) -> None:
+def fill_database(engine: Engine | Connection, count: int, streams: int = 2) -> None:
     """*count* projects shaped like :func:`synthetic_project`: 10 versions, one wheel per
     target each (three targets), two apt and two pip dependencies per wheel, downloads.
 
@@ -499,16 +499,19 @@ def fill_database(engine: Engine, count: int, streams: int = 2) -> None:
     foreign-key triggers off (``session_replication_role = replica``: the rows meet every
     reference by construction, and skipping the per-row lookups halves the fill).  Check
     constraints and indexes stay, so the rows are exactly those of a checked insert.
+
+    Given a connection instead (the tests of the project loader), everything goes through
+    it in its own transaction, one batch after another, with every foreign key checked:
+    that is what shows the rows do meet every reference.
     """
+    if isinstance(engine, Connection):
+        _add_abis(engine)
+        for start in range(0, count, 2000):
+            _fill_batch(engine, range(start, min(count, start + 2000)), {})
+        _set_build_ids(engine, count)
+        return
     with engine.begin() as conn:
-        for k, abi in enumerate(ABIS):
-            conn.execute(
-                text(
-                    "INSERT INTO abis (abi, abi_tag, py_major, py_minor, platform_tag) "
-                    "VALUES (:a, :t, 3, :m, 'linux_armv7l')"
-                ),
-                {"a": f"{abi}-linux_armv7l", "t": abi, "m": (9, 11, 13)[k]},
-            )
+        _add_abis(conn)
     # 70 distinct version strings: each one's sort key (and row tail) computed once.
     keys: dict[str, str] = {}
     starts = list(range(0, count, 2000))
@@ -534,10 +537,26 @@ def fill_database(engine: Engine, count: int, streams: int = 2) -> None:
     if errors:
         raise errors[0]
     with engine.begin() as conn:
+        _set_build_ids(conn, count)
+
+
+def _add_abis(conn: Connection) -> None:
+    for k, abi in enumerate(ABIS):
         conn.execute(
-            text("SELECT setval(pg_get_serial_sequence('builds', 'build_id'), :n)"),
-            {"n": (count * 10 + 10) * 3 + 3},
+            text(
+                "INSERT INTO abis (abi, abi_tag, py_major, py_minor, platform_tag) "
+                "VALUES (:a, :t, 3, :m, 'linux_armv7l')"
+            ),
+            {"a": f"{abi}-linux_armv7l", "t": abi, "m": (9, 11, 13)[k]},
         )
+
+
+def _set_build_ids(conn: Connection, count: int) -> None:
+    """New builds get ids after the synthetic ones."""
+    conn.execute(
+        text("SELECT setval(pg_get_serial_sequence('builds', 'build_id'), :n)"),
+        {"n": (count * 10 + 10) * 3 + 3},
+    )
 
 
 def _fill_batch(conn: Connection, ids: range, keys: dict[str, str]) -> None:
