@@ -69,6 +69,11 @@ class Task(threading.Thread):
     #: Logical endpoints this task binds and connects, for ordering and the docs.
     binds: ClassVar[Sequence[Endpoint]] = ()
     connects: ClassVar[Sequence[Endpoint]] = ()
+    #: True for a task the master runs in a child process of its own (see
+    #: :mod:`piwheels.master.process`): one that shares nothing with the others but sockets.
+    process: ClassVar[bool] = False
+    #: The name ps and top show for that process (at most 15 characters).
+    process_name: ClassVar[str] = ""
 
     def __init__(
         self,

@@ -99,6 +99,10 @@ class FileReceiver(Task):
     role = "file_receiver"
     # Transfers in flight finish even while the master is paused.
     pausable = False
+    # Its own process in the master: it shares nothing with the other tasks but sockets,
+    # and its checks of every chunk and wheel need not wait for their interpreter lock.
+    process = True
+    process_name = "piw-file-recv"
     binds = (
         Endpoint("file", "ROUTER", "files", "builders and piw-import send files"),
         Endpoint("transfers", "ROUTER", "transfers", "dispatcher and admin gateway requests"),

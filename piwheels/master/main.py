@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import shutil
 import signal
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from .env import MasterEnv
 from .file_receiver import FileReceiver
 from .log_ingest import LogIngest
 from .page_writer import PageWriter
+from .process import TaskProcess
 from .stats_collector import StatsCollector
 from .status_hub import StatusHub
 from .upstream_watcher import UpstreamWatcher
@@ -69,6 +72,24 @@ def addresses(settings: Settings) -> dict[str, str]:
         "logger": master.log_endpoint,
     }
     out.update({name: f"inproc://{name}-{tag}" for name in INTERNAL})
+    return out
+
+
+def private_endpoints(
+    addresses: dict[str, str], tasks: Sequence[type[Task]], folder: Path
+) -> dict[str, str]:
+    """*addresses* with the internal endpoints of tasks run in processes as ``ipc://`` sockets.
+
+    ``inproc://`` reaches only threads of one process; the sockets go in *folder*, which
+    only this master's user may enter.
+    """
+    out = dict(addresses)
+    for cls in tasks:
+        if not cls.process:
+            continue
+        for ep in (*cls.binds, *cls.connects):
+            if out.get(ep.name, "").startswith("inproc://"):
+                out[ep.name] = f"ipc://{folder / ep.name}"
     return out
 
 
@@ -122,30 +143,52 @@ class Master:
     ) -> None:
         self.settings = settings
         keys, authorized = server_keys(settings)
+        self.authorized_keys = authorized
         self.context = Context(authorized_keys=authorized)
         self.engine = engine if engine is not None else make_engine(settings)
+        self.task_classes = start_order(tasks)
+        # Sockets between the master and its task processes (see private_endpoints).
+        self.runtime_dir: Path | None = None
+        endpoints = address_map or addresses(settings)
+        if any(cls.process for cls in self.task_classes):
+            self.runtime_dir = Path(tempfile.mkdtemp(prefix="piw-master-"))
+            endpoints = private_endpoints(endpoints, self.task_classes, self.runtime_dir)
         self.env = MasterEnv(
             settings=settings,
-            addresses=address_map or addresses(settings),
+            addresses=endpoints,
             output_path=settings.master.output_path,
             engine=self.engine,
             server_keys=keys,
         )
-        self.task_classes = start_order(tasks)
-        self.tasks: list[Task] = []
+        self.tasks: list[Task | TaskProcess] = []
         self.requests: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.failed: Task | None = None
         self.started = threading.Event()
         self.systemd = Notifier()
 
-    def _on_fatal(self, task: Task, exc: BaseException) -> None:
+    def _on_fatal(self, task: Task | TaskProcess, exc: BaseException) -> None:
         self.requests.put(("FATAL", task))
 
     def request(self, action: str) -> None:
-        """Ask the master (from any thread) to PAUSE, RESUME or QUIT."""
+        """Ask the master (from any thread) to PAUSE, RESUME, RELOAD (keys) or QUIT."""
         self.requests.put((action, None))
 
-    def _make(self, cls: type[Task]) -> Task:
+    def reload_keys(self) -> None:
+        """Read the folder of authorized keys again, in this process and every task process.
+
+        Returns once each has (a builder whose key was just added is admitted from then on).
+        """
+        self.context.reload_keys()
+        for task in self.tasks:
+            if isinstance(task, TaskProcess) and not task.reload_keys():
+                log.error("the %s process did not read the keys again", task.role)
+        log.info("authorized keys read again")
+
+    def _make(self, cls: type[Task]) -> Task | TaskProcess:
+        if cls.process:
+            return TaskProcess(
+                cls, self.env, authorized_keys=self.authorized_keys, on_fatal=self._on_fatal
+            )
         kwargs: dict[str, Any] = {"on_fatal": self._on_fatal}
         if cls is StatusHub:
             kwargs["master_action"] = self.request
@@ -163,8 +206,8 @@ class Master:
         self.env.output_path.mkdir(parents=True, exist_ok=True)
         for cls in self.task_classes:
             task = self._make(cls)
+            task.start()  # a task process raises here what stopped it from starting
             self.tasks.append(task)
-            task.start()
             log.debug("started %s", cls.role)
         self.started.set()
         self.systemd.ready()
@@ -190,7 +233,9 @@ class Master:
                     self.failed = arg
                     log.error("stopping: task %s failed", arg.role)
                     break
-                if action in ("PAUSE", "RESUME"):
+                if action == "RELOAD":
+                    self.reload_keys()
+                elif action in ("PAUSE", "RESUME"):
                     for task in self.tasks:
                         task.send_control(action)
                     log.info("master %s", "paused" if action == "PAUSE" else "resumed")
@@ -209,6 +254,8 @@ class Master:
         self.tasks.clear()
         self.context.close()
         self.engine.dispose()
+        if self.runtime_dir is not None:
+            shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -224,6 +271,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # SIGHUP (systemctl reload): read the authorized keys again, e.g. after adding a builder.
+    signal.signal(signal.SIGHUP, lambda signum, frame: master.request("RELOAD"))
     try:
         master.start()
     except PiwheelsError:

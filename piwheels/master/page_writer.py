@@ -43,6 +43,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import multiprocessing.util
+import os
 import signal
 import threading
 import time
@@ -67,6 +68,7 @@ from ..web.model import ProjectData
 from ..web.render import SiteConfig
 from ..web.writer import PageCoalescer, SiteWriter
 from .env import MasterEnv
+from .process import forkserver_context, set_process_name
 
 __all__ = ["BATCH_SIZE", "CHUNK_SIZE", "ROOT_INTERVAL", "ROOT_SHARE", "TICK", "PageWriter"]
 
@@ -522,10 +524,9 @@ class _SiteProcess:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self.pool is None:
-            ctx = multiprocessing.get_context("forkserver")
             # Children forked from a server that has already imported the renderer and the
-            # database layer start in milliseconds (ignored if the server is running).
-            ctx.set_forkserver_preload([__name__])
+            # database layer start in milliseconds.
+            ctx = forkserver_context()
             self.pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=ctx,
@@ -550,11 +551,22 @@ _site: tuple[SiteWriter, Engine] | None = None
 _site_conn: Connection | None = None
 
 
+def _end_with_master() -> None:
+    master = multiprocessing.parent_process()
+    if master is not None:
+        master.join()
+        os._exit(0)
+
+
 def _site_init(writer: SiteWriter, url: str) -> None:
     global _site, _site_conn
     # Ctrl-C reaches the whole process group: the master decides when this process stops
     # (it drains the work in hand first), so the interrupt is not for this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_process_name("piw-site")
+    # A master killed outright never shuts the pool down, and this process would wait for
+    # work forever: it ends when the master does.
+    threading.Thread(target=_end_with_master, name="master-watch", daemon=True).start()
     # Two connections: one kept for project batches, one for the root, home and search pages.
     _site = (writer, create_engine(url, pool_size=2, max_overflow=0, pool_pre_ping=True))
     _site_conn = None

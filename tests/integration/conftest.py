@@ -197,7 +197,7 @@ class Farm:
         secret = self.keys.builder(label)
         if self.master is not None:
             # The authenticator reads the folder when it starts; new keys need a reload.
-            self.master.context.reload_keys()
+            self.master.reload_keys()
         return secret
 
     def builder_settings(self, label: str, *, secret: Path | None = None, **over: Any) -> Settings:

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, TabbedContent
 
 from piwheels.monitor.app import ConfirmScreen, LogScreen, MonitorApp
 from piwheels.monitor.client import fetch_state
+from piwheels.tasks import Task
 from piwheels.transport import Context
 from tests import sdists
 from tests.builder.conftest import local_index  # noqa: F401 - a fixture
@@ -178,7 +179,9 @@ async def test_pause_and_resume_reach_the_master(
         assert (await confirm(app, pilot, "p")).endswith(": done")
         await until(pilot, lambda: "[PAUSED]" in screen_text(app), timeout=20)
         assert farm.master is not None
-        await wait(lambda: all(t.paused for t in farm.master.tasks if t.pausable), what="paused")
+        # The pausable task threads of this process (a task process keeps its own state).
+        threads = [t for t in farm.master.tasks if isinstance(t, Task) and t.pausable]
+        await wait(lambda: all(t.paused for t in threads), what="paused")
         # The builder is told it is paused, and a new release waits.
         await wait(
             lambda: getattr(dispatcher_state(farm, builder_id), "state", None) == "paused",
