@@ -330,7 +330,7 @@ def statement_counts(
 
 
 def descendants(pid: int) -> list[int]:
-    """Every live process under *pid* (the page writer's site process and its forkserver)."""
+    """Every live process under *pid* (the file receiver, the site process, the fork server)."""
     out: list[int] = []
     todo = [pid]
     while todo:
@@ -345,13 +345,18 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of *pid* itself and of its live descendants."""
+#: The master's child processes by the name each gives itself (piwheels.master.process).
+CHILDREN = {"piw-file-recv": "file receiver", "piw-site": "site"}
+
+
+def tree_cpu(pid: int) -> tuple[float, dict[str, float]]:
+    """CPU seconds of *pid* itself and of its live descendants, by kind (see CHILDREN)."""
     own = proc_cpu(pid)
-    kids = 0.0
+    kids = dict.fromkeys([*CHILDREN.values(), "other children"], 0.0)
     for kid in descendants(pid):
         try:
-            kids += proc_cpu(kid)
+            comm = Path(f"/proc/{kid}/comm").read_text().strip()
+            kids[CHILDREN.get(comm, "other children")] += proc_cpu(kid)
         except OSError:
             pass
     return own, kids
@@ -619,8 +624,10 @@ def throughput(
         w.start()
     results = [out.get(timeout=3600) for _ in workers]
     elapsed = time.perf_counter() - start
-    cpu, kids = tree_cpu(master.pid)
-    cpu, kids = cpu - cpu0, kids - kids0
+    cpu, by_kind = tree_cpu(master.pid)
+    cpu -= cpu0
+    by_kind = {k: v - kids0.get(k, 0.0) for k, v in by_kind.items()}
+    kids = sum(by_kind.values())
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -703,8 +710,8 @@ def throughput(
     print(f"  master: {rate:,.1f} builds/s ({elapsed:.2f} s), aim 200/s")
     print(f"  master process: {cpu:.2f} s CPU ({cpu / max(done, 1) * 1000:.2f} ms/build), "
           f"peak RSS {peak / 2**20:.0f} MiB")  # fmt: skip
-    print(f"  its child processes (page writer's site process): {kids:.2f} s CPU "
-          f"({kids / max(done, 1) * 1000:.2f} ms/build); together "
+    print(f"  its child processes (file receiver, page writer's site process, fork server): "
+          f"{kids:.2f} s CPU ({kids / max(done, 1) * 1000:.2f} ms/build); together "
           f"{(cpu + kids) / max(done, 1) * 1000:.2f} ms/build")  # fmt: skip
     if latencies:
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -716,7 +723,8 @@ def throughput(
           "(no curve, no checks, no disk)")  # fmt: skip
     print(f"  ratio master/raw: {rate / raw_builds:.1%}")
     per = 1000 / max(done, 1)
-    print(f"  CPU per build by process: master {cpu * per:.2f} ms, site {kids * per:.2f} ms, "
+    children = ", ".join(f"{k} {v * per:.2f} ms" for k, v in by_kind.items())
+    print(f"  CPU per build by process: master {cpu * per:.2f} ms, {children}, "
           f"simulated builders {sims * per:.2f} ms, PostgreSQL {pg * per:.2f} ms; "
           f"sum {(cpu + kids + sims + pg) * per:.2f} ms")  # fmt: skip
     shown = ", ".join(
