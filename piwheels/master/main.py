@@ -4,7 +4,9 @@ The tasks start in the order their endpoint declarations require (whoever
 binds an endpoint starts before whoever connects to it) and stop in the
 reverse order.  The main thread only waits: for SIGTERM or SIGINT, for a
 monitor's QUIT, or for a task that failed, in which case the whole master
-stops and exits non-zero rather than running on half-alive.
+stops and exits non-zero rather than running on half-alive; and on SIGHUP it
+has every process read the authorized keys again.  A task class with
+``process = True`` runs in a child process (see :mod:`piwheels.master.process`).
 """
 
 from __future__ import annotations
