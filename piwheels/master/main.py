@@ -153,7 +153,11 @@ class Master:
         self.runtime_dir: Path | None = None
         endpoints = address_map or addresses(settings)
         if any(cls.process for cls in self.task_classes):
-            self.runtime_dir = Path(tempfile.mkdtemp(prefix="piw-master-"))
+            # Named now (the addresses need it), made by start(): a master that is made
+            # and never started leaves nothing behind.  The random name cannot be guessed,
+            # and mkdir refuses one that someone else made first.
+            name = f"piw-master-{uuid.uuid4().hex[:12]}"
+            self.runtime_dir = Path(tempfile.gettempdir()) / name
             endpoints = private_endpoints(endpoints, self.task_classes, self.runtime_dir)
         self.env = MasterEnv(
             settings=settings,
@@ -206,6 +210,8 @@ class Master:
     def start(self) -> None:
         """Create and start every task in order."""
         self.env.output_path.mkdir(parents=True, exist_ok=True)
+        if self.runtime_dir is not None:
+            self.runtime_dir.mkdir(mode=0o700)
         for cls in self.task_classes:
             task = self._make(cls)
             task.start()  # a task process raises here what stopped it from starting

@@ -250,6 +250,8 @@ def test_the_file_receiver_runs_in_a_process_of_its_own(
 ) -> None:
     """Its own pid and name, its internal socket in a folder only this user may enter, its
     log records in this process's log, and all of it gone when the master stops."""
+    assert master.runtime_dir is not None
+    assert not master.runtime_dir.exists()  # a master made and never started leaves nothing
     thread, result = _run(master)
     context = Context()
     try:
@@ -351,7 +353,7 @@ def test_the_file_receiver_process_ends_with_a_killed_master(
     proc = subprocess.Popen(
         [sys.executable, "-c", "from piwheels.master.main import main; main()", "-c", str(config)],
         stderr=subprocess.DEVNULL,
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, "HOME": str(tmp_path), "TMPDIR": str(tmp_path)},  # its runtime folder
     )
     try:
         wait_for(lambda: (master.env.output_path / "index.html").exists(), timeout=30)
