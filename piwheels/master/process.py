@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import threading
@@ -144,8 +145,9 @@ def _child_main(spec: _Spec, conn: multiprocessing.connection.Connection) -> Non
             send(("ERROR", exc))
         except Exception:  # e.g. an exception that does not pickle
             send(("ERROR", PiwheelsError(f"{type(exc).__name__}: {exc}")))
-        context.close()
-        sys.exit(1)
+        # Not context.close(): the half-made task's sockets are still open, and ZeroMQ
+        # would wait for them for ever.  Nothing here needs cleaning up.
+        os._exit(1)
     task.start()
     send(("READY", None))
     try:
@@ -164,8 +166,11 @@ def _child_main(spec: _Spec, conn: multiprocessing.connection.Connection) -> Non
         log.error("the master is gone: %s stops", spec.cls.role)
     task.quit()
     task.join(10)
+    if task.is_alive():
+        log.error("task %s did not stop within 10 s", spec.cls.role)
+        os._exit(1)  # its sockets are open: closing the context would wait for ever
     context.close()
-    sys.exit(1 if task.failure is not None or task.is_alive() else 0)
+    sys.exit(1 if task.failure is not None else 0)
 
 
 class TaskProcess(threading.Thread):
