@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.context import BaseContext
@@ -233,56 +234,53 @@ class TaskProcess(threading.Thread):
             raise
         super().start()
 
-    def _await_ready(self) -> None:
+    def _next(self, deadline: float | None = None) -> tuple[str, Any]:
+        """The child's next message other than a log record (logged here) or RELOADED:
+        ``("END", None)`` once the child closed its end or exited, ``("TIMEOUT", None)``
+        at *deadline* (``time.monotonic()``)."""
         assert self._conn is not None
         while True:
-            ready = multiprocessing.connection.wait(
-                [self._conn, self.process.sentinel], START_TIMEOUT
-            )
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = multiprocessing.connection.wait([self._conn, self.process.sentinel], timeout)
             if not ready:
-                raise PiwheelsError(
-                    f"the {self.role} process did not start within {START_TIMEOUT:.0f} s"
-                )
-            if self._conn in ready:
-                try:
-                    kind, data = self._conn.recv()
-                except EOFError:
-                    kind, data = "EOF", None
-                if kind == "LOG":
-                    _log_record(data)
-                    continue
-                if kind == "READY":
-                    return
-                if kind == "ERROR":
-                    raise data
-            self.process.join(5)
+                return "TIMEOUT", None
+            if self._conn not in ready:
+                return "END", None
+            try:
+                kind, data = self._conn.recv()
+            except (EOFError, OSError):
+                return "END", None
+            if kind == "LOG":
+                _log_record(data)
+            elif kind == "RELOADED":
+                self._reloaded.set()
+            else:
+                return kind, data
+
+    def _await_ready(self) -> None:
+        kind, data = self._next(time.monotonic() + START_TIMEOUT)
+        if kind == "READY":
+            return
+        if kind == "ERROR":
+            raise data
+        if kind == "TIMEOUT":
             raise PiwheelsError(
-                f"the {self.role} process exited with code {self.process.exitcode} while "
-                "starting (see the log above)"
+                f"the {self.role} process did not start within {START_TIMEOUT:.0f} s"
             )
+        self.process.join(5)
+        raise PiwheelsError(
+            f"the {self.role} process exited with code {self.process.exitcode} while "
+            "starting (see the log above)"
+        )
 
     def run(self) -> None:
         assert self._conn is not None
-        conn = self._conn
-        while True:
-            ready = multiprocessing.connection.wait([conn, self.process.sentinel])
-            if conn in ready:
-                try:
-                    kind, data = conn.recv()
-                except (EOFError, OSError):
-                    kind, data = "EOF", None
-                if kind == "LOG":
-                    _log_record(data)
-                    continue
-                if kind == "RELOADED":
-                    self._reloaded.set()
-                    continue
-                if kind != "EOF":
-                    continue
-            # The child closed its end: it is ending (its last records are read above).
-            self.process.join()
-            break
-        conn.close()
+        # Nothing but log records and RELOADED comes after READY; its last records are
+        # read before END.
+        while self._next()[0] != "END":
+            pass
+        self.process.join()
+        self._conn.close()
         code = self.process.exitcode
         if code != 0:
             self.failure = PiwheelsError(f"the {self.role} process exited with code {code}")
