@@ -142,34 +142,38 @@ def _cbor_arg(view: memoryview, pos: int) -> tuple[int, int, int] | None:
     return major, int.from_bytes(view[pos + 1 : end], "big"), end
 
 
+def _cbor_text(view: memoryview, pos: int) -> tuple[str, int] | None:
+    """(text, next position) of the CBOR text string at *pos*; None if it is not one."""
+    item = _cbor_arg(view, pos)
+    if item is None or item[0] != 3:
+        return None
+    end = item[2] + item[1]
+    try:
+        return bytes(view[item[2] : end]).decode("utf-8"), end
+    except UnicodeDecodeError:
+        return None
+
+
 def _decode_flat(view: memoryview) -> tuple[str, dict[str, Any]] | None:
     """``[name, {text: uint | bytes, ...}]`` without copying the bytes values (memoryview
     slices of *view*); None for anything else, which :func:`decode` then takes in full."""
     head = _cbor_arg(view, 0)
     if head is None or head[:2] != (4, 2):
         return None
-    item = _cbor_arg(view, head[2])
-    if item is None or item[0] != 3:
+    text = _cbor_text(view, head[2])
+    if text is None:
         return None
-    pos = item[2] + item[1]
-    try:
-        name = bytes(view[item[2] : pos]).decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    name, pos = text
     item = _cbor_arg(view, pos)
     if item is None or item[0] != 5 or item[1] > 16:
         return None
     pos = item[2]
     data: dict[str, Any] = {}
     for _ in range(item[1]):
-        key = _cbor_arg(view, pos)
-        if key is None or key[0] != 3:
+        key = _cbor_text(view, pos)
+        if key is None:
             return None
-        pos = key[2] + key[1]
-        try:
-            field = bytes(view[key[2] : pos]).decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        field, pos = key
         value = _cbor_arg(view, pos)
         if value is None:
             return None
