@@ -440,6 +440,20 @@ def test_verify_refuses(tmp_path: Path, kind: str) -> None:
     assert "\n" not in str(err.value)
 
 
+def _every_bad_wheel_refused(tmp_path: Path, *, with_digest: bool = False) -> None:
+    """Each wheel of BAD_WHEELS is refused for its reason (given its true size and hash)."""
+    for kind, (knobs, reason) in BAD_WHEELS.items():
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        path = make_wheel(folder, **knobs)  # type: ignore[arg-type]
+        digest = None
+        if with_digest:
+            digest = (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
+        with pytest.raises(InvalidWheel) as err:
+            verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311", digest=digest)
+        assert reason in str(err.value), kind
+
+
 def test_large_wheel_checked_streamed_like_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -455,13 +469,7 @@ def test_large_wheel_checked_streamed_like_in_memory(
     with_tail.write_bytes(good.read_bytes() + b"junk")
     with pytest.raises(InvalidWheel, match="data after the end of the zip archive"):
         read_wheel(with_tail)
-    for kind, (knobs, reason) in BAD_WHEELS.items():
-        folder = tmp_path / kind.replace(" ", "_")
-        folder.mkdir()
-        path = make_wheel(folder, **knobs)  # type: ignore[arg-type]
-        with pytest.raises(InvalidWheel) as err:
-            verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311")
-        assert reason in str(err.value), kind
+    _every_bad_wheel_refused(tmp_path)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
@@ -486,14 +494,7 @@ def test_known_digest_is_not_recomputed(
     assert dataclasses.replace(info, sha256=alone.sha256) == alone
     with pytest.raises(InvalidWheel, match=rf"is {size} bytes on disk, not the {size + 1} hashed"):
         read_wheel(good, digest=(size + 1, told))
-    for kind, (knobs, reason) in BAD_WHEELS.items():
-        folder = tmp_path / kind.replace(" ", "_")
-        folder.mkdir()
-        path = make_wheel(folder, **knobs)  # type: ignore[arg-type]
-        digest = (path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest())
-        with pytest.raises(InvalidWheel) as err:
-            verify_wheel(path, package="demo-pkg", version="1.0", abi="cp311", digest=digest)
-        assert reason in str(err.value), kind
+    _every_bad_wheel_refused(tmp_path, with_digest=True)
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])

@@ -220,6 +220,16 @@ def test_protocol_mismatch_is_refused(rig: Rig, caplog: pytest.LogCaptureFixture
     builder.close()
 
 
+def _two_greeted(rig: Rig) -> tuple[ScriptedPeer, ScriptedPeer]:
+    """Two releases (foo, bar) and two builders (pi-1, pi-2) that have said HELLO."""
+    rig.add("foo")
+    rig.add("bar")
+    first, second = rig.builder(b"builder-1"), rig.builder(b"builder-2")
+    greet(rig, first, "pi-1")
+    greet(rig, second, "pi-2")
+    return first, second
+
+
 def test_no_work_sleeps(rig: Rig) -> None:
     builder = rig.builder()
     greet(rig, builder)
@@ -229,11 +239,7 @@ def test_no_work_sleeps(rig: Rig) -> None:
 
 
 def test_routine_builder_states_reach_monitors_as_the_latest_per_round(rig: Rig) -> None:
-    rig.add("foo")
-    rig.add("bar")
-    first, second = rig.builder(b"builder-1"), rig.builder(b"builder-2")
-    greet(rig, first, "pi-1")
-    greet(rig, second, "pi-2")
+    first, second = _two_greeted(rig)
     # New builders are announced at once.
     hello_states = [d for m, d in rig.statuses() if m == "BUILDER"]
     assert sorted(d["label"] for d in hello_states) == ["pi-1", "pi-2"]
@@ -706,11 +712,7 @@ def test_finish_and_start_share_one_transaction(rig: Rig) -> None:
     """A build recorded and a build started in one burst: one COMMIT, no savepoints."""
     from sqlalchemy import event
 
-    rig.add("foo")
-    rig.add("bar")
-    first, second = rig.builder(b"builder-1"), rig.builder(b"builder-2")
-    greet(rig, first, "pi-1")
-    greet(rig, second, "pi-2")
+    first, second = _two_greeted(rig)
     build = _start(rig, first)
     statements: list[str] = []
     commits: list[int] = []

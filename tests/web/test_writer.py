@@ -65,6 +65,20 @@ def test_gzip_twins_follow_the_page(site: SiteWriter) -> None:
     assert not twin.exists()  # a stale twin would be served instead of the new page
 
 
+def _write_on_a_full_disk(
+    site: SiteWriter, monkeypatch: pytest.MonkeyPatch, path: str, data: bytes
+) -> None:
+    """write_file(*path*) with every os.write failing as on a full disk: it raises that."""
+
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "write", boom)
+    with pytest.raises(OSError, match="disk full"):
+        site.write_file(path, data)
+    monkeypatch.undo()
+
+
 def test_write_file_refuses_paths_outside(site: SiteWriter) -> None:
     for bad in ("../x", "/etc/passwd", "a//b", "a/./b", ""):
         with pytest.raises(ValueError):
@@ -79,13 +93,7 @@ def test_failed_write_leaves_old_page(
     site.write_file("p/index.html", b"old")
     site.write_file("p/index.html", b"older")  # with reuse, leaves a spare to write into
 
-    def boom(*args: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "write", boom)
-    with pytest.raises(OSError, match="disk full"):
-        site.write_file("p/index.html", b"new")
-    monkeypatch.undo()
+    _write_on_a_full_disk(site, monkeypatch, "p/index.html", b"new")
     assert (site.root / "p/index.html").read_bytes() == b"older"
     assert [p.name for p in (site.root / "p").iterdir()] == ["index.html"]
     site.write_file("p/index.html", b"new")  # and the writer still works
@@ -570,13 +578,7 @@ def test_new_pages_are_made_nameless_and_linked(
         == (site.root / "simple/foo/index.html").read_bytes()
     )
 
-    def boom(*args: object) -> None:
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "write", boom)
-    with pytest.raises(OSError, match="disk full"):
-        site.write_file("new/index.html", b"never seen")
-    monkeypatch.undo()
+    _write_on_a_full_disk(site, monkeypatch, "new/index.html", b"never seen")
     assert list((site.root / "new").iterdir()) == []
     assert site._tmpfiles  # a write error is not a reason to stop using them
 
