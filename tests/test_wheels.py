@@ -472,15 +472,19 @@ def test_large_wheel_checked_streamed_like_in_memory(
     _every_bad_wheel_refused(tmp_path)
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
-def test_known_digest_is_not_recomputed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
-) -> None:
-    """A caller's (size, sha256) is taken as the file's; the members are still checked."""
+@pytest.fixture(params=[False, True], ids=["in_memory", "streamed"])
+def either_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test with the archive checked in memory, then read from disk as a large
+    one is (IN_MEMORY_LIMIT 0)."""
     from piwheels import wheels
 
-    if streamed:
+    if request.param:
         monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
+
+
+@pytest.mark.usefixtures("either_way")
+def test_known_digest_is_not_recomputed(tmp_path: Path) -> None:
+    """A caller's (size, sha256) is taken as the file's; the members are still checked."""
     good = make_wheel(tmp_path)
     size = good.stat().st_size
     # Not the file's real hash: taken as given, so the file was not hashed again.
@@ -497,15 +501,11 @@ def test_known_digest_is_not_recomputed(
     _every_bad_wheel_refused(tmp_path, with_digest=True)
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
-def test_each_member_read_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
-) -> None:
+@pytest.mark.usefixtures("either_way")
+def test_each_member_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every member is read exactly once: straight from memory or through zipfile."""
     from piwheels import wheels
 
-    if streamed:
-        monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
     path = make_wheel(tmp_path, files={"demo_pkg/__init__.py": b"x = 1\n" * 500})
     read: list[str] = []
     real_open = zipfile.ZipFile.open
@@ -546,15 +546,9 @@ def _set_crc(path: Path, member: str, crc: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "streamed"])
-def test_verify_refuses_bad_crc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
-) -> None:
+@pytest.mark.usefixtures("either_way")
+def test_verify_refuses_bad_crc(tmp_path: Path) -> None:
     """A member whose CRC is wrong (the RECORD hash right) is refused, as pip would fail."""
-    from piwheels import wheels
-
-    if streamed:
-        monkeypatch.setattr(wheels, "IN_MEMORY_LIMIT", 0)
     path = make_wheel(tmp_path)
     with zipfile.ZipFile(path) as zf:
         crc = zf.getinfo("demo_pkg/core.py").CRC
